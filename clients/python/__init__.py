@@ -1,0 +1,1 @@
+"""The tokenwire Python client (see clients/python/README.md)."""

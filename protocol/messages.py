@@ -1,0 +1,188 @@
+"""Every message of the v1 wire protocol, as frozen, tagged msgspec Structs.
+
+Client messages (``Generate``, ``Cancel``, ``Reset``) are strict: unknown
+fields are refused. Server frames are lenient on the way in, so that a client
+built on this module ignores fields a later server adds.
+
+New fields get defaults, so the schema can grow without breaking old peers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+from msgspec import Meta, Struct
+
+PROTOCOL = "tokenwire.v1"
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+GenerationId: TypeAlias = Annotated[str, Meta(pattern=ID_PATTERN)]
+"""A client-chosen generation id: 1–64 characters of ``A-Za-z0-9._:-``."""
+
+FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter", "cancelled"]
+
+# --------------------------------------------------------------------------
+# client → server
+
+
+class _ClientMessage(Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class Params(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Sampling parameters passed to the provider; only these keys are taken."""
+
+    temperature: Annotated[float, Meta(ge=0)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    n: Literal[1] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters that were given, as keyword arguments for the provider."""
+        return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
+
+
+class Generate(_ClientMessage, tag="generate", kw_only=True):
+    """Start a generation named ``id`` on ``model``."""
+
+    id: GenerationId
+    model: Annotated[str, Meta(min_length=1)]
+    messages: Annotated[list[dict[str, Any]], Meta(min_length=1)]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    params: Params | None = None
+    conversation: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+
+
+class Cancel(_ClientMessage, tag="cancel", kw_only=True):
+    """Stop generation ``id``; ignored when no such generation is active."""
+
+    id: str
+
+
+class Reset(_ClientMessage, tag="reset", kw_only=True):
+    """Cancel every active generation and forget every conversation."""
+
+
+ClientMessage: TypeAlias = Generate | Cancel | Reset
+
+# --------------------------------------------------------------------------
+# server → client
+
+
+class _Frame(Struct, frozen=True, kw_only=True, tag_field="type"):
+    pass
+
+
+class Limits(Struct, frozen=True, kw_only=True):
+    max_generations: int
+    max_message_bytes: int
+
+
+class Ready(_Frame, tag="ready", kw_only=True):
+    """First frame of every session."""
+
+    session: str
+    protocol: str = PROTOCOL
+    models: list[str]
+    limits: Limits
+
+
+class Token(_Frame, tag="token", kw_only=True):
+    id: str
+    seq: int
+    text: str
+
+
+class Reasoning(_Frame, tag="reasoning", kw_only=True):
+    id: str
+    seq: int
+    text: str
+
+
+class ToolCallChunk(_Frame, tag="tool_call_chunk", kw_only=True):
+    """A fragment of tool call ``index``: ``arguments`` is this fragment only."""
+
+    id: str
+    seq: int
+    index: int
+    call_id: str | None
+    name: str | None
+    arguments: str
+
+
+class ToolCallComplete(_Frame, tag="tool_call_complete", kw_only=True):
+    """Tool call ``index`` in full, once, after its last fragment."""
+
+    id: str
+    seq: int
+    index: int
+    call_id: str | None
+    name: str | None
+    arguments: str
+
+
+class ToolCall(Struct, frozen=True, kw_only=True):
+    index: int
+    call_id: str | None
+    name: str | None
+    arguments: str
+
+
+class Usage(Struct, frozen=True, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool = False
+
+
+class Finish(_Frame, tag="finish", kw_only=True):
+    """The generation ended normally or was cancelled: its terminal frame."""
+
+    id: str
+    seq: int
+    reason: FinishReason
+    content: str
+    tool_calls: list[ToolCall]
+    usage: Usage | None
+
+
+class Error(_Frame, tag="error", kw_only=True, omit_defaults=True):
+    """A generation failed (``id`` set), or a message could not be taken (``id`` null)."""
+
+    id: str | None
+    seq: int | None = None
+    code: str
+    message: str
+    retryable: bool
+    retry_after_ms: int | None = None
+
+
+class ResetDone(_Frame, tag="reset_done", kw_only=True):
+    """Sent after the terminal frames of every generation the reset cancelled."""
+
+    cancelled: list[str]
+
+
+ServerFrame: TypeAlias = (
+    Ready | Token | Reasoning | ToolCallChunk | ToolCallComplete | Finish | Error | ResetDone
+)
+GenerationFrame: TypeAlias = Token | Reasoning | ToolCallChunk | ToolCallComplete | Finish | Error
+"""The frames that belong to one generation (they carry its ``id`` and ``seq``)."""
+
+TERMINAL_FRAMES = (Finish, Error)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of both directions, for clients in other languages."""
+    (client, server), components = msgspec.json.schema_components(
+        [ClientMessage, ServerFrame], ref_template="#/$defs/{name}"
+    )
+    return {"$defs": components, "client_message": client, "server_frame": server}

@@ -1,0 +1,1 @@
+"""The tokenwire server: WebSocket sessions relaying LiteLLM streams."""
