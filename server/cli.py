@@ -1,0 +1,142 @@
+"""The ``tokenwire`` command: ``serve`` and ``fake-upstream``.
+
+Start-up order matters: the config is validated before LiteLLM is imported
+(a bad config fails in milliseconds, with one line and exit status 2), and
+LiteLLM's price-map download is switched off before that import unless the
+user set ``LITELLM_LOCAL_MODEL_COST_MAP`` themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Final, NoReturn
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8765
+EXIT_CONFIG: Final = 2
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        raise SystemExit(EXIT_CONFIG)
+    args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenwire", description="Stream LLM generations over WebSockets."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server (default: the offline model demo)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--config", metavar="FILE", help="YAML config: model_list, server, ...")
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer a LiteLLM model by name, e.g. openai/gpt-4o-mini (repeatable)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format", choices=["json", "console"], help="default: console on a terminal, else json"
+    )
+    serve.set_defaults(run=_serve)
+
+    fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
+    fake.add_argument("--host", default=DEFAULT_HOST)
+    fake.add_argument("--port", type=int, default=9000)
+    fake.add_argument("--tokens", type=int, default=8, help="content chunks per answer")
+    fake.add_argument(
+        "--tokens-per-second", type=float, default=0.0, help="pace of each stream (0: unpaced)"
+    )
+    fake.set_defaults(run=_fake_upstream)
+    return parser
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"tokenwire: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from .config import ConfigError, load
+
+    try:
+        config = load(args.config).with_models(args.model)
+    except ConfigError as exc:
+        _fail(f"config error: {exc}", EXIT_CONFIG)
+
+    from . import logs
+
+    logs.configure(args.log_level, json=None if args.log_format is None else args.log_format == "json")
+
+    from .upstream import Upstream  # imports LiteLLM: seconds, done once
+
+    try:
+        upstream = Upstream(config, repeated_chunk_limit=config.server.repeated_chunk_limit)
+    except (TypeError, ValueError) as exc:  # router_settings / litellm_settings LiteLLM refused
+        _fail(f"config error: {' '.join(str(exc).split())}", EXIT_CONFIG)
+    upstream.warm_up()
+    try:
+        asyncio.run(_run_server(args.host, args.port, config.server, upstream, started))
+    except OSError as exc:
+        _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
+
+
+async def _run_server(host: str, port: int, settings: object, upstream: object, started: float) -> None:
+    import structlog
+
+    from .app import TokenwireServer
+    from .config import ServerSettings
+    from .upstream import Upstream
+
+    assert isinstance(settings, ServerSettings) and isinstance(upstream, Upstream)
+    log = structlog.get_logger("tokenwire")
+    server = TokenwireServer(settings, upstream)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    async with server.listen(host, port) as (bound_host, bound_port):
+        log.info(
+            "listening",
+            url=f"ws://{bound_host}:{bound_port}/v1/ws",
+            models=server.models,
+            startup_s=round(time.monotonic() - started, 2),
+        )
+        await stop.wait()
+        # A second signal during the drain stops at once, the default way.
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await server.drain()
+
+
+def _fake_upstream(args: argparse.Namespace) -> None:
+    from .fake_upstream import Scenario, serve
+
+    interval = 1.0 / args.tokens_per_second if args.tokens_per_second > 0 else 0.0
+    try:
+        asyncio.run(serve(args.host, args.port, Scenario(tokens=args.tokens, interval=interval)))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
+
+
+if __name__ == "__main__":
+    main()

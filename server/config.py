@@ -1,0 +1,172 @@
+"""The configuration file, decoded once into typed, frozen settings.
+
+The file is a LiteLLM proxy config (``model_list``, ``router_settings``,
+``litellm_settings``, ``general_settings``, ``environment_variables``) plus a
+``server:`` section of tokenwire's own. ``os.environ/NAME`` anywhere in a
+value reads that environment variable. Anything wrong raises ``ConfigError``
+whose text is one line naming the key; the command line turns it into exit
+status 2. Nothing here imports LiteLLM: a bad config fails fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import msgspec
+from msgspec import Meta, Struct
+
+ENV_PREFIX: Final = "os.environ/"
+
+PositiveInt = Annotated[int, Meta(gt=0)]
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``str()`` is one line naming the key."""
+
+
+class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``server:`` section. Every limit has a safe default."""
+
+    api_keys: list[Annotated[str, Meta(min_length=1)]] | None = None
+    """Keys a handshake must present; None: no authentication."""
+    allowed_origins: list[str] | None = None
+    """Browser origins allowed to connect (exact match); None: any origin."""
+    max_sessions: PositiveInt = 10_000
+    """Open WebSocket sessions; past it, handshakes get HTTP 503."""
+    max_generations: PositiveInt = 16
+    """Active generations per session; past it, ``too_many_generations``."""
+    max_message_bytes: PositiveInt = 1_048_576
+    """Largest client message; a larger one closes the connection with 1009."""
+    first_token_timeout: Seconds = 60.0
+    """Seconds from ``generate`` to the first chunk carrying output."""
+    idle_timeout: Seconds = 60.0
+    """Seconds allowed between two chunks carrying output."""
+    drain_timeout: Annotated[float, Meta(ge=0)] = 30.0
+    """Seconds active generations may run on after SIGTERM/SIGINT."""
+    repeated_chunk_limit: PositiveInt = 100
+    """Consecutive identical text chunks allowed before ``repeated_output``."""
+    compression: bool = False
+    """permessage-deflate; off: it costs frame throughput and memory per session."""
+    send_timeout: Seconds = 30.0
+    """Seconds a write to a client may stay blocked before it is closed with 4008."""
+
+
+class ModelEntry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One deployment of ``model_list`` (LiteLLM proxy format)."""
+
+    model_name: Annotated[str, Meta(min_length=1)]
+    litellm_params: dict[str, Any]
+    model_info: dict[str, Any] | None = None
+
+
+class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model_list: list[ModelEntry] = []
+    router_settings: dict[str, Any] = {}
+    litellm_settings: dict[str, Any] = {}
+    general_settings: dict[str, Any] = {}
+    environment_variables: dict[str, str] = {}
+    server: ServerSettings = ServerSettings()
+
+    @property
+    def model_names(self) -> list[str]:
+        """The names clients may send as ``model``, in file order, once each."""
+        return list(dict.fromkeys(entry.model_name for entry in self.model_list))
+
+    def with_models(self, names: Sequence[str]) -> Config:
+        """This config plus one deployment per ``--model NAME`` of the command line."""
+        extra = [
+            ModelEntry(model_name=name, litellm_params={"model": name})
+            for name in names
+            if name not in self.model_names
+        ]
+        return msgspec.structs.replace(self, model_list=[*self.model_list, *extra])
+
+
+def load(path: str | Path | None) -> Config:
+    """Read, resolve and validate a config file (None: the defaults)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = msgspec.yaml.decode(text) if text.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(str(exc))}") from None
+    return parse(raw, source=str(path))
+
+
+def parse(raw: Any, *, source: str = "config", environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-decoded config document."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    env = dict(os.environ if environ is None else environ)
+    variables = raw.get("environment_variables")
+    if isinstance(variables, dict):
+        # As the LiteLLM proxy does: the file's variables are set before use.
+        for name, value in variables.items():
+            if isinstance(name, str) and isinstance(value, str | int | float):
+                env[name] = str(value)
+                if environ is None:
+                    os.environ[name] = str(value)
+    try:
+        resolved = _resolve_env(raw, env, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        config = msgspec.convert(resolved, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    for i, entry in enumerate(config.model_list):
+        model = entry.litellm_params.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigError(
+                f"{source}: model_list[{i}].litellm_params.model: required, a LiteLLM model name"
+            )
+    return config
+
+
+def _resolve_env(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX) :]
+        if name not in env:
+            raise ConfigError(f"{path.lstrip('.') or 'config'}: environment variable {name} is not set")
+        return env[name]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, env, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+_AT_PATH: Final = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """msgspec's message turned around: the key first, then the problem."""
+    text = str(exc)
+    match = _AT_PATH.search(text)
+    where = match.group(1) if match else ""
+    problem = text[: match.start()] if match else text
+    unknown = re.fullmatch(r"Object contains unknown field `([^`]*)`", problem)
+    if unknown:
+        key = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+        return f"{key}: unknown key"
+    missing = re.fullmatch(r"Object missing required field `([^`]*)`", problem)
+    if missing:
+        key = f"{where}.{missing.group(1)}" if where else missing.group(1)
+        return f"{key}: required"
+    return f"{where or 'config'}: {problem[0].lower()}{problem[1:]}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

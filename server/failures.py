@@ -1,0 +1,135 @@
+"""Foreign exceptions translated, once, into the contract's error codes.
+
+Everything LiteLLM, httpx or aiohttp raises for a generation passes through
+``classify`` at the boundary of the relay; what comes out is an
+``UpstreamFailure`` carrying a code, a message safe to show a client (no
+internals, no keys, no URLs) and, for 429s, when to retry.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import aiohttp
+import httpx
+import litellm
+import openai
+
+from tokenwire.protocol import ErrorCode
+
+_REPEATED_MARK: Final = "repeating the same chunk"
+
+
+class UpstreamFailure(Exception):
+    """A generation's failure, already in the contract's terms."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+def classify(exc: BaseException) -> UpstreamFailure:
+    """The contract's code for an exception raised while calling or streaming a provider."""
+    if isinstance(exc, UpstreamFailure):
+        return exc
+    if isinstance(exc, litellm.MidStreamFallbackError) and exc.original_exception is not None:
+        if _REPEATED_MARK not in str(exc):
+            return classify(exc.original_exception)
+    if _REPEATED_MARK in str(exc):
+        return UpstreamFailure(ErrorCode.REPEATED_OUTPUT, "the model kept repeating the same chunk")
+    if isinstance(exc, litellm.Timeout | openai.APITimeoutError | httpx.TimeoutException):
+        return UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, "the provider did not answer in time")
+    status = _status_of(exc)
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
+        return UpstreamFailure(
+            ErrorCode.UPSTREAM_RATE_LIMITED,
+            "the provider is rate limiting requests (HTTP 429)",
+            retry_after_ms=retry_after_ms(exc),
+        )
+    if _is_router_cooldown(exc):
+        return UpstreamFailure(
+            ErrorCode.UPSTREAM_RATE_LIMITED, "every deployment of this model is cooling down"
+        )
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return UpstreamFailure(
+            ErrorCode.UPSTREAM_REJECTED, "the provider refused the request: context too long"
+        )
+    if status is not None and 400 <= status < 500 and status != 408:
+        return UpstreamFailure(
+            ErrorCode.UPSTREAM_REJECTED, f"the provider refused the request (HTTP {status})"
+        )
+    if status == 408:
+        return UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, "the provider timed out (HTTP 408)")
+    if status is not None and status >= 500:
+        return UpstreamFailure(ErrorCode.UPSTREAM_ERROR, f"the provider failed (HTTP {status})")
+    if isinstance(
+        exc,
+        litellm.APIConnectionError
+        | litellm.APIError
+        | openai.APIError
+        | httpx.HTTPError
+        | aiohttp.ClientError
+        | ConnectionError,
+    ):
+        return UpstreamFailure(
+            ErrorCode.UPSTREAM_ERROR, "the connection to the provider failed or was cut"
+        )
+    return UpstreamFailure(ErrorCode.INTERNAL, "internal error")
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 100 <= status < 600:
+        return status
+    return None
+
+
+def _is_router_cooldown(exc: BaseException) -> bool:
+    from litellm.types.router import RouterRateLimitError
+
+    return isinstance(exc, RouterRateLimitError)
+
+
+def retry_after_ms(exc: BaseException, *, now: float | None = None) -> int | None:
+    """``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``, in ms.
+
+    LiteLLM 1.106 leaves ``exc.response.headers`` empty and keeps the
+    provider's headers in ``exc.litellm_response_headers``.
+    """
+    for source in (
+        getattr(exc, "litellm_response_headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    ):
+        headers = _lower_headers(source)
+        if (ms := headers.get("retry-after-ms")) is not None:
+            try:
+                return max(0, round(float(ms)))
+            except ValueError:
+                pass
+        if (value := headers.get("retry-after")) is not None:
+            try:
+                return max(0, round(float(value) * 1000))
+            except ValueError:
+                pass
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                continue
+            if when.tzinfo is not None:
+                seconds = when.timestamp() - (time.time() if now is None else now)
+                return max(0, round(seconds * 1000))
+    return None
+
+
+def _lower_headers(headers: Any) -> Mapping[str, str]:
+    if headers is None:
+        return {}
+    try:
+        return {str(k).lower(): str(v) for k, v in headers.items()}
+    except (AttributeError, TypeError):
+        return {}

@@ -1,0 +1,263 @@
+"""A fake OpenAI-compatible upstream: ``POST /v1/chat/completions`` streaming SSE.
+
+For tests and benchmarks: LiteLLM talks real HTTP to it. Each request is
+scripted by its last user message: ``fake:`` followed by a JSON ``Scenario``
+(``fake:{"tokens": 5, "interval": 0.01}``); any other message gets the
+server's default scenario. Every request is recorded (``requests``): when it
+opened, when its handler ended, and whether the client went away before the
+response was complete — which is how the tests see that a cancel closed the
+upstream request.
+
+Run it alone with ``tokenwire fake-upstream --port 9000``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+
+SCENARIO_PREFIX: Final = "fake:"
+
+
+class FakeToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    arguments: str = "{}"
+    fragment_chars: int = 8
+
+
+class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How the fake answers one request. Counts are chunks; times are seconds."""
+
+    tokens: int = 8
+    """Content chunks, ``"{word}{i} "`` each, unless ``text`` is given."""
+    word: str = "tok"
+    text: list[str] | None = None
+    """Explicit content chunks, instead of ``tokens``."""
+    reasoning: int = 0
+    """Reasoning chunks (``delta.reasoning_content``) before the content."""
+    tool_calls: list[FakeToolCall] = []
+    interval: float = 0.0
+    """Pause between chunks."""
+    first_delay: float = 0.0
+    """Pause after the response headers, before the first chunk."""
+    usage: bool = True
+    """Send a usage chunk when the request asks for one (``stream_options``)."""
+    finish_reason: str | None = None
+    """Default: ``tool_calls`` when there are tool calls, else ``stop``."""
+    status: int = 200
+    """An HTTP error status instead of a stream."""
+    retry_after: str | None = None
+    """``Retry-After`` header of an error response."""
+    cut_after: int | None = None
+    """Abort the TCP connection after this many chunks."""
+    hang_after: int | None = None
+    """Send nothing more after this many chunks (the connection stays open)."""
+    malformed_after: int | None = None
+    """Send a line that is not JSON after this many chunks."""
+    error_after: int | None = None
+    """Send an in-stream ``{"error": ...}`` after this many chunks."""
+
+
+@dataclass
+class RequestRecord:
+    """What the fake saw of one request."""
+
+    number: int
+    body: dict[str, Any]
+    scenario: Scenario
+    opened_at: float = field(default_factory=time.monotonic)
+    ended_at: float | None = None
+    chunks_sent: int = 0
+    disconnected: bool = False
+    """The client closed the connection before the response was complete."""
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_ended(self, timeout: float) -> float:
+        """Seconds from now until the handler ended (raises TimeoutError)."""
+        async with asyncio.timeout(timeout):
+            await self.ended.wait()
+        assert self.ended_at is not None
+        return self.ended_at
+
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class FakeUpstream:
+    """The fake server; ``async with FakeUpstream() as fake: fake.base_url``."""
+
+    def __init__(self, default: Scenario | None = None) -> None:
+        self.default = default or Scenario()
+        self.requests: list[RequestRecord] = []
+        self._numbers = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._new_request = asyncio.Condition()
+        self.base_url = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/chat/completions", self._completions)
+        # Cancel a handler when its client goes away: that is the moment a
+        # cancel reached the upstream, and the moment the fake records.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = site._server.sockets  # type: ignore[union-attr]
+        bound_port = sockets[0].getsockname()[1]
+        self.base_url = f"http://{host}:{bound_port}/v1"
+        return self.base_url
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def next_request(self, timeout: float) -> RequestRecord:
+        """The next request to arrive from now on."""
+        seen = len(self.requests)
+        async with asyncio.timeout(timeout), self._new_request:
+            await self._new_request.wait_for(lambda: len(self.requests) > seen)
+        return self.requests[seen]
+
+    def scenario_for(self, body: dict[str, Any]) -> Scenario:
+        for message in reversed(body.get("messages") or []):
+            if message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str) and content.startswith(SCENARIO_PREFIX):
+                return msgspec.json.decode(content[len(SCENARIO_PREFIX) :], type=Scenario)
+            break
+        return self.default
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = _decoder.decode(await request.read())
+            scenario = self.scenario_for(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return web.json_response({"error": {"message": str(exc), "type": "invalid_request"}}, status=400)
+        record = RequestRecord(number=next(self._numbers), body=body, scenario=scenario)
+        self.requests.append(record)
+        async with self._new_request:
+            self._new_request.notify_all()
+        try:
+            return await self._respond(request, record)
+        except (asyncio.CancelledError, ConnectionResetError):
+            record.disconnected = True
+            raise
+        finally:
+            record.ended_at = time.monotonic()
+            record.ended.set()
+
+    async def _respond(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
+        scenario = record.scenario
+        if scenario.status != 200:
+            headers = {"Retry-After": scenario.retry_after} if scenario.retry_after else None
+            return web.json_response(
+                {"error": {"message": f"fake error {scenario.status}", "type": "fake", "code": None}},
+                status=scenario.status,
+                headers=headers,
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if scenario.first_delay:
+            await asyncio.sleep(scenario.first_delay)
+        model = str(record.body.get("model", "fake"))
+        stream_options = record.body.get("stream_options") or {}
+        chunks = _chunks(scenario, model, want_usage=bool(stream_options.get("include_usage")))
+        for n, chunk in enumerate(chunks):
+            if n and scenario.interval:
+                await asyncio.sleep(scenario.interval)
+            if scenario.cut_after is not None and n == scenario.cut_after:
+                assert request.transport is not None
+                request.transport.abort()
+                record.disconnected = False
+                return response
+            if scenario.hang_after is not None and n == scenario.hang_after:
+                await asyncio.Event().wait()  # until the client goes away
+            if scenario.malformed_after is not None and n == scenario.malformed_after:
+                await response.write(b"data: {this is not json\n\n")
+                continue
+            if scenario.error_after is not None and n == scenario.error_after:
+                await response.write(
+                    b'data: {"error": {"message": "fake in-stream error", "type": "server_error", "code": 500}}\n\n'
+                )
+                break
+            await response.write(b"data: " + _encoder.encode(chunk) + b"\n\n")
+            record.chunks_sent += 1
+        else:
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _chunks(scenario: Scenario, model: str, *, want_usage: bool) -> list[dict[str, Any]]:
+    """The stream's chunks, in order (without ``[DONE]``)."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    out: list[dict[str, Any]] = []
+    for i in range(scenario.reasoning):
+        out.append(chunk({"role": "assistant", "reasoning_content": f"think{i} "}))
+    texts = scenario.text if scenario.text is not None else [
+        f"{scenario.word}{i} " for i in range(scenario.tokens)
+    ]
+    for text in texts:
+        out.append(chunk({"role": "assistant", "content": text}))
+    for index, call in enumerate(scenario.tool_calls):
+        size = max(call.fragment_chars, 1)
+        pieces = [call.arguments[i : i + size] for i in range(0, len(call.arguments), size)] or [""]
+        for j, piece in enumerate(pieces):
+            fragment: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
+            if j == 0:
+                fragment["id"] = f"call_fake_{index}"
+                fragment["type"] = "function"
+                fragment["function"]["name"] = call.name
+            out.append(chunk({"role": "assistant", "tool_calls": [fragment]}))
+    finish = scenario.finish_reason or ("tool_calls" if scenario.tool_calls else "stop")
+    out.append(chunk({}, finish))
+    if scenario.usage and want_usage:
+        completion = len(texts) + scenario.reasoning + len(scenario.tool_calls)
+        out.append(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": completion, "total_tokens": 7 + completion},
+            }
+        )
+    return out
+
+
+async def serve(host: str, port: int, default: Scenario) -> None:
+    """Run until cancelled (the ``tokenwire fake-upstream`` command)."""
+    fake = FakeUpstream(default)
+    url = await fake.start(host, port)
+    print(f"fake upstream listening on {url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fake.close()

@@ -1,0 +1,448 @@
+"""One WebSocket connection is one session.
+
+The session task (the connection handler) owns everything the connection
+started: a reader task that takes client messages, and one task per active
+generation, all in one ``TaskGroup``, so nothing outlives the connection. It
+is also the only writer to the socket: generations put frames in the
+session's outbox and the session task writes them, in order, each write with
+a deadline (``send_timeout``).
+
+A generation ends in exactly one terminal frame, whatever stops it: the
+upstream finishing or failing, a ``cancel`` or ``reset``, the server
+draining, or the connection going away (then the frame is not sent, but the
+upstream request is closed all the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final, assert_never
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from tokenwire.protocol import (
+    BadMessage,
+    Cancel,
+    Codec,
+    Error,
+    ErrorCode,
+    FrameAssembler,
+    Generate,
+    GenerationFrame,
+    Limits,
+    Ready,
+    RepeatedOutput,
+    Reset,
+    ResetDone,
+    ServerFrame,
+    Usage,
+)
+
+from .failures import UpstreamFailure, classify
+
+if TYPE_CHECKING:
+    from .app import TokenwireServer
+
+log = structlog.get_logger("tokenwire.session")
+
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds the closing handshake may take before the TCP connection is aborted."""
+SLOW_READER_CLOSE: Final = (4008, "slow reader")
+SHUTDOWN_CLOSE: Final = (1001, "server shutting down")
+
+
+class StopReason(enum.Enum):
+    CANCEL = "cancelled"
+    SHUTDOWN = "shutting_down"
+    DISCONNECT = "disconnected"
+
+
+class Generation:
+    """One generation: the relay from its upstream stream to its session's outbox."""
+
+    def __init__(self, session: Session, request: Generate, history: list[dict[str, Any]] | None):
+        self.session = session
+        self.request = request
+        self.id = request.id
+        self.conversation = request.conversation
+        self.history = history
+        self.messages = [*(history or ()), *request.messages]
+        self.assembler = FrameAssembler(
+            request.id, repeated_chunk_limit=session.settings.repeated_chunk_limit
+        )
+        self.task: asyncio.Task[None] | None = None
+        self.ended = False
+        self.outcome = ""
+        self.chunks = 0
+        self.time_to_first_token: float | None = None
+        self._stop: StopReason | None = None
+
+    def stop(self, reason: StopReason) -> None:
+        """Stop the generation; its terminal frame follows promptly. Idempotent."""
+        if self._stop is not None or self.ended or self.task is None:
+            return
+        self._stop = reason
+        self.task.cancel()
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(gen=self.id)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            self._end(await self._outcome(started))
+        finally:
+            if not self.ended:  # cancelled by the session's teardown
+                self.session.generation_ended(self)
+            metrics = self.session.server.metrics
+            metrics.generations.labels(self.outcome or "disconnected").inc()
+            log.info(
+                "generation",
+                model=self.request.model,
+                outcome=self.outcome or "disconnected",
+                chunks=self.chunks,
+                frames=self.assembler.seq,
+                ttft_ms=None
+                if self.time_to_first_token is None
+                else round(self.time_to_first_token * 1000, 1),
+                duration_ms=round((loop.time() - started) * 1000, 1),
+            )
+
+    async def _outcome(self, started: float) -> list[GenerationFrame]:
+        """The generation's last frames, whatever ended it."""
+        assembler = self.assembler
+        try:
+            await self._relay(started)
+            return assembler.finish(usage=assembler.usage or self._estimated_usage())
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stop is None or task is None:
+                raise  # the session is going away: nothing to say, nobody to say it to
+            task.uncancel()
+            if self._stop is StopReason.SHUTDOWN:
+                return [assembler.fail(ErrorCode.SHUTTING_DOWN, "the server is shutting down")]
+            return assembler.finish("cancelled", usage=self._estimated_usage())
+        except RepeatedOutput as exc:
+            return [assembler.fail(ErrorCode.REPEATED_OUTPUT, str(exc))]
+        except Exception as exc:
+            failure = classify(exc)
+            if failure.code is ErrorCode.INTERNAL:
+                log.exception("generation failed")
+            else:
+                log.warning(
+                    "upstream failed", code=failure.code.value, error=type(exc).__name__
+                )
+            return [
+                assembler.fail(failure.code, failure.message, retry_after_ms=failure.retry_after_ms)
+            ]
+
+    async def _relay(self, started: float) -> None:
+        session = self.session
+        settings = session.settings
+        request = self.request
+        loop = asyncio.get_running_loop()
+        feed = self.assembler.feed
+        send = session.send
+        deadline = asyncio.timeout(settings.first_token_timeout)
+        try:
+            async with deadline:
+                async with session.server.upstream.stream(
+                    request.model,
+                    self.messages,
+                    tools=request.tools,
+                    tool_choice=request.tool_choice,
+                    params=request.params,
+                ) as deltas:
+                    async for delta in deltas:
+                        frames = feed(delta)
+                        if frames:
+                            now = loop.time()
+                            if self.time_to_first_token is None:
+                                self.time_to_first_token = now - started
+                                session.server.metrics.time_to_first_token.observe(
+                                    self.time_to_first_token
+                                )
+                            deadline.reschedule(now + settings.idle_timeout)
+                            self.chunks += 1
+                            send(frames)
+                        # A fast upstream must not starve the loop (TRAPS.md):
+                        # give other sessions and our timers a turn per chunk.
+                        await asyncio.sleep(0)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            if self.time_to_first_token is None:
+                message = f"no first token within {settings.first_token_timeout:g} s"
+            else:
+                message = f"no token for {settings.idle_timeout:g} s"
+            raise UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, message) from None
+
+    def _estimated_usage(self) -> Usage:
+        upstream = self.session.server.upstream
+        model = self.request.model
+        assembler = self.assembler
+        prompt = upstream.count_tokens(model, messages=self.messages)
+        output = assembler.content + assembler.reasoning
+        output += "".join(call.arguments for call in assembler.tool_calls)
+        completion = upstream.count_tokens(model, text=output)
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            estimated=True,
+        )
+
+    def _end(self, frames: list[GenerationFrame]) -> None:
+        terminal = frames[-1]
+        self.outcome = terminal.code if isinstance(terminal, Error) else terminal.reason  # type: ignore[union-attr]
+        self.ended = True
+        self.session.send(frames)
+        self.session.generation_ended(self)
+        if isinstance(terminal, Error):
+            self.session.server.metrics.errors.labels(terminal.code).inc()
+        elif self.history is not None and terminal.reason != "cancelled":  # type: ignore[union-attr]
+            assistant: dict[str, Any] = {"role": "assistant", "content": self.assembler.content}
+            calls = self.assembler.tool_calls
+            if calls:
+                assistant["tool_calls"] = [
+                    {
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                    for call in calls
+                ]
+            self.history.extend([*self.request.messages, assistant])
+        self.session.server.metrics.tokens_sent.inc(self.chunks)
+
+
+class Session:
+    """A WebSocket connection's state: generations, conversations, the outbox."""
+
+    def __init__(self, server: TokenwireServer, connection: ServerConnection, codec: Codec):
+        self.id = secrets.token_urlsafe(12)
+        self.server = server
+        self.settings = server.settings
+        self.generations: dict[str, Generation] = {}
+        self._ws = connection
+        self._codec = codec
+        self._conversations: dict[str, list[dict[str, Any]]] = {}
+        self._outbox: deque[ServerFrame] = deque()
+        self._wakeup = asyncio.Event()
+        self._peer_gone = False
+        self._close_request: tuple[int, str] | None = None
+        self._task_group: asyncio.TaskGroup | None = None
+        self._finished = asyncio.Event()
+
+    # -- the session task ---------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; the caller's task is the session task."""
+        structlog.contextvars.bind_contextvars(session=self.id)
+        log.info("session open", encoding=self._codec.encoding.value)
+        self.send(
+            [
+                Ready(
+                    session=self.id,
+                    models=self.server.models,
+                    limits=Limits(
+                        max_generations=self.settings.max_generations,
+                        max_message_bytes=self.settings.max_message_bytes,
+                    ),
+                )
+            ]
+        )
+        try:
+            async with asyncio.TaskGroup() as task_group:
+                self._task_group = task_group
+                reader = task_group.create_task(self._read_loop())
+                try:
+                    await self._write_loop()
+                finally:
+                    reader.cancel()
+                    for generation in list(self.generations.values()):
+                        generation.stop(StopReason.DISCONNECT)
+            await self._close()
+        finally:
+            self._finished.set()
+            log.info("session closed", code=self._ws.close_code)
+
+    async def _read_loop(self) -> None:
+        try:
+            async for data in self._ws:
+                try:
+                    self._handle(data)
+                except Exception:  # a bug must not take the session down
+                    log.exception("message handling failed")
+                    self._reject(None, ErrorCode.INTERNAL, "internal error")
+        except ConnectionClosed:
+            pass
+        finally:
+            self._peer_gone = True
+            self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        """Write the outbox until the connection closes or a close is requested."""
+        ws = self._ws
+        outbox = self._outbox
+        encode = self._codec.encode
+        text = self._codec.encoding.is_text
+        send_timeout = self.settings.send_timeout
+        frames_sent = self.server.metrics.frames_sent
+        while True:
+            if self._peer_gone:
+                return
+            if not outbox:
+                if self._close_request is not None:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            data = encode(outbox.popleft())
+            try:
+                # websockets' send() waits for a stalled peer with no deadline
+                # (TRAPS.md): this one is ours.
+                async with asyncio.timeout(send_timeout):
+                    await ws.send(data, text=text)
+            except TimeoutError:
+                log.warning("slow reader", send_timeout=send_timeout, queued=len(outbox))
+                self._close_request = SLOW_READER_CLOSE
+                return
+            except ConnectionClosed:
+                return
+            frames_sent.inc()
+
+    async def _close(self) -> None:
+        if self._close_request is None or self._peer_gone:
+            return
+        code, reason = self._close_request
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            self._ws.transport.abort()
+
+    # -- called from other tasks ----------------------------------------------
+
+    def send(self, frames: list[ServerFrame] | list[GenerationFrame]) -> None:
+        """Queue frames for the session task to write, in order."""
+        self._outbox.extend(frames)
+        self._wakeup.set()
+
+    def generation_ended(self, generation: Generation) -> None:
+        if self.generations.get(generation.id) is generation:
+            del self.generations[generation.id]
+            self.server.generation_ended()
+
+    async def shutdown(self) -> None:
+        """End the remaining generations with ``shutting_down``, then close with 1001."""
+        active = [g for g in self.generations.values() if g.task is not None]
+        for generation in active:
+            generation.stop(StopReason.SHUTDOWN)
+        if active:
+            await asyncio.wait([g.task for g in active if g.task is not None])
+        if self._close_request is None:
+            self._close_request = SHUTDOWN_CLOSE
+        self._wakeup.set()
+        await self._finished.wait()
+
+    # -- client messages --------------------------------------------------------
+
+    def _handle(self, data: str | bytes) -> None:
+        try:
+            message = self._codec.decode_client(data)
+        except BadMessage as exc:
+            generation_id = exc.generation_id
+            if generation_id in self.generations:
+                generation_id = None
+            self._reject(generation_id, ErrorCode.BAD_MESSAGE, exc.message)
+            return
+        match message:
+            case Generate():
+                self._start(message)
+            case Cancel(id=generation_id):
+                if (generation := self.generations.get(generation_id)) is not None:
+                    generation.stop(StopReason.CANCEL)
+            case Reset():
+                self._reset()
+            case _:
+                assert_never(message)
+
+    def _start(self, request: Generate) -> None:
+        gid = request.id
+        if gid in self.generations:
+            self._reject(None, ErrorCode.DUPLICATE_ID, f"generation {gid!r} is already active")
+            return
+        if self.server.draining:
+            self._reject(gid, ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+            return
+        if request.model not in self.server.model_set:
+            self._reject(
+                gid,
+                ErrorCode.UNKNOWN_MODEL,
+                f"unknown model {request.model!r}; the ready frame lists the models offered",
+            )
+            return
+        if len(self.generations) >= self.settings.max_generations:
+            self._reject(
+                gid,
+                ErrorCode.TOO_MANY_GENERATIONS,
+                f"the session already has {self.settings.max_generations} active generations",
+            )
+            return
+        conversation = request.conversation
+        if conversation is not None and any(
+            g.conversation == conversation for g in self.generations.values()
+        ):
+            self._reject(
+                gid,
+                ErrorCode.CONVERSATION_BUSY,
+                f"conversation {conversation!r} has an active generation",
+            )
+            return
+        history = None
+        if conversation is not None:
+            history = self._conversations.setdefault(conversation, [])
+        generation = Generation(self, request, history)
+        self.generations[gid] = generation
+        self.server.generation_started()
+        assert self._task_group is not None
+        generation.task = self._task_group.create_task(generation.run(), name=f"generation {gid}")
+
+    def _reset(self) -> None:
+        active = list(self.generations.values())
+        for generation in active:
+            generation.stop(StopReason.CANCEL)
+        # A generation still finishing keeps its own history list, which is
+        # no longer reachable: nothing it appends survives the reset.
+        self._conversations = {}
+        ids = [g.id for g in active]
+        tasks = [g.task for g in active if g.task is not None]
+        if not tasks:
+            self.send([ResetDone(cancelled=ids)])
+            return
+
+        async def reset_done() -> None:
+            await asyncio.wait(tasks)
+            self.send([ResetDone(cancelled=ids)])
+
+        assert self._task_group is not None
+        self._task_group.create_task(reset_done(), name="reset")
+
+    def _reject(self, generation_id: str | None, code: ErrorCode, message: str) -> None:
+        self.server.metrics.errors.labels(code.value).inc()
+        self.send(
+            [
+                Error(
+                    id=generation_id,
+                    seq=0 if generation_id is not None else None,
+                    code=code.value,
+                    message=message,
+                    retryable=code.retryable,
+                )
+            ]
+        )

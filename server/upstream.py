@@ -1,0 +1,142 @@
+"""LiteLLM behind one narrow interface: a model name and a request in, deltas out.
+
+``Upstream`` owns the LiteLLM Router built from ``model_list`` and is the
+only module that calls LiteLLM for generations. ``stream()`` opens a provider
+stream and yields normalized ``Delta``s; leaving its context (normally, by an
+exception, or by cancellation) closes the upstream HTTP request at once, so a
+cancelled or abandoned generation stops being generated (and billed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import litellm
+
+from tokenwire.protocol import Delta, Params, ToolCallDelta, Usage
+
+from . import demo
+from .config import Config
+
+DEMO_MODEL: Final = "demo"
+
+
+class Upstream:
+    """The models tokenwire offers, and the streams it opens to them."""
+
+    def __init__(self, config: Config, *, repeated_chunk_limit: int) -> None:
+        model_list = [self._deployment(e.model_name, e.litellm_params, e.model_info) for e in config.model_list]
+        if not model_list:
+            model_list = [self._deployment(DEMO_MODEL, {"model": demo.MODEL}, None)]
+        if any(str(d["litellm_params"]["model"]).startswith(f"{demo.PROVIDER}/") for d in model_list):
+            demo.register()
+        for key, value in config.litellm_settings.items():
+            setattr(litellm, key, value)
+        # tokenwire checks repeated chunks itself (repeated_output); LiteLLM's
+        # own process-wide guard must not fire first with another error.
+        litellm.REPEATED_STREAMING_CHUNK_LIMIT = max(
+            litellm.REPEATED_STREAMING_CHUNK_LIMIT, repeated_chunk_limit + 2
+        )
+        router_settings = {"num_retries": 0, **config.router_settings}
+        self.router = litellm.Router(model_list=model_list, **router_settings)
+        self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
+        self._litellm_model = {d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)}
+
+    @staticmethod
+    def _deployment(name: str, params: dict[str, Any], info: dict[str, Any] | None) -> dict[str, Any]:
+        # Retries happen only where router_settings ask for them (contract,
+        # "Retries"): the OpenAI SDK's own two retries are switched off.
+        deployment: dict[str, Any] = {
+            "model_name": name,
+            "litellm_params": {"max_retries": 0, **params},
+        }
+        if info is not None:
+            deployment["model_info"] = info
+        return deployment
+
+    def warm_up(self) -> None:
+        """Load the token counter's tokenizer now, not during the first cancel."""
+        litellm.token_counter(model="gpt-4o-mini", text="warm up")
+
+    def count_tokens(self, model: str, *, messages: Sequence[dict[str, Any]] | None = None, text: str = "") -> int:
+        """LiteLLM's estimate of the tokens in ``messages`` or ``text``."""
+        name = self._litellm_model.get(model, model)
+        try:
+            if messages is not None:
+                return int(litellm.token_counter(model=name, messages=list(messages)))
+            return int(litellm.token_counter(model=name, text=text)) if text else 0
+        except Exception:  # a tokenizer failure must not fail the generation
+            return 0
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        params: Params | None = None,
+    ) -> AsyncIterator[AsyncIterator[Delta]]:
+        """Open a stream; the context closes the upstream request on exit."""
+        kwargs: dict[str, Any] = params.to_dict() if params is not None else {}
+        if tools:
+            kwargs["tools"] = tools
+            # The MCP gateway only serves LiteLLM proxy tools; for plain
+            # function tools it would import the optional `mcp` package.
+            kwargs["_skip_mcp_handler"] = True
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        response = await self.router.acompletion(
+            model=model,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,
+        )
+        try:
+            yield _deltas(response)
+        finally:
+            await response.aclose()
+
+
+async def _deltas(response: Any) -> AsyncIterator[Delta]:
+    async for chunk in response:
+        yield to_delta(chunk)
+
+
+def to_delta(chunk: Any) -> Delta:
+    """A LiteLLM ``ModelResponseStream`` chunk, normalized."""
+    usage = None
+    raw_usage = getattr(chunk, "usage", None)
+    if raw_usage is not None:
+        usage = Usage(
+            prompt_tokens=int(raw_usage.prompt_tokens or 0),
+            completion_tokens=int(raw_usage.completion_tokens or 0),
+            total_tokens=int(raw_usage.total_tokens or 0),
+        )
+    choices = chunk.choices
+    if not choices:
+        return Delta(usage=usage)
+    choice = choices[0]
+    delta = choice.delta
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    if delta.tool_calls:
+        tool_calls = tuple(
+            ToolCallDelta(
+                index=int(call.index or 0),
+                call_id=call.id,
+                name=call.function.name if call.function else None,
+                arguments=(call.function.arguments or "") if call.function else "",
+            )
+            for call in delta.tool_calls
+        )
+    return Delta(
+        text=delta.content or "",
+        reasoning=getattr(delta, "reasoning_content", None) or "",
+        tool_calls=tool_calls,
+        finish_reason=choice.finish_reason,
+        usage=usage,
+    )
