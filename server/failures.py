@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import aiohttp
 import httpx
-import litellm
 import openai
+from litellm import exceptions as llm
 
 from tokenwire.protocol import ErrorCode
 
@@ -37,15 +37,15 @@ def classify(exc: BaseException) -> UpstreamFailure:
     """The contract's code for an exception raised while calling or streaming a provider."""
     if isinstance(exc, UpstreamFailure):
         return exc
-    if isinstance(exc, litellm.MidStreamFallbackError) and exc.original_exception is not None:
+    if isinstance(exc, llm.MidStreamFallbackError) and exc.original_exception is not None:
         if _REPEATED_MARK not in str(exc):
             return classify(exc.original_exception)
     if _REPEATED_MARK in str(exc):
         return UpstreamFailure(ErrorCode.REPEATED_OUTPUT, "the model kept repeating the same chunk")
-    if isinstance(exc, litellm.Timeout | openai.APITimeoutError | httpx.TimeoutException):
+    if isinstance(exc, llm.Timeout | openai.APITimeoutError | httpx.TimeoutException | TimeoutError):
         return UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, "the provider did not answer in time")
     status = _status_of(exc)
-    if isinstance(exc, litellm.RateLimitError) or status == 429:
+    if isinstance(exc, llm.RateLimitError) or status == 429:
         return UpstreamFailure(
             ErrorCode.UPSTREAM_RATE_LIMITED,
             "the provider is rate limiting requests (HTTP 429)",
@@ -55,7 +55,7 @@ def classify(exc: BaseException) -> UpstreamFailure:
         return UpstreamFailure(
             ErrorCode.UPSTREAM_RATE_LIMITED, "every deployment of this model is cooling down"
         )
-    if isinstance(exc, litellm.ContextWindowExceededError):
+    if isinstance(exc, llm.ContextWindowExceededError):
         return UpstreamFailure(
             ErrorCode.UPSTREAM_REJECTED, "the provider refused the request: context too long"
         )
@@ -69,8 +69,8 @@ def classify(exc: BaseException) -> UpstreamFailure:
         return UpstreamFailure(ErrorCode.UPSTREAM_ERROR, f"the provider failed (HTTP {status})")
     if isinstance(
         exc,
-        litellm.APIConnectionError
-        | litellm.APIError
+        llm.APIConnectionError
+        | llm.APIError
         | openai.APIError
         | httpx.HTTPError
         | aiohttp.ClientError

@@ -94,7 +94,12 @@ class Generation:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            self._end(await self._outcome(started))
+            try:
+                frames = await self._outcome(started)
+            except Exception:  # a bug in tokenwire: the session must live on
+                log.exception("generation failed")
+                frames = [self.assembler.fail(ErrorCode.INTERNAL, "internal error")]
+            self._end(frames)
         finally:
             if not self.ended:  # cancelled by the session's teardown
                 self.session.generation_ended(self)

@@ -21,6 +21,15 @@ from . import demo
 from .config import Config
 
 DEMO_MODEL: Final = "demo"
+ROUTER_DEFAULTS: Final = {
+    # Retries only where router_settings ask for them (contract, "Retries").
+    "num_retries": 0,
+    # A cooldown takes a deployment out of rotation after one 401/404/429: with
+    # one deployment per model, one client's failure would fail every client's
+    # generations for `cooldown_time`. Configs with several deployments may
+    # turn it back on (`disable_cooldowns: false`).
+    "disable_cooldowns": True,
+}
 
 
 class Upstream:
@@ -39,7 +48,7 @@ class Upstream:
         litellm.REPEATED_STREAMING_CHUNK_LIMIT = max(
             litellm.REPEATED_STREAMING_CHUNK_LIMIT, repeated_chunk_limit + 2
         )
-        router_settings = {"num_retries": 0, **config.router_settings}
+        router_settings = {**ROUTER_DEFAULTS, **config.router_settings}
         self.router = litellm.Router(model_list=model_list, **router_settings)
         self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
         self._litellm_model = {d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)}
@@ -104,11 +113,26 @@ class Upstream:
 
 async def _deltas(response: Any) -> AsyncIterator[Delta]:
     async for chunk in response:
-        yield to_delta(chunk)
+        if getattr(chunk, "usage", None) is not None:
+            yield to_delta(chunk, provider_counted=_provider_counted(response))
+        else:
+            yield to_delta(chunk)
 
 
-def to_delta(chunk: Any) -> Delta:
-    """A LiteLLM ``ModelResponseStream`` chunk, normalized."""
+def _provider_counted(response: Any) -> bool:
+    """Whether the provider itself reported usage in this stream.
+
+    When it did not, LiteLLM still yields a usage chunk at the end, counted
+    with its token counter; the chunks it kept tell the two apart.
+    """
+    return any(getattr(c, "usage", None) is not None for c in getattr(response, "chunks", ()))
+
+
+def to_delta(chunk: Any, *, provider_counted: bool = True) -> Delta:
+    """A LiteLLM ``ModelResponseStream`` chunk, normalized.
+
+    ``provider_counted`` is False when a usage chunk is LiteLLM's estimate.
+    """
     usage = None
     raw_usage = getattr(chunk, "usage", None)
     if raw_usage is not None:
@@ -116,6 +140,7 @@ def to_delta(chunk: Any) -> Delta:
             prompt_tokens=int(raw_usage.prompt_tokens or 0),
             completion_tokens=int(raw_usage.completion_tokens or 0),
             total_tokens=int(raw_usage.total_tokens or 0),
+            estimated=not provider_counted,
         )
     choices = chunk.choices
     if not choices:

@@ -1,0 +1,230 @@
+"""Every error code of the contract, each through the real path that causes it."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from conftest import PROMPT_CLOSE_S, TIMEOUT, say
+
+from tokenwire.protocol import Encoding, Error, ErrorCode, Token
+from tokenwire.server.failures import classify
+
+
+async def _untagged_error(client) -> Error:
+    frame = await client.next_untagged()
+    assert isinstance(frame, Error)
+    assert frame.id is None and frame.seq is None
+    return frame
+
+
+# -- bad_message ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ("{not json", "invalid JSON"),
+        ('{"type": "dance"}', "$.type"),
+        ('{"type": "cancel"}', "id"),
+        ('{"type": "cancel", "id": 5}', "$.id"),
+        ('{"type": "reset", "extra": 1}', "extra"),
+        ("[1, 2]", "object"),
+        ('{"type": "generate", "id": "bad id!", "model": "fake", "messages": [{}]}', "$.id"),
+    ],
+)
+async def test_unreadable_messages_get_an_error_with_null_id_and_the_session_lives(
+    server, connect, raw, needle
+):
+    async with connect(server) as client:
+        await client.ws.send(raw)
+        error = await _untagged_error(client)
+        assert error.code == "bad_message" and not error.retryable
+        assert needle in error.message
+        await client.generate("after", messages=say(tokens=1))
+        assert (await client.result("after")).reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ({"params": {"n": 2}}, "$.params.n"),
+        ({"params": {"top_k": 3}}, "top_k"),
+        ({"params": {"max_tokens": "many"}}, "$.params.max_tokens"),
+        ({"messages": []}, "$.messages"),
+        ({"messages": "hi"}, "$.messages"),
+        ({"surprise": True}, "surprise"),
+        ({"tools": {"not": "a list"}}, "$.tools"),
+    ],
+)
+async def test_a_bad_generate_with_a_valid_id_ends_that_generation(server, connect, extra, path):
+    async with connect(server) as client:
+        message = {"type": "generate", "id": "g", "model": "fake", "messages": say(), **extra}
+        await client.send(message)
+        result = await client.result("g")
+        assert result.error is not None and result.error.code == "bad_message"
+        assert result.error.seq == 0 and not result.error.retryable
+        assert path in result.error.message
+        assert len(client.frames_of("g")) == 1
+
+
+async def test_a_bad_generate_reusing_an_active_id_leaves_that_generation_alone(server, connect):
+    async with connect(server) as client:
+        await client.generate("live", messages=say(tokens=4, interval=0.05))
+        await client.first_frame("live")
+        await client.send({"type": "generate", "id": "live", "model": "fake", "messages": []})
+        error = await _untagged_error(client)
+        assert error.code == "bad_message"
+        result = await client.result("live")
+        assert result.reason == "stop" and result.content.count("tok") == 4
+
+
+@pytest.mark.parametrize("encoding", list(Encoding), ids=lambda e: e.value)
+async def test_a_frame_of_the_wrong_kind_is_a_bad_message(server, connect, encoding):
+    async with connect(server, encoding) as client:
+        payload = msgspec.json.encode({"type": "reset"})
+        wrong = payload if encoding is Encoding.JSON else payload.decode()
+        await client.ws.send(wrong)
+        error = await _untagged_error(client)
+        assert error.code == "bad_message"
+        assert ("binary frame" if encoding is Encoding.JSON else "text frame") in error.message
+
+
+async def test_msgpack_garbage_is_a_bad_message(server, connect):
+    async with connect(server, Encoding.MSGPACK) as client:
+        await client.ws.send(b"\xc1\xc1")
+        error = await _untagged_error(client)
+        assert error.code == "bad_message" and "MessagePack" in error.message
+
+
+# -- rejected before start -------------------------------------------------------------
+
+
+async def test_unknown_model(server, connect):
+    async with connect(server) as client:
+        await client.generate("m", model="gpt-nonexistent")
+        error = (await client.result("m")).error
+        assert error is not None
+        assert (error.code, error.seq, error.retryable) == ("unknown_model", 0, False)
+
+
+async def test_duplicate_id_is_refused_and_the_active_generation_goes_on(server, connect):
+    async with connect(server) as client:
+        await client.generate("dup", messages=say(tokens=5, interval=0.03))
+        await client.first_frame("dup")
+        await client.generate("dup", messages=say(tokens=1))
+        error = await _untagged_error(client)
+        assert error.code == "duplicate_id" and not error.retryable
+        result = await client.result("dup")
+        assert result.content == "".join(f"tok{i} " for i in range(5))
+
+
+async def test_too_many_generations(start_server, connect):
+    async with start_server(max_generations=2) as handle, connect(handle) as client:
+        await client.generate("a", messages=say(tokens=3, interval=0.05))
+        await client.generate("b", messages=say(tokens=3, interval=0.05))
+        await client.generate("c", messages=say(tokens=1))
+        error = (await client.result("c")).error
+        assert error is not None
+        assert (error.code, error.retryable) == ("too_many_generations", True)
+        await client.result("a")
+        await client.result("b")
+        await client.generate("c", messages=say(tokens=1))  # room again
+        assert (await client.result("c")).reason == "stop"
+
+
+# -- upstream failures ----------------------------------------------------------------
+
+
+async def test_rate_limited_carries_retry_after_and_is_not_retried(server, connect, fake):
+    async with connect(server) as client:
+        before = len(fake.requests)
+        await client.generate("rl", messages=say(status=429, retry_after="2"))
+        error = (await client.result("rl")).error
+        assert error is not None
+        assert (error.code, error.retryable, error.retry_after_ms) == (
+            "upstream_rate_limited",
+            True,
+            2000,
+        )
+        assert len(fake.requests) - before == 1  # LiteLLM's own retries are off
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_provider_refusals_are_upstream_rejected(server, connect, status):
+    async with connect(server) as client:
+        await client.generate("rj", messages=say(status=status))
+        error = (await client.result("rj")).error
+        assert error is not None
+        assert (error.code, error.retryable) == ("upstream_rejected", False)
+        assert str(status) in error.message
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        {"status": 500},
+        {"status": 503},
+        {"tokens": 6, "cut_after": 3},
+        {"tokens": 6, "malformed_after": 2},
+        {"tokens": 6, "error_after": 2},
+    ],
+    ids=["500", "503", "cut", "malformed", "in-stream-error"],
+)
+async def test_provider_failures_are_upstream_error(server, connect, scenario):
+    async with connect(server) as client:
+        await client.generate("ue", messages=say(**scenario))
+        result = await client.result("ue")
+        assert result.error is not None
+        assert (result.error.code, result.error.retryable) == ("upstream_error", True)
+        # What was streamed before the failure was relayed, numbered, and kept.
+        tokens = [f for f in client.frames_of("ue") if isinstance(f, Token)]
+        assert result.error.seq == len(tokens)
+
+
+async def test_no_first_token_in_time_is_upstream_timeout(start_server, connect, fake):
+    async with start_server(first_token_timeout=0.3) as handle, connect(handle) as client:
+        await client.generate("ft", messages=say(tokens=2, first_delay=5))
+        record = await fake.next_request(TIMEOUT)
+        error = (await client.result("ft")).error
+        assert error is not None
+        assert (error.code, error.retryable) == ("upstream_timeout", True)
+        assert "first token" in error.message
+        await record.wait_ended(PROMPT_CLOSE_S)
+        assert record.disconnected
+
+
+async def test_a_stall_mid_stream_is_upstream_timeout(start_server, connect, fake):
+    async with start_server(idle_timeout=0.3) as handle, connect(handle) as client:
+        await client.generate("it", messages=say(tokens=5, hang_after=2))
+        record = await fake.next_request(TIMEOUT)
+        result = await client.result("it")
+        assert result.error is not None and result.error.code == "upstream_timeout"
+        assert result.content == "tok0 tok1 "
+        await record.wait_ended(PROMPT_CLOSE_S)
+        assert record.disconnected
+
+
+async def test_repeated_chunks_are_repeated_output(start_server, connect):
+    async with start_server(repeated_chunk_limit=5) as handle, connect(handle) as client:
+        await client.generate("rep", messages=say(text=["again "] * 12))
+        result = await client.result("rep")
+        assert result.error is not None
+        assert (result.error.code, result.error.retryable) == ("repeated_output", True)
+        assert result.content == "again " * 5  # the sixth identical chunk is not relayed
+
+
+async def test_repeats_up_to_the_limit_are_fine(start_server, connect):
+    async with start_server(repeated_chunk_limit=5) as handle, connect(handle) as client:
+        await client.generate("ok", messages=say(text=["again "] * 5 + ["done"]))
+        assert (await client.result("ok")).reason == "stop"
+
+
+def test_anything_unexpected_is_internal_and_says_nothing_of_itself():
+    failure = classify(RuntimeError("secret detail at /srv/app.py"))
+    assert failure.code is ErrorCode.INTERNAL and failure.code.retryable
+    assert "secret" not in failure.message
+
+
+def test_retryability_follows_the_contract():
+    not_retryable = {c for c in ErrorCode if not c.retryable}
+    assert not_retryable == {"bad_message", "unknown_model", "duplicate_id", "upstream_rejected"}
