@@ -286,9 +286,9 @@ class Session:
                     self._reject(None, ErrorCode.INTERNAL, "internal error")
         except ConnectionClosed:
             pass
-        finally:
-            self._peer_gone = True
-            self._wakeup.set()
+        # The peer closed (or the connection failed): the writer stops too.
+        self._peer_gone = True
+        self._wakeup.set()
 
     async def _write_loop(self) -> None:
         """Write the outbox until the connection closes or a close is requested."""

@@ -1,0 +1,160 @@
+"""cancel, reset and disconnect: terminal frames come promptly and the
+upstream request is closed (seen by the fake upstream, over real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import websockets
+from conftest import PROMPT_CLOSE_S, TIMEOUT, say
+
+from tokenwire.protocol import Finish, ResetDone, Token, ToolCallComplete
+
+SLOW = {"tokens": 200, "interval": 0.05}
+
+
+async def test_cancel_finishes_with_what_was_sent_and_closes_the_upstream(server, connect, fake):
+    async with connect(server) as client:
+        await client.generate("c", messages=say(**SLOW))
+        record = await fake.next_request(TIMEOUT)
+        await client.first_frame("c")
+        await client.cancel("c")
+        result = await client.result("c", timeout=PROMPT_CLOSE_S)
+        assert result.reason == "cancelled"
+        tokens = [f.text for f in client.frames_of("c") if isinstance(f, Token)]
+        assert result.content == "".join(tokens) and tokens
+        assert result.usage is not None and result.usage.estimated
+        assert result.usage.completion_tokens > 0
+        await record.wait_ended(PROMPT_CLOSE_S)
+        assert record.disconnected
+        assert record.chunks_sent < 200
+
+
+async def test_cancel_before_the_first_token_closes_the_upstream(server, connect, fake):
+    async with connect(server) as client:
+        await client.generate("early", messages=say(tokens=3, first_delay=30))
+        record = await fake.next_request(TIMEOUT)
+        await client.cancel("early")
+        result = await client.result("early", timeout=PROMPT_CLOSE_S)
+        assert (result.reason, result.content) == ("cancelled", "")
+        await record.wait_ended(PROMPT_CLOSE_S)
+        assert record.disconnected
+
+
+async def test_cancel_of_an_unknown_or_ended_id_is_ignored(server, connect):
+    async with connect(server) as client:
+        await client.cancel("never-started")
+        await client.generate("done", messages=say(tokens=1))
+        await client.result("done")
+        await client.cancel("done")
+        await client.generate("probe", messages=say(tokens=1))
+        await client.result("probe")
+        # Nothing came for the ignored cancels: no untagged error, no second finish.
+        assert client.untagged.empty()
+        assert sum(isinstance(f, Finish) and f.id == "done" for f in client.frames) == 1
+
+
+async def test_cancel_is_idempotent(server, connect):
+    async with connect(server) as client:
+        await client.generate("twice", messages=say(**SLOW))
+        await client.first_frame("twice")
+        await client.cancel("twice")
+        await client.cancel("twice")
+        assert (await client.result("twice")).reason == "cancelled"
+        await client.generate("probe", messages=say(tokens=1))
+        await client.result("probe")
+        assert [type(f) for f in client.frames_of("twice")][-1] is Finish
+        assert sum(isinstance(f, Finish) for f in client.frames_of("twice")) == 1
+
+
+async def test_a_tool_call_cut_by_cancel_still_completes_before_finish(server, connect):
+    call = {"name": "lookup", "arguments": '{"query": "' + "x" * 400 + '"}', "fragment_chars": 4}
+    async with connect(server) as client:
+        await client.generate(
+            "tc", messages=say(tokens=0, tool_calls=[call], interval=0.02), tools=[_tool("lookup")]
+        )
+        await client.first_frame("tc")
+        await client.cancel("tc")
+        result = await client.result("tc")
+        assert result.reason == "cancelled"
+        (partial,) = result.tool_calls
+        assert call["arguments"].startswith(partial.arguments) and partial.arguments
+        frames = client.frames_of("tc")
+        assert isinstance(frames[-2], ToolCallComplete) and isinstance(frames[-1], Finish)
+
+
+async def test_other_generations_are_not_disturbed_by_a_cancel(server, connect):
+    async with connect(server) as client:
+        await client.generate("victim", messages=say(**SLOW))
+        await client.generate("bystander", messages=say(tokens=6, interval=0.02))
+        await client.first_frame("victim")
+        await client.cancel("victim")
+        assert (await client.result("victim")).reason == "cancelled"
+        bystander = await client.result("bystander")
+        assert (bystander.reason, bystander.content.count("tok")) == ("stop", 6)
+
+
+async def test_reset_cancels_everything_then_says_reset_done(server, connect, fake):
+    async with connect(server) as client:
+        for gid in ("r1", "r2", "r3"):
+            await client.generate(gid, messages=say(**SLOW))
+        for gid in ("r1", "r2", "r3"):
+            await client.first_frame(gid)
+        await client.send({"type": "reset"})
+        done = await client.next_untagged()
+        assert isinstance(done, ResetDone)
+        assert sorted(done.cancelled) == ["r1", "r2", "r3"]
+        # reset_done came after the terminal frame of each of them.
+        position = client.frames.index(done)
+        for gid in ("r1", "r2", "r3"):
+            terminal = client.frames_of(gid)[-1]
+            assert isinstance(terminal, Finish) and terminal.reason == "cancelled"
+            assert client.frames.index(terminal) < position
+        for record in fake.requests[-3:]:
+            await record.wait_ended(PROMPT_CLOSE_S)
+            assert record.disconnected
+
+
+async def test_reset_with_nothing_active(server, connect):
+    async with connect(server) as client:
+        await client.send({"type": "reset"})
+        done = await client.next_untagged()
+        assert isinstance(done, ResetDone) and done.cancelled == []
+
+
+async def test_disconnect_closes_every_upstream_request(server, connect, fake):
+    async with connect(server) as client:
+        for gid in ("d1", "d2"):
+            await client.generate(gid, messages=say(**SLOW))
+        for gid in ("d1", "d2"):
+            await client.first_frame(gid)
+        records = fake.requests[-2:]
+        await client.ws.close()
+    for record in records:
+        await record.wait_ended(PROMPT_CLOSE_S)
+        assert record.disconnected
+
+
+async def test_an_abrupt_disconnect_closes_the_upstream_request_too(server, fake):
+    ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
+    await ws.recv()  # ready
+    await ws.send('{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}")
+    await ws.recv()  # first token
+    record = fake.requests[-1]
+    ws.transport.abort()  # no close frame: the TCP connection just goes
+    await record.wait_ended(PROMPT_CLOSE_S)
+    assert record.disconnected
+    async with asyncio.timeout(TIMEOUT):
+        while server.server.sessions:
+            await asyncio.sleep(0.01)
+    assert server.server.active_generations == 0
+
+
+def _tool(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value)
