@@ -1,0 +1,88 @@
+"""`tokenwire serve` as a user runs it: a real process, the demo model, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import websockets
+from conftest import TIMEOUT, model_list
+
+TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
+STARTUP_TIMEOUT = 6 * TIMEOUT  # importing LiteLLM takes seconds, more on a loaded machine
+
+
+async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    process = await asyncio.create_subprocess_exec(
+        TOKENWIRE, "serve", "--port", "0", "--log-format", "json", *args,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(STARTUP_TIMEOUT):
+        while True:
+            line = await process.stderr.readline()
+            assert line, "the server exited before listening"
+            event = json.loads(line)
+            if event.get("event") == "listening":
+                return process, event["url"]
+
+
+async def _generate(ws, gid: str, model: str, text: str) -> None:
+    await ws.send(json.dumps({"type": "generate", "id": gid, "model": model,
+                              "messages": [{"role": "user", "content": text}]}))
+
+
+async def test_serve_offers_demo_and_drains_on_sigterm():
+    process, url = await _start()
+    try:
+        async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+            ready = json.loads(await ws.recv())
+            assert ready["models"] == ["demo"]
+            await _generate(ws, "hello", "demo", "Hi!")
+            first = json.loads(await ws.recv())
+            assert first["type"] == "token" and first["id"] == "hello"
+            process.send_signal(signal.SIGTERM)  # mid-answer: it may finish
+            frames = [first]
+            async with asyncio.timeout(TIMEOUT):
+                async for data in ws:
+                    frames.append(json.loads(data))
+            assert ws.close_code == 1001
+            assert frames[-1]["type"] == "finish" and frames[-1]["reason"] == "stop"
+            text = "".join(f["text"] for f in frames if f["type"] == "token")
+            assert text == frames[-1]["content"] and text.startswith('You said: "Hi!"')
+        async with asyncio.timeout(TIMEOUT):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_serve_with_a_config_file_and_model_flags(tmp_path, fake):
+    config = tmp_path / "tokenwire.yaml"
+    config.write_text(json.dumps({"model_list": model_list(fake.base_url),
+                                  "server": {"max_generations": 3}}))
+    process, url = await _start("--config", str(config), "--model", "openai/extra")
+    try:
+        async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+            ready = json.loads(await ws.recv())
+            assert ready["models"] == ["fake", "demo", "openai/extra"]
+            assert ready["limits"]["max_generations"] == 3
+            await _generate(ws, "f", "fake", "fake:" + json.dumps({"tokens": 2}))
+            frames = []
+            while not frames or frames[-1]["type"] not in ("finish", "error"):
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+            assert frames[-1]["content"] == "tok0 tok1 "
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(TIMEOUT):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
