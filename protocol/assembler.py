@@ -225,9 +225,7 @@ class FrameAssembler:
         )
         return frames
 
-    def fail(
-        self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None
-    ) -> Error:
+    def fail(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None) -> Error:
         """The generation's terminal ``error`` frame."""
         self._end()
         return Error(

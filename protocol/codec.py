@@ -88,9 +88,9 @@ class Codec:
             frame: ServerFrame = self._server_decoder.decode(data)
         except msgspec.ValidationError as exc:
             raw = self._try_raw(data)
-            if isinstance(raw, dict) and isinstance(raw.get("type"), str):
-                if raw["type"] not in _SERVER_FRAME_TYPES:
-                    return None
+            kind = raw.get("type") if isinstance(raw, dict) else None
+            if isinstance(kind, str) and kind not in _SERVER_FRAME_TYPES:
+                return None
             raise BadMessage(_strip_path(exc), path=_path_of(exc)) from None
         except msgspec.DecodeError as exc:
             raise BadMessage(f"invalid {self._format_name}: {exc}") from None
@@ -104,7 +104,9 @@ class Codec:
         if self.encoding.is_text and not isinstance(data, str):
             raise BadMessage(f"binary frame on {self.encoding.subprotocol}: send JSON as text")
         if not self.encoding.is_text and isinstance(data, str):
-            raise BadMessage(f"text frame on {self.encoding.subprotocol}: send MessagePack as binary")
+            raise BadMessage(
+                f"text frame on {self.encoding.subprotocol}: send MessagePack as binary"
+            )
 
     def _try_raw(self, data: str | bytes) -> Any:
         try:
@@ -127,9 +129,7 @@ class Codec:
         return BadMessage(_strip_path(exc), path=_path_of(exc), generation_id=generation_id)
 
 
-_SERVER_FRAME_TYPES: Final = frozenset(
-    t.__struct_config__.tag for t in ServerFrame.__args__  # type: ignore[attr-defined]
-)
+_SERVER_FRAME_TYPES: Final = frozenset(t.__struct_config__.tag for t in ServerFrame.__args__)
 
 
 def _path_of(exc: msgspec.ValidationError) -> str | None:

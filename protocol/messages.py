@@ -26,7 +26,9 @@ FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filte
 # client → server
 
 
-class _ClientMessage(Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+class _ClientMessage(
+    Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
     pass
 
 
@@ -49,7 +51,7 @@ class Params(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit
         return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not None}
 
 
-class Generate(_ClientMessage, tag="generate", kw_only=True):
+class Generate(_ClientMessage, tag="generate", frozen=True, kw_only=True):
     """Start a generation named ``id`` on ``model``."""
 
     id: GenerationId
@@ -61,13 +63,13 @@ class Generate(_ClientMessage, tag="generate", kw_only=True):
     conversation: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
 
 
-class Cancel(_ClientMessage, tag="cancel", kw_only=True):
+class Cancel(_ClientMessage, tag="cancel", frozen=True, kw_only=True):
     """Stop generation ``id``; ignored when no such generation is active."""
 
     id: str
 
 
-class Reset(_ClientMessage, tag="reset", kw_only=True):
+class Reset(_ClientMessage, tag="reset", frozen=True, kw_only=True):
     """Cancel every active generation and forget every conversation."""
 
 
@@ -86,7 +88,7 @@ class Limits(Struct, frozen=True, kw_only=True):
     max_message_bytes: int
 
 
-class Ready(_Frame, tag="ready", kw_only=True):
+class Ready(_Frame, tag="ready", frozen=True, kw_only=True):
     """First frame of every session."""
 
     session: str
@@ -95,19 +97,19 @@ class Ready(_Frame, tag="ready", kw_only=True):
     limits: Limits
 
 
-class Token(_Frame, tag="token", kw_only=True):
+class Token(_Frame, tag="token", frozen=True, kw_only=True):
     id: str
     seq: int
     text: str
 
 
-class Reasoning(_Frame, tag="reasoning", kw_only=True):
+class Reasoning(_Frame, tag="reasoning", frozen=True, kw_only=True):
     id: str
     seq: int
     text: str
 
 
-class ToolCallChunk(_Frame, tag="tool_call_chunk", kw_only=True):
+class ToolCallChunk(_Frame, tag="tool_call_chunk", frozen=True, kw_only=True):
     """A fragment of tool call ``index``: ``arguments`` is this fragment only."""
 
     id: str
@@ -118,7 +120,7 @@ class ToolCallChunk(_Frame, tag="tool_call_chunk", kw_only=True):
     arguments: str
 
 
-class ToolCallComplete(_Frame, tag="tool_call_complete", kw_only=True):
+class ToolCallComplete(_Frame, tag="tool_call_complete", frozen=True, kw_only=True):
     """Tool call ``index`` in full, once, after its last fragment."""
 
     id: str
@@ -143,7 +145,7 @@ class Usage(Struct, frozen=True, kw_only=True):
     estimated: bool = False
 
 
-class Finish(_Frame, tag="finish", kw_only=True):
+class Finish(_Frame, tag="finish", frozen=True, kw_only=True):
     """The generation ended normally or was cancelled: its terminal frame."""
 
     id: str
@@ -154,7 +156,7 @@ class Finish(_Frame, tag="finish", kw_only=True):
     usage: Usage | None
 
 
-class Error(_Frame, tag="error", kw_only=True, omit_defaults=True):
+class Error(_Frame, tag="error", frozen=True, kw_only=True, omit_defaults=True):
     """A generation failed (``id`` set), or a message could not be taken (``id`` null)."""
 
     id: str | None
@@ -165,7 +167,7 @@ class Error(_Frame, tag="error", kw_only=True, omit_defaults=True):
     retry_after_ms: int | None = None
 
 
-class ResetDone(_Frame, tag="reset_done", kw_only=True):
+class ResetDone(_Frame, tag="reset_done", frozen=True, kw_only=True):
     """Sent after the terminal frames of every generation the reset cancelled."""
 
     cancelled: list[str]

@@ -113,7 +113,9 @@ class ResultBuilder:
                     if seen is None or seen.complete is None:
                         self._violation(f"finish lists tool call {listed.index} never completed")
                     if seen.complete.arguments != listed.arguments:
-                        self._violation(f"finish.tool_calls[{listed.index}] differs from its chunks")
+                        self._violation(
+                            f"finish.tool_calls[{listed.index}] differs from its chunks"
+                        )
                 if len(frame.tool_calls) != len(self._calls):
                     self._violation("finish.tool_calls does not list every streamed tool call")
                 self._terminal = frame
@@ -151,4 +153,3 @@ class ResultBuilder:
 
     def _violation(self, message: str) -> NoReturn:
         raise ProtocolViolation(message, generation_id=self.generation_id)
-

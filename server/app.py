@@ -19,11 +19,10 @@ from http import HTTPStatus
 from typing import Final
 
 import structlog
+from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
-
-from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 
 from .config import ServerSettings
 from .metrics import CONTENT_TYPE, Metrics
@@ -52,6 +51,9 @@ class TokenwireServer:
         self.metrics = Metrics()
         self.draining = False
         self.sessions: set[Session] = set()
+        self.no_sessions = asyncio.Event()
+        """Set while no session is open."""
+        self.no_sessions.set()
         self.active_generations = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -120,12 +122,15 @@ class TokenwireServer:
         encoding = ENCODING_BY_SUBPROTOCOL.get(connection.subprotocol or "", Encoding.JSON)
         session = Session(self, connection, self._codecs[encoding])
         self.sessions.add(session)
+        self.no_sessions.clear()
         self.metrics.sessions.inc()
         self.metrics.sessions_opened.inc()
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            if not self.sessions:
+                self.no_sessions.set()
             self.metrics.sessions.dec()
 
     def _select_subprotocol(
@@ -178,10 +183,9 @@ class TokenwireServer:
         ]
         for header in headers.get_all("Sec-WebSocket-Protocol"):
             for offer in header.split(","):
-                offer = offer.strip()
-                if offer.startswith(AUTH_SUBPROTOCOL_PREFIX):
-                    if (key := _decode_key(offer[len(AUTH_SUBPROTOCOL_PREFIX) :])) is not None:
-                        presented.append(key)
+                prefix, _, encoded = offer.strip().partition(AUTH_SUBPROTOCOL_PREFIX)
+                if not prefix and encoded and (key := _decode_key(encoded)) is not None:
+                    presented.append(key)
         # Compare against every key, in constant time for each.
         return any(hmac.compare_digest(p, k) for p in presented for k in self._keys)
 

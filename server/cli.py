@@ -38,8 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server (default: the offline model demo)")
-    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+    )
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
     serve.add_argument("--config", metavar="FILE", help="YAML config: model_list, server, ...")
     serve.add_argument(
         "--model",
@@ -50,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
-        "--log-format", choices=["json", "console"], help="default: console on a terminal, else json"
+        "--log-format",
+        choices=["json", "console"],
+        help="default: console on a terminal, else json",
     )
     serve.set_defaults(run=_serve)
 
@@ -82,7 +88,9 @@ def _serve(args: argparse.Namespace) -> None:
 
     from . import logs
 
-    logs.configure(args.log_level, json=None if args.log_format is None else args.log_format == "json")
+    logs.configure(
+        args.log_level, json=None if args.log_format is None else args.log_format == "json"
+    )
 
     from .upstream import Upstream  # imports LiteLLM: seconds, done once
 
@@ -97,7 +105,9 @@ def _serve(args: argparse.Namespace) -> None:
         _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
 
 
-async def _run_server(host: str, port: int, settings: object, upstream: object, started: float) -> None:
+async def _run_server(
+    host: str, port: int, settings: object, upstream: object, started: float
+) -> None:
     import structlog
 
     from .app import TokenwireServer

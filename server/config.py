@@ -139,7 +139,9 @@ def _resolve_env(value: Any, env: Mapping[str, str], path: str) -> Any:
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
         name = value[len(ENV_PREFIX) :]
         if name not in env:
-            raise ConfigError(f"{path.lstrip('.') or 'config'}: environment variable {name} is not set")
+            raise ConfigError(
+                f"{path.lstrip('.') or 'config'}: environment variable {name} is not set"
+            )
         return env[name]
     if isinstance(value, dict):
         return {k: _resolve_env(v, env, f"{path}.{k}") for k, v in value.items()}

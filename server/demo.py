@@ -92,9 +92,7 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):  # OpenAI content parts
-                return " ".join(
-                    p.get("text", "") for p in content if isinstance(p, dict)
-                )
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
 
 

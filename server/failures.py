@@ -17,7 +17,6 @@ import aiohttp
 import httpx
 import openai
 from litellm import exceptions as llm
-
 from tokenwire.protocol import ErrorCode
 
 _REPEATED_MARK: Final = "repeating the same chunk"
@@ -37,12 +36,13 @@ def classify(exc: BaseException) -> UpstreamFailure:
     """The contract's code for an exception raised while calling or streaming a provider."""
     if isinstance(exc, UpstreamFailure):
         return exc
-    if isinstance(exc, llm.MidStreamFallbackError) and exc.original_exception is not None:
-        if _REPEATED_MARK not in str(exc):
-            return classify(exc.original_exception)
     if _REPEATED_MARK in str(exc):
         return UpstreamFailure(ErrorCode.REPEATED_OUTPUT, "the model kept repeating the same chunk")
-    if isinstance(exc, llm.Timeout | openai.APITimeoutError | httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, llm.MidStreamFallbackError) and exc.original_exception is not None:
+        return classify(exc.original_exception)
+    if isinstance(
+        exc, llm.Timeout | openai.APITimeoutError | httpx.TimeoutException | TimeoutError
+    ):
         return UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, "the provider did not answer in time")
     status = _status_of(exc)
     if isinstance(exc, llm.RateLimitError) or status == 429:

@@ -23,6 +23,9 @@ import msgspec
 from aiohttp import web
 
 SCENARIO_PREFIX: Final = "fake:"
+IN_STREAM_ERROR: Final = (
+    b'data: {"error": {"message": "fake in-stream error", "type": "server_error", "code": 500}}\n\n'
+)
 
 
 class FakeToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -149,7 +152,9 @@ class FakeUpstream:
             body = _decoder.decode(await request.read())
             scenario = self.scenario_for(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return web.json_response({"error": {"message": str(exc), "type": "invalid_request"}}, status=400)
+            return web.json_response(
+                {"error": {"message": str(exc), "type": "invalid_request"}}, status=400
+            )
         record = RequestRecord(number=next(self._numbers), body=body, scenario=scenario)
         self.requests.append(record)
         async with self._new_request:
@@ -168,7 +173,13 @@ class FakeUpstream:
         if scenario.status != 200:
             headers = {"Retry-After": scenario.retry_after} if scenario.retry_after else None
             return web.json_response(
-                {"error": {"message": f"fake error {scenario.status}", "type": "fake", "code": None}},
+                {
+                    "error": {
+                        "message": f"fake error {scenario.status}",
+                        "type": "fake",
+                        "code": None,
+                    }
+                },
                 status=scenario.status,
                 headers=headers,
             )
@@ -193,9 +204,7 @@ class FakeUpstream:
                 await response.write(b"data: {this is not json\n\n")
                 continue
             if scenario.error_after is not None and n == scenario.error_after:
-                await response.write(
-                    b'data: {"error": {"message": "fake in-stream error", "type": "server_error", "code": 500}}\n\n'
-                )
+                await response.write(IN_STREAM_ERROR)
                 break
             await response.write(b"data: " + _encoder.encode(chunk) + b"\n\n")
             record.chunks_sent += 1
@@ -220,9 +229,11 @@ def _chunks(scenario: Scenario, model: str, *, want_usage: bool) -> list[dict[st
     out: list[dict[str, Any]] = []
     for i in range(scenario.reasoning):
         out.append(chunk({"role": "assistant", "reasoning_content": f"think{i} "}))
-    texts = scenario.text if scenario.text is not None else [
-        f"{scenario.word}{i} " for i in range(scenario.tokens)
-    ]
+    texts = (
+        scenario.text
+        if scenario.text is not None
+        else [f"{scenario.word}{i} " for i in range(scenario.tokens)]
+    )
     for text in texts:
         out.append(chunk({"role": "assistant", "content": text}))
     for index, call in enumerate(scenario.tool_calls):
@@ -246,7 +257,11 @@ def _chunks(scenario: Scenario, model: str, *, want_usage: bool) -> list[dict[st
                 "created": 0,
                 "model": model,
                 "choices": [],
-                "usage": {"prompt_tokens": 7, "completion_tokens": completion, "total_tokens": 7 + completion},
+                "usage": {
+                    "prompt_tokens": 7,
+                    "completion_tokens": completion,
+                    "total_tokens": 7 + completion,
+                },
             }
         )
     return out

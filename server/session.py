@@ -22,9 +22,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import structlog
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-
 from tokenwire.protocol import (
     BadMessage,
     Cancel,
@@ -42,6 +39,8 @@ from tokenwire.protocol import (
     ServerFrame,
     Usage,
 )
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from .failures import UpstreamFailure, classify
 
@@ -138,9 +137,7 @@ class Generation:
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("generation failed")
             else:
-                log.warning(
-                    "upstream failed", code=failure.code.value, error=type(exc).__name__
-                )
+                log.warning("upstream failed", code=failure.code.value, error=type(exc).__name__)
             return [
                 assembler.fail(failure.code, failure.message, retry_after_ms=failure.retry_after_ms)
             ]
@@ -154,29 +151,31 @@ class Generation:
         send = session.send
         deadline = asyncio.timeout(settings.first_token_timeout)
         try:
-            async with deadline:
-                async with session.server.upstream.stream(
+            async with (
+                deadline,
+                session.server.upstream.stream(
                     request.model,
                     self.messages,
                     tools=request.tools,
                     tool_choice=request.tool_choice,
                     params=request.params,
-                ) as deltas:
-                    async for delta in deltas:
-                        frames = feed(delta)
-                        if frames:
-                            now = loop.time()
-                            if self.time_to_first_token is None:
-                                self.time_to_first_token = now - started
-                                session.server.metrics.time_to_first_token.observe(
-                                    self.time_to_first_token
-                                )
-                            deadline.reschedule(now + settings.idle_timeout)
-                            self.chunks += 1
-                            send(frames)
-                        # A fast upstream must not starve the loop (TRAPS.md):
-                        # give other sessions and our timers a turn per chunk.
-                        await asyncio.sleep(0)
+                ) as deltas,
+            ):
+                async for delta in deltas:
+                    frames = feed(delta)
+                    if frames:
+                        now = loop.time()
+                        if self.time_to_first_token is None:
+                            self.time_to_first_token = now - started
+                            session.server.metrics.time_to_first_token.observe(
+                                self.time_to_first_token
+                            )
+                        deadline.reschedule(now + settings.idle_timeout)
+                        self.chunks += 1
+                        send(frames)
+                    # A fast upstream must not starve the loop (TRAPS.md):
+                    # give other sessions and our timers a turn per chunk.
+                    await asyncio.sleep(0)
         except TimeoutError:
             if not deadline.expired():
                 raise

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import litellm
-
 from tokenwire.protocol import Delta, Params, ToolCallDelta, Usage
 
 from . import demo
@@ -36,10 +35,15 @@ class Upstream:
     """The models tokenwire offers, and the streams it opens to them."""
 
     def __init__(self, config: Config, *, repeated_chunk_limit: int) -> None:
-        model_list = [self._deployment(e.model_name, e.litellm_params, e.model_info) for e in config.model_list]
+        model_list = [
+            self._deployment(e.model_name, e.litellm_params, e.model_info)
+            for e in config.model_list
+        ]
         if not model_list:
             model_list = [self._deployment(DEMO_MODEL, {"model": demo.MODEL}, None)]
-        if any(str(d["litellm_params"]["model"]).startswith(f"{demo.PROVIDER}/") for d in model_list):
+        if any(
+            str(d["litellm_params"]["model"]).startswith(f"{demo.PROVIDER}/") for d in model_list
+        ):
             demo.register()
         for key, value in config.litellm_settings.items():
             setattr(litellm, key, value)
@@ -51,10 +55,14 @@ class Upstream:
         router_settings = {**ROUTER_DEFAULTS, **config.router_settings}
         self.router = litellm.Router(model_list=model_list, **router_settings)
         self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
-        self._litellm_model = {d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)}
+        self._litellm_model = {
+            d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
+        }
 
     @staticmethod
-    def _deployment(name: str, params: dict[str, Any], info: dict[str, Any] | None) -> dict[str, Any]:
+    def _deployment(
+        name: str, params: dict[str, Any], info: dict[str, Any] | None
+    ) -> dict[str, Any]:
         # Retries happen only where router_settings ask for them (contract,
         # "Retries"): the OpenAI SDK's own two retries are switched off.
         deployment: dict[str, Any] = {
@@ -69,7 +77,9 @@ class Upstream:
         """Load the token counter's tokenizer now, not during the first cancel."""
         litellm.token_counter(model="gpt-4o-mini", text="warm up")
 
-    def count_tokens(self, model: str, *, messages: Sequence[dict[str, Any]] | None = None, text: str = "") -> int:
+    def count_tokens(
+        self, model: str, *, messages: Sequence[dict[str, Any]] | None = None, text: str = ""
+    ) -> int:
         """LiteLLM's estimate of the tokens in ``messages`` or ``text``."""
         name = self._litellm_model.get(model, model)
         try:

@@ -21,8 +21,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import msgspec
 import pytest
 import websockets
-from websockets.asyncio.client import ClientConnection
-
 from tokenwire.protocol import (
     TERMINAL_FRAMES,
     Codec,
@@ -36,6 +34,7 @@ from tokenwire.protocol import (
 )
 from tokenwire.server.config import Config, ServerSettings, parse
 from tokenwire.server.fake_upstream import FakeUpstream
+from websockets.asyncio.client import ClientConnection
 
 TIMEOUT = 10.0
 """Every wait in the tests derives from this one constant (seconds)."""
@@ -181,7 +180,11 @@ def model_list(base_url: str) -> list[dict[str, Any]]:
     return [
         {
             "model_name": "fake",
-            "litellm_params": {"model": "openai/fake-model", "api_base": base_url, "api_key": "sk-fake"},
+            "litellm_params": {
+                "model": "openai/fake-model",
+                "api_base": base_url,
+                "api_key": "sk-fake",
+            },
         },
         {
             "model_name": "demo",
@@ -203,7 +206,9 @@ def upstream(config: Config) -> Any:
 
 
 @pytest.fixture
-def start_server(upstream: Any) -> Callable[..., contextlib.AbstractAsyncContextManager[ServerHandle]]:
+def start_server(
+    upstream: Any,
+) -> Callable[..., contextlib.AbstractAsyncContextManager[ServerHandle]]:
     """``async with start_server(max_generations=2) as handle``: a server with those settings."""
     from tokenwire.server.app import TokenwireServer
 

@@ -7,7 +7,6 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tokenwire.protocol import (
     TERMINAL_FRAMES,
     Codec,
@@ -40,8 +39,15 @@ deltas = st.builds(
     text=texts,
     reasoning=texts,
     tool_calls=st.lists(fragments, max_size=2).map(tuple),
-    finish_reason=st.none() | st.sampled_from(["stop", "length", "tool_calls", "function_call", "eos"]),
-    usage=st.none() | st.builds(Usage, prompt_tokens=st.integers(0, 9), completion_tokens=st.integers(0, 9), total_tokens=st.integers(0, 18)),
+    finish_reason=st.none()
+    | st.sampled_from(["stop", "length", "tool_calls", "function_call", "eos"]),
+    usage=st.none()
+    | st.builds(
+        Usage,
+        prompt_tokens=st.integers(0, 9),
+        completion_tokens=st.integers(0, 9),
+        total_tokens=st.integers(0, 18),
+    ),
 )
 endings = st.sampled_from(["finish", "cancel", "fail"])
 
@@ -83,9 +89,12 @@ def test_any_delta_sequence_yields_frames_holding_invariants_1_to_4(stream, endi
         completes = {f.index: f.arguments for f in frames if isinstance(f, ToolCallComplete)}
         assert completes == by_index
         assert {c.index: c.arguments for c in frames[-1].tool_calls} == by_index
-        last_chunk = max((i for i, f in enumerate(frames) if isinstance(f, ToolCallChunk)), default=-1)
+        last_chunk = max(
+            (i for i, f in enumerate(frames) if isinstance(f, ToolCallChunk)), default=-1
+        )
         first_complete = min(
-            (i for i, f in enumerate(frames) if isinstance(f, ToolCallComplete)), default=len(frames)
+            (i for i, f in enumerate(frames) if isinstance(f, ToolCallComplete)),
+            default=len(frames),
         )
         assert last_chunk < first_complete
     # and the builder agrees, frame by frame
@@ -165,7 +174,10 @@ def test_finish_reasons_are_normalized(upstream, calls, expected):
 
 def _frames():
     assembler = FrameAssembler("g")
-    frames = [*assembler.feed(Delta(text="a")), *assembler.feed(Delta(tool_calls=(ToolCallDelta(index=0, name="f", arguments="{}"),)))]
+    frames = [
+        *assembler.feed(Delta(text="a")),
+        *assembler.feed(Delta(tool_calls=(ToolCallDelta(index=0, name="f", arguments="{}"),))),
+    ]
     return frames + assembler.finish()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
 from tokenwire.protocol import (
     BadMessage,
     Cancel,
@@ -84,4 +83,6 @@ def test_a_malformed_known_frame_is_reported():
 
 def test_the_json_schema_covers_both_directions():
     schema = json_schema()
-    assert {"Generate", "Cancel", "Reset", "Token", "Finish", "Error", "ResetDone"} <= set(schema["$defs"])
+    assert {"Generate", "Cancel", "Reset", "Token", "Finish", "Error", "ResetDone"} <= set(
+        schema["$defs"]
+    )

@@ -7,7 +7,6 @@ import asyncio
 
 import websockets
 from conftest import PROMPT_CLOSE_S, TIMEOUT, say
-
 from tokenwire.protocol import Finish, ResetDone, Token, ToolCallComplete
 
 SLOW = {"tokens": 200, "interval": 0.05}
@@ -138,15 +137,16 @@ async def test_disconnect_closes_every_upstream_request(server, connect, fake):
 async def test_an_abrupt_disconnect_closes_the_upstream_request_too(server, fake):
     ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
     await ws.recv()  # ready
-    await ws.send('{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}")
+    await ws.send(
+        '{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}"
+    )
     await ws.recv()  # first token
     record = fake.requests[-1]
     ws.transport.abort()  # no close frame: the TCP connection just goes
     await record.wait_ended(PROMPT_CLOSE_S)
     assert record.disconnected
     async with asyncio.timeout(TIMEOUT):
-        while server.server.sessions:
-            await asyncio.sleep(0.01)
+        await server.server.no_sessions.wait()
     assert server.server.active_generations == 0
 
 

@@ -19,7 +19,13 @@ STARTUP_TIMEOUT = 6 * TIMEOUT  # importing LiteLLM takes seconds, more on a load
 async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     process = await asyncio.create_subprocess_exec(
-        TOKENWIRE, "serve", "--port", "0", "--log-format", "json", *args,
+        TOKENWIRE,
+        "serve",
+        "--port",
+        "0",
+        "--log-format",
+        "json",
+        *args,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
@@ -34,8 +40,16 @@ async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
 
 
 async def _generate(ws, gid: str, model: str, text: str) -> None:
-    await ws.send(json.dumps({"type": "generate", "id": gid, "model": model,
-                              "messages": [{"role": "user", "content": text}]}))
+    await ws.send(
+        json.dumps(
+            {
+                "type": "generate",
+                "id": gid,
+                "model": model,
+                "messages": [{"role": "user", "content": text}],
+            }
+        )
+    )
 
 
 async def test_serve_offers_demo_and_drains_on_sigterm():
@@ -66,8 +80,9 @@ async def test_serve_offers_demo_and_drains_on_sigterm():
 
 async def test_serve_with_a_config_file_and_model_flags(tmp_path, fake):
     config = tmp_path / "tokenwire.yaml"
-    config.write_text(json.dumps({"model_list": model_list(fake.base_url),
-                                  "server": {"max_generations": 3}}))
+    config.write_text(
+        json.dumps({"model_list": model_list(fake.base_url), "server": {"max_generations": 3}})
+    )
     process, url = await _start("--config", str(config), "--model", "openai/extra")
     try:
         async with websockets.connect(url, open_timeout=TIMEOUT) as ws:

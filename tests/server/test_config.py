@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tokenwire.server.config import Config, ConfigError, ServerSettings, load, parse
 
 TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
@@ -72,11 +71,19 @@ def test_an_empty_file_is_the_defaults(tmp_path):
         ("server: {max_sessions: many}", "server.max_sessions: expected `int`, got `str`"),
         ("server: {send_timeout: 0}", "server.send_timeout: expected `float` > 0.0"),
         ("server: {compression: maybe}", "server.compression: expected `bool`"),
-        ("model_list: [{model_name: x, litellm_params: {}}]", "model_list[0].litellm_params.model: required"),
+        (
+            "model_list: [{model_name: x, litellm_params: {}}]",
+            "model_list[0].litellm_params.model: required",
+        ),
         ("model_list: [{litellm_params: {model: m}}]", "model_list[0].model_name: required"),
-        ("model_list: [{model_name: x, litellm_params: {model: m}, extra: 1}]", "model_list[0].extra: unknown key"),
-        ("model_list: [{model_name: x, litellm_params: {model: m, api_key: os.environ/TW_UNSET_VAR}}]",
-         "model_list[0].litellm_params.api_key: environment variable TW_UNSET_VAR is not set"),
+        (
+            "model_list: [{model_name: x, litellm_params: {model: m}, extra: 1}]",
+            "model_list[0].extra: unknown key",
+        ),
+        (
+            "model_list: [{model_name: x, litellm_params: {model: m, api_key: os.environ/TW_NO}}]",
+            "model_list[0].litellm_params.api_key: environment variable TW_NO is not set",
+        ),
         ("server: [1, 2", "not valid YAML"),
         ("- just a list", "the top level must be a mapping"),
     ],

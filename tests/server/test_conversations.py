@@ -21,7 +21,9 @@ async def test_tool_calls_are_kept_in_the_history(server, connect, fake):
     call = {"name": "f", "arguments": '{"a": 1}'}
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     async with connect(server) as client:
-        await client.generate("t1", messages=say(tokens=0, tool_calls=[call]), tools=tools, conversation="c")
+        await client.generate(
+            "t1", messages=say(tokens=0, tool_calls=[call]), tools=tools, conversation="c"
+        )
         await client.result("t1")
         reply = [{"role": "tool", "tool_call_id": "call_fake_0", "content": "42"}]
         await client.generate("t2", messages=reply, conversation="c")
@@ -29,7 +31,11 @@ async def test_tool_calls_are_kept_in_the_history(server, connect, fake):
     assistant = fake.requests[-1].body["messages"][1]
     assert assistant["role"] == "assistant"
     assert assistant["tool_calls"] == [
-        {"id": "call_fake_0", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+        {
+            "id": "call_fake_0",
+            "type": "function",
+            "function": {"name": "f", "arguments": '{"a": 1}'},
+        }
     ]
 
 

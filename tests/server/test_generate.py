@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from conftest import TIMEOUT, say
-
 from tokenwire.protocol import (
     Encoding,
     Finish,
@@ -17,14 +16,16 @@ from tokenwire.protocol import (
 
 
 async def test_ready_frame_lists_models_and_limits(start_server, connect):
-    async with start_server(max_generations=3, max_message_bytes=5000) as handle:
-        async with connect(handle) as client:
-            ready = client.ready
-            assert ready is not None
-            assert ready.protocol == "tokenwire.v1"
-            assert ready.models == ["fake", "demo"]
-            assert (ready.limits.max_generations, ready.limits.max_message_bytes) == (3, 5000)
-            assert ready.session
+    async with (
+        start_server(max_generations=3, max_message_bytes=5000) as handle,
+        connect(handle) as client,
+    ):
+        ready = client.ready
+        assert ready is not None
+        assert ready.protocol == "tokenwire.v1"
+        assert ready.models == ["fake", "demo"]
+        assert (ready.limits.max_generations, ready.limits.max_message_bytes) == (3, 5000)
+        assert ready.session
 
 
 async def test_tokens_stream_in_order_and_finish_carries_the_whole_text(server, connect, encoding):

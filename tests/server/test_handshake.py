@@ -8,9 +8,8 @@ import urllib.request
 import pytest
 import websockets
 from conftest import TIMEOUT, say
-from websockets.exceptions import InvalidStatus
-
 from tokenwire.server.app import auth_subprotocol
+from websockets.exceptions import InvalidStatus
 
 KEY = "k-123_secret"
 
@@ -27,7 +26,11 @@ async def _http(url: str) -> tuple[int, str, str]:
     def get() -> tuple[int, str, str]:
         try:
             with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-                return response.status, response.headers.get("Content-Type", ""), response.read().decode()
+                return (
+                    response.status,
+                    response.headers.get("Content-Type", ""),
+                    response.read().decode(),
+                )
         except urllib.error.HTTPError as exc:
             return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
 
@@ -38,7 +41,9 @@ async def test_api_key_in_the_authorization_header(start_server):
     async with start_server(api_keys=["other", KEY]) as handle:
         assert await _status(handle.url) == 401
         assert await _status(handle.url, additional_headers={"Authorization": "Bearer nope"}) == 401
-        assert await _status(handle.url, additional_headers={"Authorization": f"Bearer {KEY}"}) == 101
+        assert (
+            await _status(handle.url, additional_headers={"Authorization": f"Bearer {KEY}"}) == 101
+        )
 
 
 async def test_api_key_as_a_subprotocol_for_browsers(start_server):
@@ -71,8 +76,7 @@ async def test_server_full_is_503_after_origin_and_key(start_server, connect):
             assert await _status(handle.url) == 401
             assert await _status(handle.url, **auth) == 503
         async with asyncio.timeout(TIMEOUT):
-            while handle.server.sessions:
-                await asyncio.sleep(0.01)
+            await handle.server.no_sessions.wait()
         assert await _status(handle.url, **auth) == 101
 
 
@@ -117,7 +121,9 @@ async def test_unknown_paths_are_404(server):
     assert (await _http(server.http + "/nothing-here"))[0] == 404
 
 
-@pytest.mark.parametrize("offered", [["tokenwire.v1.msgpack", "tokenwire.v1"], ["x", "tokenwire.v1"]])
+@pytest.mark.parametrize(
+    "offered", [["tokenwire.v1.msgpack", "tokenwire.v1"], ["x", "tokenwire.v1"]]
+)
 async def test_the_first_known_subprotocol_offered_is_chosen(server, offered):
     async with websockets.connect(server.url, subprotocols=offered, open_timeout=TIMEOUT) as ws:
-        assert ws.subprotocol == [p for p in offered if p.startswith("tokenwire")][0]
+        assert ws.subprotocol == next(p for p in offered if p.startswith("tokenwire"))
