@@ -126,6 +126,8 @@ class Upstream:
 
 async def _deltas(response: Any) -> AsyncIterator[Delta]:
     async for chunk in response:
+        if chunk is None:  # the Router's stand-in for a non-streaming fallback answer
+            continue
         if getattr(chunk, "usage", None) is not None:
             yield to_delta(chunk, provider_counted=_provider_counted(response))
         else:

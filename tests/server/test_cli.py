@@ -101,3 +101,36 @@ async def test_serve_with_a_config_file_and_model_flags(tmp_path, fake):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_logs_carry_no_key_and_no_prompt_text(tmp_path, fake):
+    key, secret = "sk-never-logged-1234", "PROMPT-TEXT-NEVER-LOGGED"
+    config = tmp_path / "tokenwire.yaml"
+    config.write_text(
+        json.dumps({"model_list": model_list(fake.base_url), "server": {"api_keys": [key]}})
+    )
+    process, url = await _start("--config", str(config))
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with websockets.connect(url, additional_headers=headers, open_timeout=TIMEOUT) as ws:
+            await ws.recv()
+            for gid, scenario in (("ok", {"tokens": 2}), ("bad", {"status": 500})):
+                text = f"{secret} fake:" + json.dumps(scenario)
+                await _generate(ws, gid, "fake", text.removeprefix(f"{secret} "))
+                await _generate(ws, gid + "2", "demo", secret)
+            ends = 0
+            while ends < 4:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                ends += frame["type"] in ("finish", "error")
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            assert await process.wait() == 0
+        assert process.stderr is not None
+        logs = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    events = [json.loads(line) for line in logs.splitlines()]
+    assert sum(e.get("event") == "generation" for e in events) == 4
+    assert key not in logs and secret not in logs
