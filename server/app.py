@@ -23,6 +23,7 @@ from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from .config import ServerSettings
 from .metrics import CONTENT_TYPE, Metrics
@@ -134,8 +135,8 @@ class TokenwireServer:
             self.metrics.sessions.dec()
 
     def _select_subprotocol(
-        self, connection: ServerConnection, subprotocols: Sequence[str]
-    ) -> str | None:
+        self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
         """The client's first tokenwire subprotocol; none offered means JSON."""
         for subprotocol in subprotocols:
             if subprotocol in ENCODING_BY_SUBPROTOCOL:

@@ -15,7 +15,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
+
+if TYPE_CHECKING:  # the modules themselves are imported late: see the docstring
+    from .config import ServerSettings
+    from .upstream import Upstream
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
@@ -106,15 +110,12 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 async def _run_server(
-    host: str, port: int, settings: object, upstream: object, started: float
+    host: str, port: int, settings: ServerSettings, upstream: Upstream, started: float
 ) -> None:
     import structlog
 
     from .app import TokenwireServer
-    from .config import ServerSettings
-    from .upstream import Upstream
 
-    assert isinstance(settings, ServerSettings) and isinstance(upstream, Upstream)
     log = structlog.get_logger("tokenwire")
     server = TokenwireServer(settings, upstream)
     loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 import litellm
+from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
 PROVIDER: Final = "tokenwire"
@@ -34,10 +35,10 @@ def register() -> None:
         # LiteLLM reads the map into its provider list when a call is routed.
         from litellm.utils import custom_llm_setup
 
-        custom_llm_setup()
+        custom_llm_setup()  # type: ignore[no-untyped-call]
 
 
-class DemoLLM(litellm.CustomLLM):
+class DemoLLM(CustomLLM):
     """A LiteLLM custom provider that streams a canned, message-aware answer."""
 
     async def astreaming(  # type: ignore[override]

@@ -19,6 +19,7 @@ import asyncio
 import enum
 import secrets
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import structlog
@@ -28,6 +29,7 @@ from tokenwire.protocol import (
     Codec,
     Error,
     ErrorCode,
+    Finish,
     FrameAssembler,
     Generate,
     GenerationFrame,
@@ -202,26 +204,32 @@ class Generation:
 
     def _end(self, frames: list[GenerationFrame]) -> None:
         terminal = frames[-1]
-        self.outcome = terminal.code if isinstance(terminal, Error) else terminal.reason  # type: ignore[union-attr]
         self.ended = True
         self.session.send(frames)
         self.session.generation_ended(self)
+        metrics = self.session.server.metrics
+        metrics.tokens_sent.inc(self.chunks)
         if isinstance(terminal, Error):
-            self.session.server.metrics.errors.labels(terminal.code).inc()
-        elif self.history is not None and terminal.reason != "cancelled":  # type: ignore[union-attr]
-            assistant: dict[str, Any] = {"role": "assistant", "content": self.assembler.content}
-            calls = self.assembler.tool_calls
-            if calls:
-                assistant["tool_calls"] = [
-                    {
-                        "id": call.call_id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments},
-                    }
-                    for call in calls
-                ]
-            self.history.extend([*self.request.messages, assistant])
-        self.session.server.metrics.tokens_sent.inc(self.chunks)
+            self.outcome = terminal.code
+            metrics.errors.labels(terminal.code).inc()
+        elif isinstance(terminal, Finish):
+            self.outcome = terminal.reason
+            if self.history is not None and terminal.reason != "cancelled":
+                self.history.extend([*self.request.messages, self._assistant_message()])
+
+    def _assistant_message(self) -> dict[str, Any]:
+        """The answer as a chat message, for the conversation's history."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.assembler.content}
+        if calls := self.assembler.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in calls
+            ]
+        return message
 
 
 class Session:
@@ -332,7 +340,7 @@ class Session:
 
     # -- called from other tasks ----------------------------------------------
 
-    def send(self, frames: list[ServerFrame] | list[GenerationFrame]) -> None:
+    def send(self, frames: Iterable[ServerFrame]) -> None:
         """Queue frames for the session task to write, in order."""
         self._outbox.extend(frames)
         self._wakeup.set()

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import litellm
+from litellm.router import Router
 from tokenwire.protocol import Delta, Params, ToolCallDelta, Usage
 
 from . import demo
@@ -49,11 +50,10 @@ class Upstream:
             setattr(litellm, key, value)
         # tokenwire checks repeated chunks itself (repeated_output); LiteLLM's
         # own process-wide guard must not fire first with another error.
-        litellm.REPEATED_STREAMING_CHUNK_LIMIT = max(
-            litellm.REPEATED_STREAMING_CHUNK_LIMIT, repeated_chunk_limit + 2
-        )
+        name = "REPEATED_STREAMING_CHUNK_LIMIT"
+        setattr(litellm, name, max(getattr(litellm, name), repeated_chunk_limit + 2))
         router_settings = {**ROUTER_DEFAULTS, **config.router_settings}
-        self.router = litellm.Router(model_list=model_list, **router_settings)
+        self.router = Router(model_list=model_list, **router_settings)
         self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
         self._litellm_model = {
             d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
@@ -111,7 +111,9 @@ class Upstream:
             kwargs["_skip_mcp_handler"] = True
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
-        response = await self.router.acompletion(
+        # The messages are OpenAI chat messages as the client sent them; LiteLLM
+        # types them as TypedDicts.
+        response = await self.router.acompletion(  # type: ignore[call-overload]
             model=model,
             messages=messages,
             stream=True,

@@ -143,8 +143,6 @@ async def test_generations_run_concurrently_on_one_session(server, connect):
         assert all(r.content == "".join(f"tok{j} " for j in range(6)) for r in results)
         # Interleaved, not one after the other: the first generation had not
         # finished when the last one's first token arrived.
-        order = [f.id for f in client.frames if isinstance(f, Token | Finish)]
-        assert order.index("c4") < order.index("c0") + 6 + 1 - 1 or order[-1] != "c0"
         first_finish = next(i for i, f in enumerate(client.frames) if isinstance(f, Finish))
         first_token_of_last = next(
             i for i, f in enumerate(client.frames) if isinstance(f, Token) and f.id == "c4"
