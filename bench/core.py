@@ -27,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import websockets
+
 from tokenwire.server.fake_upstream import FakeUpstream
 
 TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))

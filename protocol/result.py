@@ -10,7 +10,8 @@ get the check for free.
 
 from __future__ import annotations
 
-from typing import NoReturn
+import time
+from typing import Any, NoReturn
 
 from msgspec import Struct
 
@@ -39,6 +40,43 @@ class Result(Struct, frozen=True, kw_only=True):
     usage: Usage | None
     reason: FinishReason | None
     error: Error | None = None
+    model: str = ""
+
+    def to_openai(self, *, created: int | None = None) -> dict[str, Any]:
+        """The result as an OpenAI ``chat.completion`` object.
+
+        The same shape ``litellm.stream_chunk_builder`` builds from a stream's
+        chunks: ``content`` is None when empty, ``tool_calls`` and
+        ``reasoning_content`` appear when there are any. OpenAI has no
+        ``cancelled`` finish reason: a cancelled result says ``stop``.
+        """
+        message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.tool_calls
+            ]
+        if self.reasoning:
+            message["reasoning_content"] = self.reasoning
+        reason = "stop" if self.reason in (None, "cancelled") else self.reason
+        completion: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": int(time.time()) if created is None else created,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+        }
+        if self.usage is not None:
+            completion["usage"] = {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+            }
+        return completion
 
 
 class _Call:
@@ -54,10 +92,19 @@ class _Call:
 class ResultBuilder:
     """Accumulates one generation's frames; ``result()`` once a terminal frame came."""
 
-    __slots__ = ("_calls", "_reasoning", "_terminal", "_text", "generation_id", "next_seq")
+    __slots__ = (
+        "_calls",
+        "_reasoning",
+        "_terminal",
+        "_text",
+        "generation_id",
+        "model",
+        "next_seq",
+    )
 
-    def __init__(self, generation_id: str) -> None:
+    def __init__(self, generation_id: str, *, model: str = "") -> None:
         self.generation_id = generation_id
+        self.model = model
         self.next_seq = 0
         self._text: list[str] = []
         self._reasoning: list[str] = []
@@ -137,6 +184,7 @@ class ResultBuilder:
                 tool_calls=terminal.tool_calls,
                 usage=terminal.usage,
                 reason=terminal.reason,
+                model=self.model,
             )
         return Result(
             id=self.generation_id,
@@ -149,6 +197,7 @@ class ResultBuilder:
             usage=None,
             reason=None,
             error=terminal,
+            model=self.model,
         )
 
     def _violation(self, message: str) -> NoReturn:

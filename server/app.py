@@ -19,11 +19,12 @@ from http import HTTPStatus
 from typing import Final
 
 import structlog
-from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
+
+from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 
 from .config import ServerSettings
 from .metrics import CONTENT_TYPE, Metrics

@@ -1,4 +1,4 @@
-"""The ``tokenwire`` command: ``serve`` and ``fake-upstream``.
+"""The ``tokenwire`` command: ``serve``, ``chat`` and ``fake-upstream``.
 
 Start-up order matters: the config is validated before LiteLLM is imported
 (a bad config fails in milliseconds, with one line and exit status 2), and
@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
         help="default: console on a terminal, else json",
     )
     serve.set_defaults(run=_serve)
+
+    chat = commands.add_parser("chat", help="chat with a tokenwire server in the terminal")
+    chat.add_argument(
+        "--url", default=f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/ws", help="the server's URL"
+    )
+    chat.add_argument("--model", help="default: the first model the server offers")
+    chat.add_argument(
+        "--api-key", default=os.environ.get("TOKENWIRE_API_KEY"), help="default: $TOKENWIRE_API_KEY"
+    )
+    chat.set_defaults(run=_chat)
 
     fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
     fake.add_argument("--host", default=DEFAULT_HOST)
@@ -135,6 +145,12 @@ async def _run_server(
         for sig in signals:
             loop.remove_signal_handler(sig)
         await server.drain()
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from tokenwire.client.chat import run
+
+    raise SystemExit(run(args.url, args.model, args.api_key))
 
 
 def _fake_upstream(args: argparse.Namespace) -> None:

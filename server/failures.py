@@ -17,6 +17,7 @@ import aiohttp
 import httpx
 import openai
 from litellm import exceptions as llm
+
 from tokenwire.protocol import ErrorCode
 
 _REPEATED_MARK: Final = "repeating the same chunk"

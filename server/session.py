@@ -23,6 +23,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
 from tokenwire.protocol import (
     BadMessage,
     Cancel,
@@ -41,8 +44,6 @@ from tokenwire.protocol import (
     ServerFrame,
     Usage,
 )
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from .failures import UpstreamFailure, classify
 
@@ -82,13 +83,17 @@ class Generation:
         self.chunks = 0
         self.time_to_first_token: float | None = None
         self._stop: StopReason | None = None
+        self._running = False
 
     def stop(self, reason: StopReason) -> None:
         """Stop the generation; its terminal frame follows promptly. Idempotent."""
         if self._stop is not None or self.ended or self.task is None:
             return
         self._stop = reason
-        self.task.cancel()
+        # A task cancelled before its first step never runs its coroutine (no
+        # terminal frame): one not yet running sees `_stop` when it starts.
+        if self._running:
+            self.task.cancel()
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(gen=self.id)
@@ -121,17 +126,16 @@ class Generation:
     async def _outcome(self, started: float) -> list[GenerationFrame]:
         """The generation's last frames, whatever ended it."""
         assembler = self.assembler
+        self._running = True
         try:
-            await self._relay(started)
-            return assembler.finish(usage=assembler.usage or self._estimated_usage())
+            if self._stop is None:
+                await self._relay(started)
+                return assembler.finish(usage=assembler.usage or self._estimated_usage())
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._stop is None or task is None:
                 raise  # the session is going away: nothing to say, nobody to say it to
             task.uncancel()
-            if self._stop is StopReason.SHUTDOWN:
-                return [assembler.fail(ErrorCode.SHUTTING_DOWN, "the server is shutting down")]
-            return assembler.finish("cancelled", usage=self._estimated_usage())
         except RepeatedOutput as exc:
             return [assembler.fail(ErrorCode.REPEATED_OUTPUT, str(exc))]
         except Exception as exc:
@@ -143,6 +147,13 @@ class Generation:
             return [
                 assembler.fail(failure.code, failure.message, retry_after_ms=failure.retry_after_ms)
             ]
+        return self._stopped()
+
+    def _stopped(self) -> list[GenerationFrame]:
+        """The last frames of a generation stopped by a cancel, a reset or the drain."""
+        if self._stop is StopReason.SHUTDOWN:
+            return [self.assembler.fail(ErrorCode.SHUTTING_DOWN, "the server is shutting down")]
+        return self.assembler.finish("cancelled", usage=self._estimated_usage())
 
     async def _relay(self, started: float) -> None:
         session = self.session
@@ -280,6 +291,10 @@ class Session:
                         generation.stop(StopReason.DISCONNECT)
             await self._close()
         finally:
+            # A generation whose task never ran (the task group was torn down
+            # before its first step) still leaves the server's count.
+            for generation in list(self.generations.values()):
+                self.generation_ended(generation)
             self._finished.set()
             log.info("session closed", code=self._ws.close_code)
 

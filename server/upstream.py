@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import litellm
 from litellm.router import Router
+
 from tokenwire.protocol import Delta, Params, ToolCallDelta, Usage
 
 from . import demo

@@ -21,6 +21,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import msgspec
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
+
 from tokenwire.protocol import (
     TERMINAL_FRAMES,
     Codec,
@@ -34,7 +36,6 @@ from tokenwire.protocol import (
 )
 from tokenwire.server.config import Config, ServerSettings, parse
 from tokenwire.server.fake_upstream import FakeUpstream
-from websockets.asyncio.client import ClientConnection
 
 TIMEOUT = 10.0
 """Every wait in the tests derives from this one constant (seconds)."""

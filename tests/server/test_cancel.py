@@ -7,6 +7,7 @@ import asyncio
 
 import websockets
 from conftest import PROMPT_CLOSE_S, TIMEOUT, say
+
 from tokenwire.protocol import Finish, ResetDone, Token, ToolCallComplete
 
 SLOW = {"tokens": 200, "interval": 0.05}
@@ -27,6 +28,23 @@ async def test_cancel_finishes_with_what_was_sent_and_closes_the_upstream(server
         await record.wait_ended(PROMPT_CLOSE_S)
         assert record.disconnected
         assert record.chunks_sent < 200
+
+
+async def test_a_cancel_right_behind_its_generate_still_ends_it(server, connect):
+    """generate and cancel in one burst: the cancel is read before the
+    generation's task has run at all."""
+    async with connect(server) as client:
+        for i in range(5):
+            await client.generate(f"burst{i}", messages=say(**SLOW))
+            await client.cancel(f"burst{i}")
+        for i in range(5):
+            result = await client.result(f"burst{i}", timeout=PROMPT_CLOSE_S)
+            assert (result.reason, result.content) == ("cancelled", "")
+        await client.generate("then", messages=say(**SLOW))
+        await client.send({"type": "reset"})
+        done = await client.next_untagged()
+        assert isinstance(done, ResetDone) and done.cancelled == ["then"]
+    assert server.server.active_generations == 0
 
 
 async def test_cancel_before_the_first_token_closes_the_upstream(server, connect, fake):

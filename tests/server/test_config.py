@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tokenwire.server.config import Config, ConfigError, ServerSettings, load, parse
 
 TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 from conftest import PROMPT_CLOSE_S, TIMEOUT, say
+
 from tokenwire.protocol import Encoding, Error, ErrorCode, Token
 from tokenwire.server.failures import classify
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import TIMEOUT, say
+
 from tokenwire.protocol import (
     Encoding,
     Finish,

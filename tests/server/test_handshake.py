@@ -8,8 +8,9 @@ import urllib.request
 import pytest
 import websockets
 from conftest import TIMEOUT, say
-from tokenwire.server.app import auth_subprotocol
 from websockets.exceptions import InvalidStatus
+
+from tokenwire.server.app import auth_subprotocol
 
 KEY = "k-123_secret"
 

@@ -1,0 +1,360 @@
+"""The asyncio client.
+
+    async with connect("ws://127.0.0.1:8765/v1/ws") as client:
+        gen = await client.generate(model="demo", messages=[{"role": "user", "content": "Hi"}])
+        async for event in gen:
+            ...
+        result = await gen.result()
+
+One connection, many generations at once; each ``AsyncGeneration`` is
+independent. A reader task owns the socket's receiving side and routes every
+frame to its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tokenwire.protocol import (
+    Cancel,
+    Encoding,
+    Error,
+    ErrorCode,
+    GenerationFrame,
+    Limits,
+    Params,
+    Ready,
+    Reset,
+    ResetDone,
+    Result,
+)
+
+from ._common import (
+    MAX_FRAME_BYTES,
+    OPEN_TIMEOUT,
+    RECONNECT_ERRORS,
+    RECONNECT_TIMEOUT,
+    EncodingName,
+    GenerationCore,
+    Message,
+    StreamEvent,
+    backoff_delays,
+    codec_for,
+    generate_message,
+    handshake_headers,
+    new_id,
+)
+from .errors import ConnectionLost, GenerationError
+
+
+class AsyncGeneration:
+    """One generation: iterate it for its events, await ``result()`` for the whole."""
+
+    def __init__(self, client: AsyncClient, core: GenerationCore) -> None:
+        self._client = client
+        self._core = core
+        self._events: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
+        self._done = asyncio.Event()
+
+    @property
+    def id(self) -> str:
+        return self._core.id
+
+    @property
+    def model(self) -> str:
+        return self._core.model
+
+    @property
+    def text(self) -> str:
+        """The answer's text received so far."""
+        return self._core.text
+
+    @property
+    def done(self) -> bool:
+        return self._core.done
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[StreamEvent]:
+        try:
+            while True:
+                item = await self._events.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not self._core.done:  # left early (break or exception): stop it upstream
+                with contextlib.suppress(ConnectionLost):
+                    await self.cancel()
+
+    async def result(self) -> Result:
+        """The finished result; raises ``GenerationError`` or ``ConnectionLost``."""
+        await self._done.wait()
+        return self._core.result()
+
+    async def cancel(self) -> None:
+        """Cancel the generation and wait for its end; ``result()`` then says ``cancelled``."""
+        if not self._core.done:
+            await self._client._send(Cancel(id=self.id))
+            await self._done.wait()
+
+    def _take(self, frame: GenerationFrame) -> None:
+        item = self._core.take(frame)
+        self._events.put_nowait(item)
+        if self._core.done:
+            self._done.set()
+
+    def _lose(self, exc: ConnectionLost) -> None:
+        if self._core.lose(exc):
+            self._events.put_nowait(exc)
+            self._done.set()
+
+
+class AsyncClient:
+    """A connection to a tokenwire server; use ``connect()``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        encoding: EncodingName = "json",
+        reconnect: bool = False,
+        open_timeout: float = OPEN_TIMEOUT,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.url = url
+        self.encoding = Encoding(encoding)
+        self.reconnect = reconnect
+        self._api_key = api_key
+        self._codec = codec_for(self.encoding)
+        self._open_timeout = open_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self._max_frame_bytes = max_frame_bytes
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ready: Ready | None = None
+        self._generations: dict[str, AsyncGeneration] = {}
+        self._resets: deque[asyncio.Future[list[str]]] = deque()
+        self._connecting = asyncio.Lock()
+        self._closed = False
+
+    # -- what the ready frame said ------------------------------------------
+
+    @property
+    def models(self) -> list[str]:
+        """The models the server offers (from its ``ready`` frame)."""
+        return list(self._ready.models) if self._ready else []
+
+    @property
+    def session(self) -> str | None:
+        return self._ready.session if self._ready else None
+
+    @property
+    def limits(self) -> Limits | None:
+        return self._ready.limits if self._ready else None
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        await self._connection()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; pending generations end with ``ConnectionLost``."""
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader
+
+    async def _connection(self) -> ClientConnection:
+        """The open connection, (re)connecting first where needed and allowed."""
+        async with self._connecting:
+            if self._ws is not None and self._reader is not None and not self._reader.done():
+                return self._ws
+            if self._closed:
+                raise ConnectionLost("the client is closed")
+            if self._ws is not None and not self.reconnect:
+                raise ConnectionLost("the connection is closed and reconnect is off")
+            if self._ws is None:
+                return await self._open()
+            return await self._reopen()
+
+    async def _reopen(self) -> ClientConnection:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconnect_timeout
+        for delay in backoff_delays():
+            try:
+                return await self._open()
+            except RECONNECT_ERRORS:
+                if loop.time() + delay > deadline:
+                    break
+                await asyncio.sleep(delay)
+        raise ConnectionLost(f"could not reconnect within {self._reconnect_timeout:g} s")
+
+    async def _open(self) -> ClientConnection:
+        ws = await websockets.connect(
+            self.url,
+            subprotocols=[self.encoding.subprotocol],  # type: ignore[list-item]
+            additional_headers=handshake_headers(self._api_key),
+            open_timeout=self._open_timeout,
+            max_size=self._max_frame_bytes,
+            compression=None,
+        )
+        try:
+            async with asyncio.timeout(self._open_timeout):
+                ready = self._codec.decode_server(await ws.recv())
+        except BaseException:
+            await ws.close()
+            raise
+        if not isinstance(ready, Ready):
+            await ws.close()
+            raise ConnectionLost("the server's first frame was not ready")
+        self._ws, self._ready = ws, ready
+        self._reader = asyncio.create_task(self._read(ws), name="tokenwire reader")
+        return ws
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                frame = self._codec.decode_server(data)
+                match frame:
+                    case ResetDone(cancelled=ids):
+                        if self._resets:
+                            self._resets.popleft().set_result(ids)
+                    case None | Ready() | Error(id=None):
+                        # A frame type from a later version, or an error about
+                        # a message the server could not take (this client
+                        # checks its messages before sending them).
+                        pass
+                    case _:
+                        self._route(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
+            for generation in self._generations.values():
+                generation._lose(lost)
+            self._generations.clear()
+            while self._resets:
+                self._resets.popleft().set_exception(lost)
+
+    def _route(self, frame: GenerationFrame) -> None:
+        gid = frame.id
+        generation = self._generations.get(gid) if gid is not None else None
+        if generation is not None:
+            generation._take(frame)
+            if generation.done:
+                del self._generations[generation.id]
+
+    async def _send(self, message: Any) -> None:
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLost("not connected")
+        data = self._codec.encode(message)
+        try:
+            if self.encoding.is_text:
+                await ws.send(data, text=True)
+            else:
+                await ws.send(data)
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionLost(code=ws.close_code, reason=ws.close_reason) from exc
+
+    # -- the protocol -------------------------------------------------------------
+
+    async def generate(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        params: Params | Mapping[str, Any] | None = None,
+        conversation: str | None = None,
+        id: str | None = None,
+    ) -> AsyncGeneration:
+        """Start a generation; its frames arrive on the returned ``AsyncGeneration``.
+
+        ``id`` is generated when None. A bad argument raises ``ValueError``; an
+        ``id`` already active raises ``GenerationError`` (``duplicate_id``).
+        """
+        generation_id = id if id is not None else new_id()
+        message = generate_message(
+            id=generation_id,
+            model=model,
+            messages=messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            params=params,
+            conversation=conversation,
+        )
+        await self._connection()
+        if generation_id in self._generations:
+            raise GenerationError.local(
+                ErrorCode.DUPLICATE_ID, f"generation {generation_id!r} is active", generation_id
+            )
+        generation = AsyncGeneration(self, GenerationCore(generation_id, model))
+        self._generations[generation_id] = generation
+        await self._send(message)
+        return generation
+
+    async def reset(self) -> list[str]:
+        """Cancel every active generation and forget the session's conversations.
+
+        Returns the ids the reset cancelled, once their terminal frames came.
+        """
+        await self._connection()
+        done: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._resets.append(done)
+        await self._send(Reset())
+        return await done
+
+
+def connect(
+    url: str,
+    *,
+    api_key: str | None = None,
+    encoding: EncodingName = "json",
+    reconnect: bool = False,
+    open_timeout: float = OPEN_TIMEOUT,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> AsyncClient:
+    """A client for ``url``; use it as ``async with connect(url) as client``.
+
+    ``encoding`` is ``"json"`` (text frames) or ``"msgpack"`` (binary frames).
+    With ``reconnect=True``, a generation started after the connection dropped
+    reconnects first, with exponential backoff and jitter, for up to
+    ``reconnect_timeout`` seconds; generations in flight at the drop always end
+    with ``ConnectionLost``.
+    """
+    return AsyncClient(
+        url,
+        api_key=api_key,
+        encoding=encoding,
+        reconnect=reconnect,
+        open_timeout=open_timeout,
+        reconnect_timeout=reconnect_timeout,
+        max_frame_bytes=max_frame_bytes,
+    )

@@ -1,0 +1,74 @@
+"""The client's exceptions.
+
+Exception tree::
+
+    TokenwireError                 anything this package raises on purpose
+    ├── GenerationError            the server ended a generation with an `error` frame
+    └── ConnectionLost             the connection dropped; pending generations end with it
+"""
+
+from __future__ import annotations
+
+from tokenwire.protocol import Error, ErrorCode
+
+
+class TokenwireError(Exception):
+    """Root of the client's exceptions."""
+
+
+class GenerationError(TokenwireError):
+    """A generation failed: the server's ``error`` frame, as an exception.
+
+    ``code`` is one of the contract's error codes (``ErrorCode``);
+    ``retryable`` says whether sending the same request later may succeed, and
+    ``retry_after_ms`` when the provider said when.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after_ms: int | None = None,
+        generation_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        self.generation_id = generation_id
+
+    @classmethod
+    def from_frame(cls, frame: Error) -> GenerationError:
+        return cls(
+            frame.code,
+            frame.message,
+            retryable=frame.retryable,
+            retry_after_ms=frame.retry_after_ms,
+            generation_id=frame.id,
+        )
+
+    @classmethod
+    def local(cls, code: ErrorCode, message: str, generation_id: str | None) -> GenerationError:
+        """An error the client raises itself, before sending (e.g. a duplicate id)."""
+        return cls(code.value, message, retryable=code.retryable, generation_id=generation_id)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ConnectionLost(TokenwireError):
+    """The WebSocket connection closed while a generation or a reset was pending."""
+
+    def __init__(
+        self,
+        message: str = "the connection to the server was lost",
+        *,
+        code: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason

@@ -1,0 +1,371 @@
+"""The synchronous client: the same API as ``tokenwire.client``, without ``await``.
+
+    from tokenwire.client.sync import connect
+
+    with connect("ws://127.0.0.1:8765/v1/ws") as client:
+        gen = client.generate(model="demo", messages=[{"role": "user", "content": "Hi"}])
+        for event in gen:
+            ...
+        result = gen.result()
+
+Built on ``websockets.sync``: one reader thread routes frames to generations;
+any thread may start, iterate, await or cancel them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import websockets
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+from tokenwire.protocol import (
+    Cancel,
+    Encoding,
+    Error,
+    ErrorCode,
+    GenerationFrame,
+    Limits,
+    Params,
+    Ready,
+    Reset,
+    ResetDone,
+    Result,
+)
+
+from ._common import (
+    MAX_FRAME_BYTES,
+    OPEN_TIMEOUT,
+    RECONNECT_ERRORS,
+    RECONNECT_TIMEOUT,
+    EncodingName,
+    GenerationCore,
+    Message,
+    StreamEvent,
+    backoff_delays,
+    codec_for,
+    generate_message,
+    handshake_headers,
+    new_id,
+)
+from .errors import ConnectionLost, GenerationError
+
+
+class Generation:
+    """One generation: iterate it for its events, call ``result()`` for the whole."""
+
+    def __init__(self, client: Client, core: GenerationCore) -> None:
+        self._client = client
+        self._core = core
+        self._events: queue.SimpleQueue[StreamEvent | BaseException | None] = queue.SimpleQueue()
+        self._done = threading.Event()
+
+    @property
+    def id(self) -> str:
+        return self._core.id
+
+    @property
+    def model(self) -> str:
+        return self._core.model
+
+    @property
+    def text(self) -> str:
+        """The answer's text received so far."""
+        return self._core.text
+
+    @property
+    def done(self) -> bool:
+        return self._core.done
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[StreamEvent]:
+        try:
+            while True:
+                item = self._events.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not self._core.done:  # left early (break or exception): stop it upstream
+                with contextlib.suppress(ConnectionLost):
+                    self.cancel()
+
+    def result(self) -> Result:
+        """The finished result; raises ``GenerationError`` or ``ConnectionLost``."""
+        self._done.wait()
+        return self._core.result()
+
+    def cancel(self) -> None:
+        """Cancel the generation and wait for its end; ``result()`` then says ``cancelled``."""
+        if not self._core.done:
+            self._client._send(Cancel(id=self.id))
+            self._done.wait()
+
+    def _take(self, frame: GenerationFrame) -> None:
+        item = self._core.take(frame)
+        self._events.put(item)
+        if self._core.done:
+            self._done.set()
+
+    def _lose(self, exc: ConnectionLost) -> None:
+        if self._core.lose(exc):
+            self._events.put(exc)
+            self._done.set()
+
+
+class Client:
+    """A connection to a tokenwire server; use ``connect()``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        encoding: EncodingName = "json",
+        reconnect: bool = False,
+        open_timeout: float = OPEN_TIMEOUT,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.url = url
+        self.encoding = Encoding(encoding)
+        self.reconnect = reconnect
+        self._api_key = api_key
+        self._codec = codec_for(self.encoding)
+        self._open_timeout = open_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self._max_frame_bytes = max_frame_bytes
+        self._ws: ClientConnection | None = None
+        self._reader: threading.Thread | None = None
+        self._ready: Ready | None = None
+        self._generations: dict[str, Generation] = {}
+        self._resets: deque[queue.SimpleQueue[list[str] | ConnectionLost]] = deque()
+        self._lock = threading.Lock()  # guards the connection and the tables
+        self._closed = False
+
+    @property
+    def models(self) -> list[str]:
+        """The models the server offers (from its ``ready`` frame)."""
+        return list(self._ready.models) if self._ready else []
+
+    @property
+    def session(self) -> str | None:
+        return self._ready.session if self._ready else None
+
+    @property
+    def limits(self) -> Limits | None:
+        return self._ready.limits if self._ready else None
+
+    def __enter__(self) -> Client:
+        self._connection()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; pending generations end with ``ConnectionLost``."""
+        self._closed = True
+        if self._ws is not None:
+            self._ws.close()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join()
+
+    def _connection(self) -> ClientConnection:
+        with self._lock:
+            if self._ws is not None and self._reader is not None and self._reader.is_alive():
+                return self._ws
+            if self._closed:
+                raise ConnectionLost("the client is closed")
+            if self._ws is not None and not self.reconnect:
+                raise ConnectionLost("the connection is closed and reconnect is off")
+            if self._ws is None:
+                return self._open()
+            return self._reopen()
+
+    def _reopen(self) -> ClientConnection:
+        deadline = time.monotonic() + self._reconnect_timeout
+        for delay in backoff_delays():
+            try:
+                return self._open()
+            except RECONNECT_ERRORS:
+                if time.monotonic() + delay > deadline:
+                    break
+                time.sleep(delay)
+        raise ConnectionLost(f"could not reconnect within {self._reconnect_timeout:g} s")
+
+    def _open(self) -> ClientConnection:
+        ws = ws_connect(
+            self.url,
+            subprotocols=[self.encoding.subprotocol],  # type: ignore[list-item]
+            additional_headers=handshake_headers(self._api_key),
+            open_timeout=self._open_timeout,
+            max_size=self._max_frame_bytes,
+            compression=None,
+            # The client owns the connection's lifetime, not a `with` block:
+            # websockets 17.1+ asks for this flag to hand it over directly.
+            legacy=True,
+        )
+        try:
+            ready = self._codec.decode_server(ws.recv(timeout=self._open_timeout))
+        except BaseException:
+            ws.close()
+            raise
+        if not isinstance(ready, Ready):
+            ws.close()
+            raise ConnectionLost("the server's first frame was not ready")
+        self._ws, self._ready = ws, ready
+        self._reader = threading.Thread(
+            target=self._read, args=(ws,), name="tokenwire reader", daemon=True
+        )
+        self._reader.start()
+        return ws
+
+    def _read(self, ws: ClientConnection) -> None:
+        try:
+            for data in ws:
+                frame = self._codec.decode_server(data)
+                match frame:
+                    case ResetDone(cancelled=ids):
+                        with self._lock:
+                            waiter = self._resets.popleft() if self._resets else None
+                        if waiter is not None:
+                            waiter.put(ids)
+                    case None | Ready() | Error(id=None):
+                        pass  # a later version's frame, or about a message not taken
+                    case _:
+                        self._route(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
+            with self._lock:
+                generations = list(self._generations.values())
+                self._generations.clear()
+                resets = list(self._resets)
+                self._resets.clear()
+            for generation in generations:
+                generation._lose(lost)
+            for waiter in resets:
+                waiter.put(lost)
+
+    def _route(self, frame: GenerationFrame) -> None:
+        gid = frame.id
+        with self._lock:
+            generation = self._generations.get(gid) if gid is not None else None
+        if generation is None:
+            return
+        generation._take(frame)
+        if generation.done:
+            with self._lock:
+                self._generations.pop(generation.id, None)
+
+    def _send(self, message: Any) -> None:
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLost("not connected")
+        data = self._codec.encode(message)
+        try:
+            if self.encoding.is_text:
+                ws.send(data, text=True)
+            else:
+                ws.send(data)
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionLost(code=ws.close_code, reason=ws.close_reason) from exc
+
+    def generate(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        params: Params | Mapping[str, Any] | None = None,
+        conversation: str | None = None,
+        id: str | None = None,
+    ) -> Generation:
+        """Start a generation; its frames arrive on the returned ``Generation``.
+
+        ``id`` is generated when None. A bad argument raises ``ValueError``; an
+        ``id`` already active raises ``GenerationError`` (``duplicate_id``).
+        """
+        generation_id = id if id is not None else new_id()
+        message = generate_message(
+            id=generation_id,
+            model=model,
+            messages=messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            params=params,
+            conversation=conversation,
+        )
+        self._connection()
+        generation = Generation(self, GenerationCore(generation_id, model))
+        with self._lock:
+            if generation_id in self._generations:
+                raise GenerationError.local(
+                    ErrorCode.DUPLICATE_ID, f"generation {generation_id!r} is active", generation_id
+                )
+            self._generations[generation_id] = generation
+        self._send(message)
+        return generation
+
+    def reset(self) -> list[str]:
+        """Cancel every active generation and forget the session's conversations.
+
+        Returns the ids the reset cancelled, once their terminal frames came.
+        """
+        self._connection()
+        waiter: queue.SimpleQueue[list[str] | ConnectionLost] = queue.SimpleQueue()
+        with self._lock:
+            self._resets.append(waiter)
+        self._send(Reset())
+        outcome = waiter.get()
+        if isinstance(outcome, ConnectionLost):
+            raise outcome
+        return outcome
+
+
+def connect(
+    url: str,
+    *,
+    api_key: str | None = None,
+    encoding: EncodingName = "json",
+    reconnect: bool = False,
+    open_timeout: float = OPEN_TIMEOUT,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> Client:
+    """A client for ``url``; use it as ``with connect(url) as client``.
+
+    The same options as ``tokenwire.client.connect``.
+    """
+    return Client(
+        url,
+        api_key=api_key,
+        encoding=encoding,
+        reconnect=reconnect,
+        open_timeout=open_timeout,
+        reconnect_timeout=reconnect_timeout,
+        max_frame_bytes=max_frame_bytes,
+    )
+
+
+__all__ = ["Client", "ConnectionLost", "Generation", "GenerationError", "connect"]
