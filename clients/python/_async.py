@@ -22,6 +22,7 @@ from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
 from tokenwire.protocol import (
     Cancel,
@@ -216,7 +217,7 @@ class AsyncClient:
     async def _open(self) -> ClientConnection:
         ws = await websockets.connect(
             self.url,
-            subprotocols=[self.encoding.subprotocol],  # type: ignore[list-item]
+            subprotocols=[Subprotocol(self.encoding.subprotocol)],
             additional_headers=handshake_headers(self._api_key),
             open_timeout=self._open_timeout,
             max_size=self._max_frame_bytes,

@@ -26,6 +26,7 @@ from typing import Any
 import websockets
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from tokenwire.protocol import (
     Cancel,
@@ -214,7 +215,7 @@ class Client:
     def _open(self) -> ClientConnection:
         ws = ws_connect(
             self.url,
-            subprotocols=[self.encoding.subprotocol],  # type: ignore[list-item]
+            subprotocols=[Subprotocol(self.encoding.subprotocol)],
             additional_headers=handshake_headers(self._api_key),
             open_timeout=self._open_timeout,
             max_size=self._max_frame_bytes,
