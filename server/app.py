@@ -26,6 +26,7 @@ from websockets.typing import Subprotocol
 
 from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 
+from . import web
 from .config import ServerSettings
 from .metrics import CONTENT_TYPE, Metrics
 from .session import CLOSE_TIMEOUT, Session
@@ -156,6 +157,8 @@ class TokenwireServer:
             return connection.respond(HTTPStatus.OK, "ready\n")
         if path == "/metrics":
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE)
+        if (asset := web.ASSETS.get(path)) is not None:
+            return _response(HTTPStatus.OK, asset.body, asset.content_type, asset.headers)
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -204,12 +207,15 @@ def auth_subprotocol(key: str) -> str:
     return AUTH_SUBPROTOCOL_PREFIX + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+def _response(
+    status: HTTPStatus, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
+) -> Response:
     headers = Headers(
         [
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
+            *extra,
         ]
     )
     return Response(status.value, status.phrase, headers, body)

@@ -14,6 +14,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -256,3 +257,43 @@ def connect() -> Callable[..., contextlib.AbstractAsyncContextManager[WireClient
 @pytest.fixture(params=list(Encoding), ids=lambda e: e.value)
 def encoding(request: pytest.FixtureRequest) -> Encoding:
     return request.param  # type: ignore[no-any-return]
+
+
+# -- a real browser: Debian's chromium, driven by Playwright (never a downloaded one)
+
+CHROMIUM = Path("/usr/bin/chromium")
+HAVE_CHROMIUM = CHROMIUM.exists()
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[object]:
+    if not HAVE_CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it with apt-get")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(browser):
+    context = await browser.new_context(viewport={"width": 1100, "height": 800})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    await context.close()
+    assert not errors, f"the page threw: {errors}"

@@ -33,6 +33,8 @@ def test_the_wheel_holds_only_the_tokenwire_package(tmp_path):
     for package in ("protocol", "server", "client"):
         assert f"tokenwire/{package}/__init__.py" in names
         assert f"tokenwire/{package}/py.typed" in names
+    for asset in ("tokenwire.js", "tokenwire.d.ts", "page/index.html", "page/app.js"):
+        assert f"tokenwire/web/{asset}" in names
     assert not any(name.startswith("tokenwire/__init__.py") for name in names)  # a namespace
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
