@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     chat.set_defaults(run=_chat)
 
+    load = commands.add_parser("loadtest", help="load a tokenwire server and check the contract")
+    load.add_argument("--url", default=f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/ws")
+    load.add_argument("--model", default="demo")
+    load.add_argument("--sessions", type=int, default=10, help="sessions to open (N)")
+    load.add_argument("--generations", type=int, default=1, help="generations per session (G)")
+    load.add_argument("--concurrent", type=int, default=1, help="generations at once per session")
+    load.add_argument("--prompt", default=None, help="the user message of every generation")
+    load.add_argument("--max-tokens", type=int, default=None)
+    load.add_argument("--encoding", choices=["json", "msgpack"], default="json")
+    load.add_argument("--processes", type=int, default=1, help="client processes")
+    load.add_argument("--api-key", default=os.environ.get("TOKENWIRE_API_KEY"))
+    load.add_argument("--json", action="store_true", help="print one JSON object")
+    load.set_defaults(run=_loadtest)
+
     fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
     fake.add_argument("--host", default=DEFAULT_HOST)
     fake.add_argument("--port", type=int, default=9000)
@@ -151,6 +165,14 @@ def _chat(args: argparse.Namespace) -> None:
     from tokenwire.client.chat import run
 
     raise SystemExit(run(args.url, args.model, args.api_key))
+
+
+def _loadtest(args: argparse.Namespace) -> None:
+    from tokenwire.client import loadtest
+
+    if args.prompt is None:
+        args.prompt = loadtest.DEFAULT_PROMPT
+    raise SystemExit(loadtest.main(args))
 
 
 def _fake_upstream(args: argparse.Namespace) -> None:

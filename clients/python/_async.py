@@ -151,6 +151,8 @@ class AsyncClient:
         self._resets: deque[asyncio.Future[list[str]]] = deque()
         self._connecting = asyncio.Lock()
         self._closed = False
+        self.stray_frames = 0
+        """Frames for a generation that is not active here: each breaks invariant 1."""
 
     # -- what the ready frame said ------------------------------------------
 
@@ -264,10 +266,12 @@ class AsyncClient:
     def _route(self, frame: GenerationFrame) -> None:
         gid = frame.id
         generation = self._generations.get(gid) if gid is not None else None
-        if generation is not None:
-            generation._take(frame)
-            if generation.done:
-                del self._generations[generation.id]
+        if generation is None:
+            self.stray_frames += 1  # after its terminal frame, or never started here
+            return
+        generation._take(frame)
+        if generation.done:
+            del self._generations[generation.id]
 
     async def _send(self, message: Any) -> None:
         ws = self._ws

@@ -155,6 +155,8 @@ class Client:
         self._resets: deque[queue.SimpleQueue[list[str] | ConnectionLost]] = deque()
         self._lock = threading.Lock()  # guards the connection and the tables
         self._closed = False
+        self.stray_frames = 0
+        """Frames for a generation that is not active here: each breaks invariant 1."""
 
     @property
     def models(self) -> list[str]:
@@ -272,6 +274,7 @@ class Client:
         with self._lock:
             generation = self._generations.get(gid) if gid is not None else None
         if generation is None:
+            self.stray_frames += 1  # after its terminal frame, or never started here
             return
         generation._take(frame)
         if generation.done:

@@ -1,0 +1,324 @@
+"""``tokenwire loadtest``: many sessions, many generations, and the contract checked.
+
+Opens N sessions; each runs G generations, C at a time on its one connection.
+``--processes P`` spreads the sessions over P client processes so that the
+load generator is not the bottleneck. Every frame goes through the client's
+``ResultBuilder`` (seq contiguity, one terminal frame, tokens equal to
+``finish.content``, tool-call assembly); frames for a generation that already
+ended count too. Any violation makes the exit status 1.
+
+``--json`` prints one object; its fields are documented in
+``clients/python/README.md`` ("Load tests").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import queue
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tokenwire.protocol import ProtocolViolation, Token
+
+from ._async import AsyncClient
+from ._common import EncodingName
+from .errors import ConnectionLost, GenerationError
+
+PROGRESS_INTERVAL = 0.5
+"""Seconds between two progress lines on a terminal."""
+DEFAULT_PROMPT = "Write a short story about a lighthouse keeper."
+
+# Shared progress counters: sessions open, generations done, tokens, errors.
+OPEN, DONE, TOKENS, ERRORS = range(4)
+
+
+@dataclass
+class Options:
+    url: str
+    model: str
+    sessions: int
+    generations: int
+    concurrent: int = 1
+    prompt: str = DEFAULT_PROMPT
+    max_tokens: int | None = None
+    encoding: EncodingName = "json"
+    api_key: str | None = None
+
+
+@dataclass
+class Samples:
+    """What one client process measured; merged across processes."""
+
+    sessions_opened: int = 0
+    sessions_failed: int = 0
+    generations_completed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    tokens: int = 0
+    frames: int = 0
+    violations: int = 0
+    violation_examples: list[str] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    handshakes: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+
+    def merge(self, other: Samples) -> None:
+        for name in (
+            "sessions_opened",
+            "sessions_failed",
+            "generations_completed",
+            "tokens",
+            "frames",
+            "violations",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.update(other.errors)
+        self.violation_examples.extend(other.violation_examples[: 5 - len(self.violation_examples)])
+        self.ttft.extend(other.ttft)
+        self.gaps.extend(other.gaps)
+        self.handshakes.extend(other.handshakes)
+        self.cpu_s += other.cpu_s
+
+    def violation(self, what: str) -> None:
+        self.violations += 1
+        if len(self.violation_examples) < 5:
+            self.violation_examples.append(what)
+
+
+async def _generation(
+    client: AsyncClient, options: Options, samples: Samples, counters: Any
+) -> None:
+    loop = asyncio.get_running_loop()
+    params = {"max_tokens": options.max_tokens} if options.max_tokens else None
+    started = loop.time()
+    generation = await client.generate(
+        model=options.model, messages=[{"role": "user", "content": options.prompt}], params=params
+    )
+    last: float | None = None
+    texts: list[str] = []
+    try:
+        async for event in generation:
+            now = loop.time()
+            samples.frames += 1
+            if isinstance(event, Token):
+                texts.append(event.text)
+                if last is None:
+                    samples.ttft.append(now - started)
+                else:
+                    samples.gaps.append(now - last)
+                last = now
+        result = await generation.result()
+    except GenerationError as exc:
+        samples.frames += 1
+        samples.errors[exc.code] += 1
+        counters[ERRORS] += 1
+        return
+    except ProtocolViolation as exc:
+        samples.violation(str(exc))
+        return
+    samples.frames += 1  # finish
+    if "".join(texts) != result.content:
+        samples.violation(f"{generation.id}: token texts differ from finish.content")
+    tokens = result.usage.completion_tokens if result.usage else len(texts)
+    samples.tokens += tokens
+    samples.generations_completed += 1
+    counters[DONE] += 1
+    counters[TOKENS] += tokens
+
+
+async def _session(options: Options, samples: Samples, counters: Any) -> None:
+    started = time.perf_counter()
+    client = AsyncClient(options.url, api_key=options.api_key, encoding=options.encoding)
+    try:
+        await client.__aenter__()
+    except Exception:  # refused, timed out, unreachable: all count as failed sessions
+        samples.sessions_failed += 1
+        return
+    samples.handshakes.append(time.perf_counter() - started)
+    samples.sessions_opened += 1
+    counters[OPEN] += 1
+    remaining = iter(range(options.generations))
+
+    async def worker() -> None:
+        for _ in remaining:
+            try:
+                await _generation(client, options, samples, counters)
+            except ConnectionLost:
+                samples.errors["connection_lost"] += 1
+                counters[ERRORS] += 1
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, options.concurrent)):
+                group.create_task(worker())
+    finally:
+        if client.stray_frames:
+            samples.violation(
+                f"{client.stray_frames} frames after their generation's terminal frame"
+            )
+        await client.close()
+        counters[OPEN] -= 1
+
+
+async def _run(options: Options, counters: Any) -> Samples:
+    samples = Samples()
+    cpu_before = _cpu()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(options.sessions):
+            group.create_task(_session(options, samples, counters))
+    samples.cpu_s = _cpu() - cpu_before
+    return samples
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _worker(options: Options, counters: Any, out: Any) -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    samples = runner(_run(options, counters))
+    raw = asdict(samples)
+    raw["errors"] = dict(samples.errors)  # asdict() would rebuild the Counter from pairs
+    out.put(raw)
+
+
+def _samples_from(raw: dict[str, Any]) -> Samples:
+    raw["errors"] = Counter(raw["errors"])
+    return Samples(**raw)
+
+
+def run(options: Options, processes: int = 1, *, progress: bool | None = None) -> dict[str, Any]:
+    """Run the load; returns the report (the ``--json`` object)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    processes = max(1, min(processes, options.sessions))
+    context = multiprocessing.get_context("spawn")
+    counters = context.Array("q", 4, lock=False)
+    out = context.Queue()
+    base, extra = divmod(options.sessions, processes)
+    shares = [base + (i < extra) for i in range(processes)]
+    started = time.perf_counter()
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(Options(**{**asdict(options), "sessions": share}), counters, out),
+            daemon=True,
+        )
+        for share in shares
+        if share
+    ]
+    for process in workers:
+        process.start()
+    samples = Samples()
+    pending = len(workers)
+    while pending:
+        try:
+            samples.merge(_samples_from(out.get(timeout=PROGRESS_INTERVAL)))
+            pending -= 1
+        except queue.Empty:  # time for a progress line
+            if not any(p.is_alive() for p in workers) and out.empty():
+                break
+        if progress:
+            elapsed = time.perf_counter() - started
+            rate = counters[TOKENS] / max(elapsed, 1e-9)
+            print(
+                f"\r{elapsed:6.1f} s  sessions {counters[OPEN]:>6}  generations {counters[DONE]:>8}"
+                f"  tokens/s {rate:>10.0f}  errors {counters[ERRORS]}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+    wall = time.perf_counter() - started
+    for process in workers:
+        process.join()
+    if progress:
+        print(file=sys.stderr)
+    crashed = sum(1 for p in workers if p.exitcode != 0)
+    if crashed:
+        samples.violation(f"{crashed} load generator process(es) failed")
+    return report(samples, wall, options, processes)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
+
+
+def report(samples: Samples, wall: float, options: Options, processes: int) -> dict[str, Any]:
+    return {
+        "url": options.url,
+        "model": options.model,
+        "processes": processes,
+        "sessions_opened": samples.sessions_opened,
+        "sessions_failed": samples.sessions_failed,
+        "generations_completed": samples.generations_completed,
+        "generations_failed": dict(sorted(samples.errors.items())),
+        "tokens": samples.tokens,
+        "frames": samples.frames,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(samples.tokens / wall, 1) if wall else 0.0,
+        "ttft_ms": _percentiles(samples.ttft),
+        "inter_token_ms": _percentiles(samples.gaps),
+        "handshake_ms": _percentiles(samples.handshakes),
+        "client_cpu_s": round(samples.cpu_s, 3),
+        "violations": samples.violations,
+        "violation_examples": samples.violation_examples,
+    }
+
+
+def format_report(data: dict[str, Any]) -> str:
+    def pct(name: str) -> str:
+        p = data[name]
+        if p["p50"] is None:
+            return "—"
+        return f"p50 {p['p50']:.1f}  p90 {p['p90']:.1f}  p99 {p['p99']:.1f}  max {p['max']:.1f} ms"
+
+    failed = ", ".join(f"{k} {v}" for k, v in data["generations_failed"].items()) or "none"
+    lines = [
+        f"sessions        {data['sessions_opened']} opened, {data['sessions_failed']} failed",
+        f"generations     {data['generations_completed']} completed; failed: {failed}",
+        f"received        {data['tokens']} tokens in {data['frames']} frames",
+        f"wall time       {data['wall_s']:.2f} s   ({data['tokens_per_s']:.0f} tokens/s)",
+        f"first token     {pct('ttft_ms')}",
+        f"between tokens  {pct('inter_token_ms')}",
+        f"handshake       {pct('handshake_ms')}",
+        f"client CPU      {data['client_cpu_s']:.2f} s over {data['processes']} process(es)",
+        f"violations      {data['violations']}",
+    ]
+    lines += [f"  - {example}" for example in data["violation_examples"]]
+    return "\n".join(lines)
+
+
+def main(args: Any) -> int:
+    options = Options(
+        url=args.url,
+        model=args.model,
+        sessions=args.sessions,
+        generations=args.generations,
+        concurrent=args.concurrent,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        encoding=args.encoding,
+        api_key=args.api_key,
+    )
+    data = run(options, args.processes, progress=None if not args.json else False)
+    print(json.dumps(data) if args.json else format_report(data))
+    return 1 if data["violations"] else 0

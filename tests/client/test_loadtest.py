@@ -1,0 +1,96 @@
+"""`tokenwire loadtest` against the real server, and against a server that breaks the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import websockets
+from conftest import TIMEOUT
+
+TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
+
+
+async def loadtest(url: str, *args: str) -> tuple[int, dict]:
+    process = await asyncio.create_subprocess_exec(
+        TOKENWIRE, "loadtest", "--url", url, "--json", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 6 * TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, json.loads(out)
+
+
+async def test_a_clean_run_reports_every_figure(server):
+    prompt = "fake:" + json.dumps({"tokens": 20, "interval": 0.002})
+    status, report = await loadtest(
+        server.url, "--model", "fake", "--sessions", "6", "--generations", "3",
+        "--concurrent", "2", "--prompt", prompt, "--processes", "2", "--encoding", "msgpack",
+    )  # fmt: skip
+    assert status == 0
+    assert (report["sessions_opened"], report["sessions_failed"]) == (6, 0)
+    assert report["generations_completed"] == 18 and report["generations_failed"] == {}
+    assert report["tokens"] == 18 * 20 and report["frames"] == 18 * 21
+    assert report["violations"] == 0 and report["processes"] == 2
+    for name in ("ttft_ms", "inter_token_ms", "handshake_ms"):
+        p = report[name]
+        assert 0 < p["p50"] <= p["p90"] <= p["p99"] <= p["max"]
+    assert report["tokens_per_s"] > 0 and report["client_cpu_s"] > 0
+
+
+async def test_demo_and_failures_by_code(server):
+    status, report = await loadtest(
+        server.url, "--model", "demo", "--sessions", "2", "--max-tokens", "5"
+    )
+    assert status == 0 and report["generations_completed"] == 2 and report["tokens"] == 10
+    prompt = "fake:" + json.dumps({"status": 429})
+    status, report = await loadtest(
+        server.url, "--model", "fake", "--sessions", "2", "--prompt", prompt
+    )
+    assert status == 0
+    assert report["generations_failed"] == {"upstream_rate_limited": 2}
+
+
+async def test_refused_sessions_count_as_failed(start_server):
+    async with start_server(max_sessions=1) as handle:
+        held = await websockets.connect(handle.url, open_timeout=TIMEOUT)
+        status, report = await loadtest(handle.url, "--sessions", "3")
+        await held.close()
+    assert status == 0  # refusals are results, not contract violations
+    assert (report["sessions_opened"], report["sessions_failed"]) == (0, 3)
+
+
+async def test_a_contract_violation_fails_the_run():
+    """A server whose finish.content differs from its tokens, and that sends a
+    frame after the terminal one."""
+
+    async def lying_server(ws):
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "ready",
+                    "session": "s",
+                    "protocol": "tokenwire.v1",
+                    "models": ["m"],
+                    "limits": {"max_generations": 1, "max_message_bytes": 1000},
+                }
+            )
+        )
+        async for data in ws:
+            gid = json.loads(data)["id"]
+            frames = [
+                {"type": "token", "id": gid, "seq": 0, "text": "a"},
+                {"type": "finish", "id": gid, "seq": 1, "reason": "stop", "content": "b",
+                 "tool_calls": [], "usage": None},
+                {"type": "token", "id": gid, "seq": 2, "text": "late"},
+            ]  # fmt: skip
+            for frame in frames:
+                await ws.send(json.dumps(frame))
+
+    async with websockets.serve(lying_server, "127.0.0.1", 0, subprotocols=["tokenwire.v1"]) as ws:
+        port = ws.sockets[0].getsockname()[1]
+        status, report = await loadtest(f"ws://127.0.0.1:{port}", "--model", "m", "--sessions", "1")
+    assert status == 1
+    assert report["violations"] == 2
+    assert any("finish.content" in e for e in report["violation_examples"])
