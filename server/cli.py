@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--encoding", choices=["json", "msgpack"], default="json")
     load.add_argument("--processes", type=int, default=1, help="client processes")
     load.add_argument("--api-key", default=os.environ.get("TOKENWIRE_API_KEY"))
+    load.add_argument(
+        "--deadline", type=float, default=None, help="seconds; unfinished sessions are abandoned"
+    )
     load.add_argument("--json", action="store_true", help="print one JSON object")
     load.set_defaults(run=_loadtest)
 

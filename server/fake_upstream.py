@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -189,8 +190,8 @@ class FakeUpstream:
             await asyncio.sleep(scenario.first_delay)
         model = str(record.body.get("model", "fake"))
         stream_options = record.body.get("stream_options") or {}
-        chunks = _chunks(scenario, model, want_usage=bool(stream_options.get("include_usage")))
-        for n, chunk in enumerate(chunks):
+        events = _events(scenario, model, want_usage=bool(stream_options.get("include_usage")))
+        for n, data in enumerate(events):
             if n and scenario.interval:
                 await asyncio.sleep(scenario.interval)
             if scenario.cut_after is not None and n == scenario.cut_after:
@@ -206,7 +207,7 @@ class FakeUpstream:
             if scenario.error_after is not None and n == scenario.error_after:
                 await response.write(IN_STREAM_ERROR)
                 break
-            await response.write(b"data: " + _encoder.encode(chunk) + b"\n\n")
+            await response.write(data)
             record.chunks_sent += 1
         else:
             await response.write(b"data: [DONE]\n\n")
@@ -214,28 +215,35 @@ class FakeUpstream:
         return response
 
 
-def _chunks(scenario: Scenario, model: str, *, want_usage: bool) -> list[dict[str, Any]]:
-    """The stream's chunks, in order (without ``[DONE]``)."""
+def _events(scenario: Scenario, model: str, *, want_usage: bool) -> Iterator[bytes]:
+    """The stream's SSE events, in order (without ``[DONE]``), made as they are sent.
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {
+    Content chunks, the bulk of any stream, are spliced from pre-encoded
+    pieces: the fake must outrun every gateway it is used to measure.
+    """
+    head = b'data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":0,"model":'
+    head += _encoder.encode(model) + b',"choices":[{"index":0,"delta":'
+    tail = b',"finish_reason":null}]}\n\n'
+    content = head + b'{"role":"assistant","content":'
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
             "created": 0,
             "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
+        return b"data: " + _encoder.encode(chunk) + b"\n\n"
 
-    out: list[dict[str, Any]] = []
     for i in range(scenario.reasoning):
-        out.append(chunk({"role": "assistant", "reasoning_content": f"think{i} "}))
-    texts = (
-        scenario.text
-        if scenario.text is not None
-        else [f"{scenario.word}{i} " for i in range(scenario.tokens)]
-    )
+        yield event({"role": "assistant", "reasoning_content": f"think{i} "})
+    if scenario.text is not None:
+        texts: Iterable[str] = scenario.text
+    else:
+        texts = (f"{scenario.word}{i} " for i in range(scenario.tokens))
     for text in texts:
-        out.append(chunk({"role": "assistant", "content": text}))
+        yield content + _encoder.encode(text) + b"}" + tail
     for index, call in enumerate(scenario.tool_calls):
         size = max(call.fragment_chars, 1)
         pieces = [call.arguments[i : i + size] for i in range(0, len(call.arguments), size)] or [""]
@@ -245,26 +253,26 @@ def _chunks(scenario: Scenario, model: str, *, want_usage: bool) -> list[dict[st
                 fragment["id"] = f"call_fake_{index}"
                 fragment["type"] = "function"
                 fragment["function"]["name"] = call.name
-            out.append(chunk({"role": "assistant", "tool_calls": [fragment]}))
+            yield event({"role": "assistant", "tool_calls": [fragment]})
     finish = scenario.finish_reason or ("tool_calls" if scenario.tool_calls else "stop")
-    out.append(chunk({}, finish))
+    yield event({}, finish)
     if scenario.usage and want_usage:
-        completion = len(texts) + scenario.reasoning + len(scenario.tool_calls)
-        out.append(
-            {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": model,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": 7,
-                    "completion_tokens": completion,
-                    "total_tokens": 7 + completion,
-                },
-            }
-        )
-    return out
+        text_chunks = len(scenario.text) if scenario.text is not None else scenario.tokens
+        completion = text_chunks + scenario.reasoning + len(scenario.tool_calls)
+        usage = {
+            "prompt_tokens": 7,
+            "completion_tokens": completion,
+            "total_tokens": 7 + completion,
+        }
+        chunk = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+        yield b"data: " + _encoder.encode(chunk) + b"\n\n"
 
 
 async def serve(host: str, port: int, default: Scenario) -> None:

@@ -49,6 +49,8 @@ class Options:
     max_tokens: int | None = None
     encoding: EncodingName = "json"
     api_key: str | None = None
+    deadline: float | None = None
+    """Seconds after which unfinished sessions are abandoned (counted as `deadline`)."""
 
 
 @dataclass
@@ -169,9 +171,15 @@ async def _session(options: Options, samples: Samples, counters: Any) -> None:
 async def _run(options: Options, counters: Any) -> Samples:
     samples = Samples()
     cpu_before = _cpu()
-    async with asyncio.TaskGroup() as group:
-        for _ in range(options.sessions):
-            group.create_task(_session(options, samples, counters))
+    tasks = [
+        asyncio.create_task(_session(options, samples, counters)) for _ in range(options.sessions)
+    ]
+    _, late = await asyncio.wait(tasks, timeout=options.deadline)
+    for task in late:
+        task.cancel()  # closes its connection: the server cancels its generations
+    if late:
+        await asyncio.wait(late)
+        samples.errors["deadline"] += len(late)
     samples.cpu_s = _cpu() - cpu_before
     return samples
 
@@ -318,6 +326,7 @@ def main(args: Any) -> int:
         max_tokens=args.max_tokens,
         encoding=args.encoding,
         api_key=args.api_key,
+        deadline=args.deadline,
     )
     data = run(options, args.processes, progress=None if not args.json else False)
     print(json.dumps(data) if args.json else format_report(data))

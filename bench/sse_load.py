@@ -1,0 +1,139 @@
+"""An SSE load generator for OpenAI-compatible /chat/completions endpoints.
+
+What `tokenwire loadtest` does over WebSocket, done over HTTP+SSE, so that the
+fake upstream itself (the ceiling) and the LiteLLM proxy are measured the same
+way. Prints one JSON object with the same field names.
+
+    python bench/sse_load.py --url http://127.0.0.1:9000/v1 --model fake --streams 100 \\
+        --prompt 'fake:{"tokens": 100, "interval": 0.02}' [--deadline 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] = []
+
+
+_decode = msgspec.json.Decoder(_Chunk).decode
+
+
+def pct(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
+
+
+async def stream(
+    session: aiohttp.ClientSession, args: argparse.Namespace, out: dict[str, Any]
+) -> None:
+    loop = asyncio.get_running_loop()
+    body = {
+        "model": args.model,
+        "stream": True,
+        "messages": [{"role": "user", "content": args.prompt}],
+    }
+    started = loop.time()
+    last = None
+    try:
+        async with session.post(args.url + "/chat/completions", json=body) as response:
+            if response.status != 200:
+                out["errors"][str(response.status)] = out["errors"].get(str(response.status), 0) + 1
+                await response.read()
+                return
+            async for line in response.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                chunk = _decode(line[6:])
+                text = (
+                    chunk.choices[0].delta.content
+                    if chunk.choices and chunk.choices[0].delta
+                    else None
+                )
+                if not text:
+                    continue
+                now = loop.time()
+                out["frames"] += 1
+                out["tokens"] += 1
+                if last is None:
+                    out["ttft"].append(now - started)
+                else:
+                    out["gaps"].append(now - last)
+                last = now
+        out["completed"] += 1
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        name = type(exc).__name__
+        out["errors"][name] = out["errors"].get(name, 0) + 1
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "completed": 0,
+        "errors": {},
+        "tokens": 0,
+        "frames": 0,
+        "ttft": [],
+        "gaps": [],
+    }
+    connector = aiohttp.TCPConnector(limit=0)
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"Authorization": f"Bearer {args.key}"}
+    ) as session:
+        tasks = [asyncio.create_task(stream(session, args, out)) for _ in range(args.streams)]
+        _, pending = await asyncio.wait(tasks, timeout=args.deadline)
+        for task in pending:
+            task.cancel()
+        if pending:
+            out["errors"]["deadline"] = len(pending)
+            await asyncio.gather(*pending, return_exceptions=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "streams": args.streams,
+        "generations_completed": out["completed"],
+        "generations_failed": out["errors"],
+        "tokens": out["tokens"],
+        "frames": out["frames"],
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(out["tokens"] / wall, 1),
+        "ttft_ms": pct(out["ttft"]),
+        "inter_token_ms": pct(out["gaps"]),
+        "client_cpu_s": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, 3),
+        "violations": 0,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:9000/v1")
+    parser.add_argument("--model", default="fake")
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--prompt", default='fake:{"tokens": 100}')
+    parser.add_argument("--deadline", type=float, default=120.0, help="seconds, then give up")
+    parser.add_argument("--key", default="sk-none", help="sent as Authorization: Bearer")
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))
