@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -165,6 +166,14 @@ async def cancel_through_proxy(base: str, fake: FakeUpstream, n: int, prompt: st
 # -- the run -------------------------------------------------------------------
 
 
+async def settle(fake: FakeUpstream, limit: float) -> None:
+    """Wait (up to ``limit`` s) until no request is open at the fake upstream."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit):
+            for record in list(fake.requests):
+                await record.ended.wait()
+
+
 def free_port() -> int:
     import socket
 
@@ -214,12 +223,14 @@ async def main(args: argparse.Namespace) -> str:
             memory[count] = await idle_sessions(url, server.pid, count)
             server.terminate()
             await server.wait()
+        await settle(fake, 60)
         server, url, _ = await start_server(tw_config)
         try:
             for name, n, prompt, deadline in scenarios:
                 results[f"tokenwire|{name}"] = await measured(
                     server.pid, ws_load(url, n, prompt, deadline)
                 )
+            await settle(fake, 120)
             to_finish, to_close = await cancel_through_tokenwire(url, fake, args.cancels)
             cancels["tokenwire → finish"] = to_finish
             cancels["tokenwire → upstream closed"] = to_close
@@ -238,17 +249,21 @@ async def main(args: argparse.Namespace) -> str:
                 results["proxy|error"] = {"error": str(exc)}
                 return render(results, memory, cancels, scenarios, args)
             base = f"http://127.0.0.1:{port}/v1"
+            await settle(fake, 60)
             try:
                 for name, n, prompt, deadline in scenarios:
                     results[f"proxy|{name}"] = await measured(
                         proxy.pid, sse_load(base, n, prompt, deadline)
                     )
-                cancels["proxy → upstream closed"] = await cancel_through_proxy(
-                    base,
-                    fake,
-                    args.cancels,
-                    "fake:" + json.dumps({"tokens": 10_000, "interval": 0.02}),
-                )
+                # Streams abandoned at a deadline may still be in the proxy.
+                await settle(fake, 120)
+                slow = "fake:" + json.dumps({"tokens": 10_000, "interval": 0.02})
+                try:
+                    cancels["proxy → upstream closed"] = await cancel_through_proxy(
+                        base, fake, args.cancels, slow
+                    )
+                except TimeoutError:
+                    results["proxy|cancel"] = {"error": "no upstream request within 30 s"}
             finally:
                 proxy.terminate()
                 await proxy.wait()

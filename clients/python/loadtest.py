@@ -104,6 +104,7 @@ async def _generation(
     )
     last: float | None = None
     texts: list[str] = []
+    completed = False
     try:
         async for event in generation:
             now = loop.time()
@@ -116,6 +117,7 @@ async def _generation(
                     samples.gaps.append(now - last)
                 last = now
         result = await generation.result()
+        completed = True
     except GenerationError as exc:
         samples.frames += 1
         samples.errors[exc.code] += 1
@@ -124,6 +126,10 @@ async def _generation(
     except ProtocolViolation as exc:
         samples.violation(str(exc))
         return
+    finally:
+        if not completed:  # failed, or abandoned at the deadline: count what came
+            samples.tokens += len(texts)
+            counters[TOKENS] += len(texts)
     samples.frames += 1  # finish
     if "".join(texts) != result.content:
         samples.violation(f"{generation.id}: token texts differ from finish.content")

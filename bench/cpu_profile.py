@@ -1,6 +1,6 @@
 """Where a relayed token's CPU goes: tokenwire, LiteLLM, and the rest.
 
-    .venv/bin/python bench/profile.py [--tokens 3000]
+    .venv/bin/python bench/cpu_profile.py [--tokens 3000]
 
 Runs the fake upstream, the server and a client in this one process under
 cProfile while one unpaced stream of --tokens chunks is relayed, then prints
