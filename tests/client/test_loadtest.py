@@ -94,3 +94,17 @@ async def test_a_contract_violation_fails_the_run():
     assert status == 1
     assert report["violations"] == 2
     assert any("finish.content" in e for e in report["violation_examples"])
+
+
+async def test_a_deadline_ends_the_run_and_keeps_what_arrived(server, fake):
+    prompt = "fake:" + json.dumps({"tokens": 1000, "interval": 0.02})
+    status, report = await loadtest(
+        server.url, "--model", "fake", "--sessions", "2", "--prompt", prompt, "--deadline", "1.5"
+    )
+    assert status == 0 and report["wall_s"] < 1.5 + TIMEOUT
+    assert report["generations_completed"] == 0
+    assert report["generations_failed"] == {"deadline": 2}
+    assert 0 < report["tokens"] < 2000
+    for record in fake.requests[-2:]:  # abandoning a session cancels its generations
+        await record.wait_ended(TIMEOUT)
+        assert record.disconnected
