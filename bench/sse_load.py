@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from tokenwire.client.loadtest import percentiles as pct
+
 
 class _Delta(msgspec.Struct):
     content: str | None = None
@@ -34,17 +36,6 @@ class _Chunk(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Chunk).decode
-
-
-def pct(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
-
-    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
 
 
 async def stream(

@@ -265,7 +265,8 @@ def run(options: Options, processes: int = 1, *, progress: bool | None = None) -
     return report(samples, wall, options, processes)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p90, p99 and max of durations in seconds, in milliseconds."""
     if not values:
         return {"p50": None, "p90": None, "p99": None, "max": None}
     ordered = sorted(values)
@@ -289,9 +290,9 @@ def report(samples: Samples, wall: float, options: Options, processes: int) -> d
         "frames": samples.frames,
         "wall_s": round(wall, 3),
         "tokens_per_s": round(samples.tokens / wall, 1) if wall else 0.0,
-        "ttft_ms": _percentiles(samples.ttft),
-        "inter_token_ms": _percentiles(samples.gaps),
-        "handshake_ms": _percentiles(samples.handshakes),
+        "ttft_ms": percentiles(samples.ttft),
+        "inter_token_ms": percentiles(samples.gaps),
+        "handshake_ms": percentiles(samples.handshakes),
         "client_cpu_s": round(samples.cpu_s, 3),
         "violations": samples.violations,
         "violation_examples": samples.violation_examples,
