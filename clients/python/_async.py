@@ -45,6 +45,7 @@ from ._common import (
     RECONNECT_TIMEOUT,
     EncodingName,
     GenerationCore,
+    GenerationView,
     Message,
     StreamEvent,
     backoff_delays,
@@ -56,7 +57,7 @@ from ._common import (
 from .errors import ConnectionLost, GenerationError
 
 
-class AsyncGeneration:
+class AsyncGeneration(GenerationView):
     """One generation: iterate it for its events, await ``result()`` for the whole."""
 
     def __init__(self, client: AsyncClient, core: GenerationCore) -> None:
@@ -64,23 +65,6 @@ class AsyncGeneration:
         self._core = core
         self._events: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
         self._done = asyncio.Event()
-
-    @property
-    def id(self) -> str:
-        return self._core.id
-
-    @property
-    def model(self) -> str:
-        return self._core.model
-
-    @property
-    def text(self) -> str:
-        """The answer's text received so far."""
-        return self._core.text
-
-    @property
-    def done(self) -> bool:
-        return self._core.done
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()

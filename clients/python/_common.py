@@ -99,6 +99,29 @@ def generate_message(
         raise ValueError(f"invalid generate: {exc}") from None
 
 
+class GenerationView:
+    """What the async and the sync generation show alike, read from their core."""
+
+    _core: GenerationCore
+
+    @property
+    def id(self) -> str:
+        return self._core.id
+
+    @property
+    def model(self) -> str:
+        return self._core.model
+
+    @property
+    def text(self) -> str:
+        """The answer's text received so far."""
+        return self._core.text
+
+    @property
+    def done(self) -> bool:
+        return self._core.done
+
+
 class GenerationCore:
     """One generation's received state: frames checked and built into a result."""
 

@@ -49,6 +49,7 @@ from ._common import (
     RECONNECT_TIMEOUT,
     EncodingName,
     GenerationCore,
+    GenerationView,
     Message,
     StreamEvent,
     backoff_delays,
@@ -60,7 +61,7 @@ from ._common import (
 from .errors import ConnectionLost, GenerationError
 
 
-class Generation:
+class Generation(GenerationView):
     """One generation: iterate it for its events, call ``result()`` for the whole."""
 
     def __init__(self, client: Client, core: GenerationCore) -> None:
@@ -68,23 +69,6 @@ class Generation:
         self._core = core
         self._events: queue.SimpleQueue[StreamEvent | BaseException | None] = queue.SimpleQueue()
         self._done = threading.Event()
-
-    @property
-    def id(self) -> str:
-        return self._core.id
-
-    @property
-    def model(self) -> str:
-        return self._core.model
-
-    @property
-    def text(self) -> str:
-        """The answer's text received so far."""
-        return self._core.text
-
-    @property
-    def done(self) -> bool:
-        return self._core.done
 
     def __iter__(self) -> Iterator[StreamEvent]:
         return self._iterate()
