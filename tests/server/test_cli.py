@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import websockets
@@ -16,7 +18,10 @@ TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
 STARTUP_TIMEOUT = 6 * TIMEOUT  # importing LiteLLM takes seconds, more on a loaded machine
 
 
-async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+@contextlib.asynccontextmanager
+async def _serving(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`tokenwire serve` on a free port, once it listens; killed on the way out
+    if the test did not end it."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     process = await asyncio.create_subprocess_exec(
         TOKENWIRE,
@@ -29,14 +34,20 @@ async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
-    assert process.stderr is not None
-    async with asyncio.timeout(STARTUP_TIMEOUT):
-        while True:
-            line = await process.stderr.readline()
-            assert line, "the server exited before listening"
-            event = json.loads(line)
-            if event.get("event") == "listening":
-                return process, event["url"]
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while True:
+                line = await process.stderr.readline()
+                assert line, "the server exited before listening"
+                event = json.loads(line)
+                if event.get("event") == "listening":
+                    break
+        yield process, event["url"]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def _generate(ws, gid: str, model: str, text: str) -> None:
@@ -53,8 +64,7 @@ async def _generate(ws, gid: str, model: str, text: str) -> None:
 
 
 async def test_serve_offers_demo_and_drains_on_sigterm():
-    process, url = await _start()
-    try:
+    async with _serving() as (process, url):
         async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
             ready = json.loads(await ws.recv())
             assert ready["models"] == ["demo"]
@@ -72,10 +82,6 @@ async def test_serve_offers_demo_and_drains_on_sigterm():
             assert text == frames[-1]["content"] and text.startswith('You said: "Hi!"')
         async with asyncio.timeout(TIMEOUT):
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_serve_with_a_config_file_and_model_flags(tmp_path, fake):
@@ -83,8 +89,7 @@ async def test_serve_with_a_config_file_and_model_flags(tmp_path, fake):
     config.write_text(
         json.dumps({"model_list": model_list(fake.base_url), "server": {"max_generations": 3}})
     )
-    process, url = await _start("--config", str(config), "--model", "openai/extra")
-    try:
+    async with _serving("--config", str(config), "--model", "openai/extra") as (process, url):
         async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
             ready = json.loads(await ws.recv())
             assert ready["models"] == ["fake", "demo", "openai/extra"]
@@ -97,10 +102,6 @@ async def test_serve_with_a_config_file_and_model_flags(tmp_path, fake):
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(TIMEOUT):
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_logs_carry_no_key_and_no_prompt_text(tmp_path, fake):
@@ -109,14 +110,12 @@ async def test_logs_carry_no_key_and_no_prompt_text(tmp_path, fake):
     config.write_text(
         json.dumps({"model_list": model_list(fake.base_url), "server": {"api_keys": [key]}})
     )
-    process, url = await _start("--config", str(config))
-    try:
+    async with _serving("--config", str(config)) as (process, url):
         headers = {"Authorization": f"Bearer {key}"}
         async with websockets.connect(url, additional_headers=headers, open_timeout=TIMEOUT) as ws:
             await ws.recv()
             for gid, scenario in (("ok", {"tokens": 2}), ("bad", {"status": 500})):
-                text = f"{secret} fake:" + json.dumps(scenario)
-                await _generate(ws, gid, "fake", text.removeprefix(f"{secret} "))
+                await _generate(ws, gid, "fake", "fake:" + json.dumps(scenario))
                 await _generate(ws, gid + "2", "demo", secret)
             ends = 0
             while ends < 4:
@@ -127,10 +126,6 @@ async def test_logs_carry_no_key_and_no_prompt_text(tmp_path, fake):
             assert await process.wait() == 0
         assert process.stderr is not None
         logs = (await process.stderr.read()).decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     events = [json.loads(line) for line in logs.splitlines()]
     assert sum(e.get("event") == "generation" for e in events) == 4
     assert key not in logs and secret not in logs
