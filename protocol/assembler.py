@@ -4,7 +4,9 @@ The server normalizes every provider's stream chunk into a ``Delta`` and feeds
 it to one ``FrameAssembler`` per generation. The assembler owns what the
 contract's invariants 1–4 are about: ``seq`` numbering, the accumulated text,
 tool-call assembly by index, ``tool_call_complete`` once per call before
-``finish``, and the repeated-chunk check. It never sees a socket or a clock.
+``finish``, the repeated-chunk check, and the merging of consecutive text
+pieces the contract allows under a slow reader (invariant 8: the caller says
+when, with ``hold``). It never sees a socket or a clock.
 """
 
 from __future__ import annotations
@@ -103,11 +105,20 @@ class FrameAssembler:
     chunks carry the same non-empty text; the offending chunk is not emitted.
     ``finish`` and ``fail`` return the terminal frames; after them the
     assembler refuses more input.
+
+    ``feed(delta, hold=True)`` keeps a delta that carries only text (or only
+    reasoning) instead of making its frame, merging it with the text held
+    before; ``flush`` (or the next frame of another kind, or the terminal
+    frames) emits what is held as one frame. The repeated-chunk check still
+    sees every chunk as it came.
     """
 
     __slots__ = (
         "_calls",
         "_done",
+        "_held",
+        "_held_reasoning",
+        "_held_size",
         "_reasoning",
         "_repeat_count",
         "_repeat_limit",
@@ -132,6 +143,9 @@ class FrameAssembler:
         self._repeat_text = ""
         self._repeat_count = 0
         self._done = False
+        self._held: list[str] = []
+        self._held_reasoning = False
+        self._held_size = 0
 
     @property
     def content(self) -> str:
@@ -150,17 +164,37 @@ class FrameAssembler:
     def done(self) -> bool:
         return self._done
 
-    def feed(self, delta: Delta) -> list[GenerationFrame]:
+    @property
+    def holding(self) -> bool:
+        """Whether text is held back for a merged frame (see ``flush``)."""
+        return bool(self._held)
+
+    @property
+    def held_size(self) -> int:
+        """Characters held back."""
+        return self._held_size
+
+    def feed(self, delta: Delta, *, hold: bool = False) -> list[GenerationFrame]:
         if self._done:
             raise ProtocolError(f"generation {self.generation_id} already ended")
-        self._check_repeats(delta.text)
+        text = delta.text
+        self._check_repeats(text)
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
         if delta.usage is not None:
             self.usage = delta.usage
-        if not delta.has_output:
+        reasoning = delta.reasoning
+        if not (text or reasoning or delta.tool_calls):
             return []
-        frames: list[GenerationFrame] = []
+        if hold and not delta.tool_calls and not (text and reasoning):
+            is_reasoning = not text
+            held = self.flush() if self._held and self._held_reasoning != is_reasoning else []
+            piece = reasoning if is_reasoning else text
+            self._held.append(piece)
+            self._held_size += len(piece)
+            self._held_reasoning = is_reasoning
+            return held
+        frames = self.flush()
         gid = self.generation_id
         if delta.reasoning:
             self._reasoning.append(delta.reasoning)
@@ -189,20 +223,35 @@ class FrameAssembler:
             )
         return frames
 
+    def flush(self) -> list[GenerationFrame]:
+        """The held text as one frame (none when nothing is held)."""
+        if not self._held:
+            return []
+        text = "".join(self._held)
+        self._held = []
+        self._held_size = 0
+        if self._held_reasoning:
+            self._reasoning.append(text)
+            return [Reasoning(id=self.generation_id, seq=self._next_seq(), text=text)]
+        self._text.append(text)
+        return [Token(id=self.generation_id, seq=self._next_seq(), text=text)]
+
     def finish(
         self, reason: FinishReason | None = None, usage: Usage | None = None
     ) -> list[GenerationFrame]:
         """``tool_call_complete`` for every call, then ``finish``.
 
         ``reason`` defaults to the upstream's (normalized); pass ``cancelled``
-        for a cancel. ``usage`` defaults to what the upstream reported.
+        for a cancel. ``usage`` defaults to what the upstream reported. Held
+        text goes out first.
         """
+        frames = self.flush()
         self._end()
         calls = self.tool_calls
         if reason is None:
             reason = normalize_finish_reason(self.finish_reason, has_tool_calls=bool(calls))
         gid = self.generation_id
-        frames: list[GenerationFrame] = [
+        frames += [
             ToolCallComplete(
                 id=gid,
                 seq=self._next_seq(),
@@ -225,10 +274,13 @@ class FrameAssembler:
         )
         return frames
 
-    def fail(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None) -> Error:
-        """The generation's terminal ``error`` frame."""
+    def fail(
+        self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None
+    ) -> list[GenerationFrame]:
+        """Held text, then the generation's terminal ``error`` frame."""
+        frames = self.flush()
         self._end()
-        return Error(
+        error = Error(
             id=self.generation_id,
             seq=self._next_seq(),
             code=code.value,
@@ -236,6 +288,8 @@ class FrameAssembler:
             retryable=code.retryable,
             retry_after_ms=retry_after_ms,
         )
+        frames.append(error)
+        return frames
 
     def _next_seq(self) -> int:
         seq = self.seq

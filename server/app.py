@@ -82,12 +82,31 @@ class TokenwireServer:
             close_timeout=CLOSE_TIMEOUT,
             server_header=SERVER_HEADER,
         )
+        watchdog = asyncio.create_task(self._watch_sends(), name="send watchdog")
         try:
             bound = self._server.sockets[0].getsockname()
             yield bound[0], bound[1]
         finally:
             self._server.close()
             await self._server.wait_closed()
+            watchdog.cancel()
+            await self.upstream.close()
+
+    async def _watch_sends(self) -> None:
+        """Close sessions whose socket write has been blocked for ``send_timeout``.
+
+        One task for all sessions, ticking every quarter of ``send_timeout``
+        (at most every second), so a stalled reader is closed between
+        ``send_timeout`` and 1.25 × ``send_timeout`` after its write began.
+        """
+        timeout = self.settings.send_timeout
+        period = min(1.0, timeout / 4)
+        clock = asyncio.get_running_loop().time
+        while True:
+            await asyncio.sleep(period)
+            started_before = clock() - timeout
+            for session in self.sessions:
+                session.check_send(started_before)
 
     async def drain(self) -> None:
         """Stop taking work, let generations finish for ``drain_timeout``, end the rest."""

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -23,6 +23,8 @@ ENV_PREFIX: Final = "os.environ/"
 
 PositiveInt = Annotated[int, Meta(gt=0)]
 Seconds = Annotated[float, Meta(gt=0)]
+FastPath = Literal["auto", "off"]
+FAST_PATH_VALUES: Final = ("auto", "off")
 
 
 class ConfigError(Exception):
@@ -54,6 +56,16 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """permessage-deflate; off: it costs frame throughput and memory per session."""
     send_timeout: Seconds = 30.0
     """Seconds a write to a client may stay blocked before it is closed with 4008."""
+    max_queued_frames: PositiveInt = 4096
+    """Frames waiting for one session's socket. While the socket is behind, a
+    generation's consecutive ``token`` (or ``reasoning``) pieces merge into one
+    frame, so text never grows the queue; a reader that lets more than this
+    many frames pile up anyway is closed with 4008."""
+    fast_path: FastPath = "auto"
+    """``auto``: models whose provider streams plain OpenAI SSE skip LiteLLM's
+    per-chunk code (``tokenwire.server.native``); ``off``: every model goes
+    through ``litellm.acompletion``. A deployment's ``model_info.fast_path``
+    overrides it."""
 
 
 class ModelEntry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -62,6 +74,15 @@ class ModelEntry(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     model_name: Annotated[str, Meta(min_length=1)]
     litellm_params: dict[str, Any]
     model_info: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        value = (self.model_info or {}).get("fast_path", "auto")
+        if value not in FAST_PATH_VALUES:
+            raise ValueError(f"model_info.fast_path must be 'auto' or 'off', got {value!r}")
+
+    @property
+    def fast_path(self) -> FastPath:
+        return "off" if (self.model_info or {}).get("fast_path") == "off" else "auto"
 
 
 class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

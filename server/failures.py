@@ -21,6 +21,7 @@ from litellm import exceptions as llm
 from tokenwire.protocol import ErrorCode
 
 _REPEATED_MARK: Final = "repeating the same chunk"
+STREAM_FAILED: Final = "the provider failed or the connection to it was cut"
 
 
 class UpstreamFailure(Exception):
@@ -45,6 +46,10 @@ def classify(exc: BaseException) -> UpstreamFailure:
         exc, llm.Timeout | openai.APITimeoutError | httpx.TimeoutException | TimeoutError
     ):
         return UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, "the provider did not answer in time")
+    if isinstance(exc, llm.APIConnectionError):
+        # LiteLLM raises it (with status 500) for a connection that failed, a
+        # stream cut or malformed mid-way, and an in-stream error.
+        return UpstreamFailure(ErrorCode.UPSTREAM_ERROR, STREAM_FAILED)
     status = _status_of(exc)
     if isinstance(exc, llm.RateLimitError) or status == 429:
         return UpstreamFailure(
@@ -77,9 +82,7 @@ def classify(exc: BaseException) -> UpstreamFailure:
         | aiohttp.ClientError
         | ConnectionError,
     ):
-        return UpstreamFailure(
-            ErrorCode.UPSTREAM_ERROR, "the connection to the provider failed or was cut"
-        )
+        return UpstreamFailure(ErrorCode.UPSTREAM_ERROR, STREAM_FAILED)
     return UpstreamFailure(ErrorCode.INTERNAL, "internal error")
 
 

@@ -33,6 +33,8 @@ class FakeToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     arguments: str = "{}"
     fragment_chars: int = 8
+    repeat: int = 1
+    """The arguments are ``arguments`` this many times over (large calls, small requests)."""
 
 
 class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,6 +47,8 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Explicit content chunks, instead of ``tokens``."""
     reasoning: int = 0
     """Reasoning chunks (``delta.reasoning_content``) before the content."""
+    reasoning_field: str = "reasoning_content"
+    """The delta field reasoning comes in (vLLM and others: ``reasoning``)."""
     tool_calls: list[FakeToolCall] = []
     interval: float = 0.0
     """Pause between chunks."""
@@ -52,6 +56,8 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Pause after the response headers, before the first chunk."""
     usage: bool = True
     """Send a usage chunk when the request asks for one (``stream_options``)."""
+    usage_in_finish: bool = False
+    """Put the usage in the finish chunk (``choices`` not empty) instead of a chunk of its own."""
     finish_reason: str | None = None
     """Default: ``tool_calls`` when there are tool calls, else ``stop``."""
     status: int = 200
@@ -226,18 +232,22 @@ def _events(scenario: Scenario, model: str, *, want_usage: bool) -> Iterator[byt
     tail = b',"finish_reason":null}]}\n\n'
     content = head + b'{"role":"assistant","content":'
 
-    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {
+    def event(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> bytes:
+        chunk: dict[str, Any] = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": []
+            if delta is None
+            else [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
+        if usage is not None:
+            chunk["usage"] = usage
         return b"data: " + _encoder.encode(chunk) + b"\n\n"
 
     for i in range(scenario.reasoning):
-        yield event({"role": "assistant", "reasoning_content": f"think{i} "})
+        yield event({"role": "assistant", scenario.reasoning_field: f"think{i} "})
     if scenario.text is not None:
         texts: Iterable[str] = scenario.text
     else:
@@ -246,7 +256,8 @@ def _events(scenario: Scenario, model: str, *, want_usage: bool) -> Iterator[byt
         yield content + _encoder.encode(text) + b"}" + tail
     for index, call in enumerate(scenario.tool_calls):
         size = max(call.fragment_chars, 1)
-        pieces = [call.arguments[i : i + size] for i in range(0, len(call.arguments), size)] or [""]
+        arguments = call.arguments * call.repeat
+        pieces = [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
         for j, piece in enumerate(pieces):
             fragment: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
             if j == 0:
@@ -255,7 +266,7 @@ def _events(scenario: Scenario, model: str, *, want_usage: bool) -> Iterator[byt
                 fragment["function"]["name"] = call.name
             yield event({"role": "assistant", "tool_calls": [fragment]})
     finish = scenario.finish_reason or ("tool_calls" if scenario.tool_calls else "stop")
-    yield event({}, finish)
+    usage = None
     if scenario.usage and want_usage:
         text_chunks = len(scenario.text) if scenario.text is not None else scenario.tokens
         completion = text_chunks + scenario.reasoning + len(scenario.tool_calls)
@@ -264,15 +275,12 @@ def _events(scenario: Scenario, model: str, *, want_usage: bool) -> Iterator[byt
             "completion_tokens": completion,
             "total_tokens": 7 + completion,
         }
-        chunk = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": model,
-            "choices": [],
-            "usage": usage,
-        }
-        yield b"data: " + _encoder.encode(chunk) + b"\n\n"
+    if scenario.usage_in_finish:
+        yield event({}, finish, usage)
+        return
+    yield event({}, finish)
+    if usage is not None:
+        yield event(None, usage=usage)
 
 
 async def serve(host: str, port: int, default: Scenario) -> None:

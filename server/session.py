@@ -56,6 +56,10 @@ CLOSE_TIMEOUT: Final = 2.0
 """Seconds the closing handshake may take before the TCP connection is aborted."""
 SLOW_READER_CLOSE: Final = (4008, "slow reader")
 SHUTDOWN_CLOSE: Final = (1001, "server shutting down")
+HOLD_LIMIT: Final = 256 * 1024
+"""Characters of merged text a generation holds before it stops reading its upstream."""
+MERGE_BACKLOG: Final = 64
+"""Frames queued for a socket past which it counts as behind, so text merges."""
 
 
 class StopReason(enum.Enum):
@@ -104,7 +108,7 @@ class Generation:
                 frames = await self._outcome(started)
             except Exception:  # a bug in tokenwire: the session must live on
                 log.exception("generation failed")
-                frames = [self.assembler.fail(ErrorCode.INTERNAL, "internal error")]
+                frames = self.assembler.fail(ErrorCode.INTERNAL, "internal error")
             self._end(frames)
         finally:
             if not self.ended:  # cancelled by the session's teardown
@@ -137,22 +141,22 @@ class Generation:
                 raise  # the session is going away: nothing to say, nobody to say it to
             task.uncancel()
         except RepeatedOutput as exc:
-            return [assembler.fail(ErrorCode.REPEATED_OUTPUT, str(exc))]
+            return assembler.fail(ErrorCode.REPEATED_OUTPUT, str(exc))
         except Exception as exc:
             failure = classify(exc)
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("generation failed")
             else:
                 log.warning("upstream failed", code=failure.code.value, error=type(exc).__name__)
-            return [
-                assembler.fail(failure.code, failure.message, retry_after_ms=failure.retry_after_ms)
-            ]
+            return assembler.fail(
+                failure.code, failure.message, retry_after_ms=failure.retry_after_ms
+            )
         return self._stopped()
 
     def _stopped(self) -> list[GenerationFrame]:
         """The last frames of a generation stopped by a cancel, a reset or the drain."""
         if self._stop is StopReason.SHUTDOWN:
-            return [self.assembler.fail(ErrorCode.SHUTTING_DOWN, "the server is shutting down")]
+            return self.assembler.fail(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         return self.assembler.finish("cancelled", usage=self._estimated_usage())
 
     async def _relay(self, started: float) -> None:
@@ -172,11 +176,25 @@ class Generation:
                     tools=request.tools,
                     tool_choice=request.tool_choice,
                     params=request.params,
-                ) as deltas,
+                ) as batches,
             ):
-                async for delta in deltas:
-                    frames = feed(delta)
-                    if frames:
+                async for batch in batches:
+                    output = 0
+                    for delta in batch:
+                        # While the socket is behind, text merges (invariant 8).
+                        if frames := feed(delta, hold=session.behind):
+                            send(frames)
+                        if delta.text or delta.reasoning or delta.tool_calls:
+                            output += 1
+                    if output:
+                        if self.assembler.holding:
+                            session.hold(self)
+                            if self.assembler.held_size > HOLD_LIMIT:
+                                # Merged text is bounded too: stop reading the
+                                # upstream (TCP pushes back on the provider)
+                                # until the socket catches up, or send_timeout
+                                # ends the session.
+                                await session.caught_up()
                         now = loop.time()
                         if self.time_to_first_token is None:
                             self.time_to_first_token = now - started
@@ -184,10 +202,9 @@ class Generation:
                                 self.time_to_first_token
                             )
                         deadline.reschedule(now + settings.idle_timeout)
-                        self.chunks += 1
-                        send(frames)
-                    # A fast upstream must not starve the loop (TRAPS.md):
-                    # give other sessions and our timers a turn per chunk.
+                        self.chunks += output
+                    # A fast upstream must not starve the loop (TRAPS.md): give
+                    # other sessions and our timers a turn per network read.
                     await asyncio.sleep(0)
         except TimeoutError:
             if not deadline.expired():
@@ -255,6 +272,11 @@ class Session:
         self._codec = codec
         self._conversations: dict[str, list[dict[str, Any]]] = {}
         self._outbox: deque[ServerFrame] = deque()
+        self._max_queued = server.settings.max_queued_frames
+        self._holding: set[Generation] = set()
+        self._caught_up = asyncio.Event()
+        self._send_started = 0.0
+        self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._peer_gone = False
         self._close_request: tuple[int, str] | None = None
@@ -266,6 +288,7 @@ class Session:
     async def run(self) -> None:
         """Serve the connection until it closes; the caller's task is the session task."""
         structlog.contextvars.bind_contextvars(session=self.id)
+        self._task = asyncio.current_task()
         log.info("session open", encoding=self._codec.encoding.value)
         self.send(
             [
@@ -313,35 +336,75 @@ class Session:
         self._wakeup.set()
 
     async def _write_loop(self) -> None:
-        """Write the outbox until the connection closes or a close is requested."""
+        """Write the outbox until the connection closes or a close is requested.
+
+        websockets' ``send()`` waits for a stalled peer with no deadline
+        (TRAPS.md), so the deadline is ours: ``_send_started`` marks a send
+        in progress, and the server's watchdog (``check_send``) stops one that
+        has lasted ``send_timeout``. That costs a clock read per frame, where
+        an ``asyncio.timeout`` per send would cost a timer (≈6 µs).
+        """
         ws = self._ws
         outbox = self._outbox
+        holding = self._holding
         encode = self._codec.encode
         text = self._codec.encoding.is_text
-        send_timeout = self.settings.send_timeout
         frames_sent = self.server.metrics.frames_sent
-        while True:
-            if self._peer_gone:
-                return
-            if not outbox:
-                if self._close_request is not None:
+        clock = asyncio.get_running_loop().time
+        sent = 0
+        try:
+            while True:
+                if self._peer_gone or self._close_request is SLOW_READER_CLOSE:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            data = encode(outbox.popleft())
-            try:
-                # websockets' send() waits for a stalled peer with no deadline
-                # (TRAPS.md): this one is ours.
-                async with asyncio.timeout(send_timeout):
-                    await ws.send(data, text=text)
-            except TimeoutError:
-                log.warning("slow reader", send_timeout=send_timeout, queued=len(outbox))
-                self._close_request = SLOW_READER_CLOSE
-                return
-            except ConnectionClosed:
-                return
-            frames_sent.inc()
+                if not outbox:
+                    if holding:  # caught up: the held text goes out, merged
+                        self._release_held()
+                        continue
+                    if self._close_request is not None:
+                        return
+                    frames_sent.inc(sent)
+                    sent = 0
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                data = encode(outbox.popleft())
+                self._send_started = clock()
+                await ws.send(data, text=text)
+                self._send_started = 0.0
+                sent += 1
+                if holding and not ws.paused and len(outbox) < MERGE_BACKLOG:
+                    self._release_held()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._close_request is not SLOW_READER_CLOSE or task is None:
+                raise
+            task.uncancel()
+            log.warning("slow reader", queued=len(outbox))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._send_started = 0.0
+            frames_sent.inc(sent)
+
+    def check_send(self, started_before: float) -> None:
+        """The watchdog's call: stop a send that started before ``started_before``."""
+        if 0.0 < self._send_started < started_before:
+            self._stall()
+
+    def _stall(self) -> None:
+        """Give up on the reader: close with 4008, interrupting a blocked send."""
+        if self._close_request is SLOW_READER_CLOSE:
+            return
+        self._close_request = SLOW_READER_CLOSE
+        self._wakeup.set()
+        if self._send_started and self._task is not None:
+            self._task.cancel()  # the writer turns it into the close (see _write_loop)
+
+    def _release_held(self) -> None:
+        for generation in self._holding:
+            self._outbox.extend(generation.assembler.flush())
+        self._holding.clear()
+        self._caught_up.set()
 
     async def _close(self) -> None:
         if self._close_request is None or self._peer_gone:
@@ -355,12 +418,36 @@ class Session:
 
     # -- called from other tasks ----------------------------------------------
 
+    @property
+    def behind(self) -> bool:
+        """Whether the socket is behind: the peer is not reading as fast as we
+        write (the transport is over its high-water mark), or frames are piling
+        up faster than the session task writes them."""
+        return self._ws.paused or len(self._outbox) >= MERGE_BACKLOG
+
     def send(self, frames: Iterable[ServerFrame]) -> None:
         """Queue frames for the session task to write, in order."""
-        self._outbox.extend(frames)
+        outbox = self._outbox
+        outbox.extend(frames)
         self._wakeup.set()
+        if len(outbox) > self._max_queued:
+            # Text merges while the socket is behind, so only a reader that
+            # has stopped (or nearly) lets this many frames pile up.
+            log.warning("too many queued frames", max_queued_frames=self._max_queued)
+            self._stall()
+
+    def hold(self, generation: Generation) -> None:
+        """``generation`` holds text to merge; it goes out when the socket catches up."""
+        if not self._holding:
+            self._caught_up.clear()
+        self._holding.add(generation)
+
+    async def caught_up(self) -> None:
+        """Wait until the held text has gone out (see ``hold``)."""
+        await self._caught_up.wait()
 
     def generation_ended(self, generation: Generation) -> None:
+        self._holding.discard(generation)
         if self.generations.get(generation.id) is generation:
             del self.generations[generation.id]
             self.server.generation_ended()

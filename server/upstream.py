@@ -1,10 +1,20 @@
-"""LiteLLM behind one narrow interface: a model name and a request in, deltas out.
+"""The providers behind one narrow interface: a model name and a request in, deltas out.
 
 ``Upstream`` owns the LiteLLM Router built from ``model_list`` and is the
-only module that calls LiteLLM for generations. ``stream()`` opens a provider
-stream and yields normalized ``Delta``s; leaving its context (normally, by an
+only module that opens generations' streams. ``stream()`` opens one and
+yields batches of normalized ``Delta``s; leaving its context (normally, by an
 exception, or by cancellation) closes the upstream HTTP request at once, so a
 cancelled or abandoned generation stops being generated (and billed).
+
+Two engines sit behind it, chosen per model when the server starts:
+
+- the native path (``native.py``) for models whose every deployment (and
+  every fallback) streams plain OpenAI SSE: LiteLLM resolves and builds the
+  request, tokenwire reads the stream (≈20 µs a chunk);
+- LiteLLM's ``acompletion`` stream for every other provider (≈1 ms a chunk).
+
+Both go through the Router: it picks the deployment, and its retries and
+fallbacks apply alike.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from litellm.router import Router
 
 from tokenwire.protocol import Delta, Params, ToolCallDelta, Usage
 
-from . import demo
+from . import demo, native
 from .config import Config
 
 DEMO_MODEL: Final = "demo"
@@ -59,6 +69,41 @@ class Upstream:
         self._litellm_model = {
             d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
         }
+        self.http = native.HttpClient()
+        self._routes: dict[str, native.NativeRoute] = {}
+        self.native_models: frozenset[str] = frozenset()
+        if config.server.fast_path == "auto":
+            self._plan_native_routes(config)
+
+    def _plan_native_routes(self, config: Config) -> None:
+        """Which models take the native path: every deployment, and every
+        model they fall back to, must have a native route."""
+        off = {e.model_name for e in config.model_list if e.fast_path == "off"}
+        capable: dict[str, bool] = {}
+        for deployment in self.router.model_list:
+            name = deployment["model_name"]
+            route = None if name in off else native.native_route(deployment["litellm_params"])
+            if route is not None:
+                self._routes[deployment["model_info"]["id"]] = route
+            capable[name] = capable.get(name, True) and route is not None
+        fallbacks: dict[str, list[str]] = {}
+        for entry in self.router.fallbacks or ():
+            for name, targets in dict(entry).items():
+                fallbacks.setdefault(name, []).extend(targets)
+
+        def native_ok(name: str, seen: frozenset[str] = frozenset()) -> bool:
+            if name in seen:
+                return True
+            targets = [*fallbacks.get(name, ()), *fallbacks.get("*", ())]
+            return capable.get(name, False) and all(
+                native_ok(t, seen | {name}) for t in targets if t != name
+            )
+
+        self.native_models = frozenset(name for name in capable if native_ok(name))
+
+    async def close(self) -> None:
+        """Close the native path's HTTP connections."""
+        await self.http.close()
 
     @staticmethod
     def _deployment(
@@ -102,16 +147,24 @@ class Upstream:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
         params: Params | None = None,
-    ) -> AsyncIterator[AsyncIterator[Delta]]:
-        """Open a stream; the context closes the upstream request on exit."""
+    ) -> AsyncIterator[AsyncIterator[Sequence[Delta]]]:
+        """Open a stream of delta batches; the context closes the upstream request on exit."""
         kwargs: dict[str, Any] = params.to_dict() if params is not None else {}
         if tools:
             kwargs["tools"] = tools
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        if model in self.native_models:
+            stream = await self._open_native(model, messages, kwargs)
+            try:
+                yield stream.batches()
+            finally:
+                await stream.close()
+            return
+        if tools:
             # The MCP gateway only serves LiteLLM proxy tools; for plain
             # function tools it would import the optional `mcp` package.
             kwargs["_skip_mcp_handler"] = True
-        if tool_choice is not None:
-            kwargs["tool_choice"] = tool_choice
         # The messages are OpenAI chat messages as the client sent them; LiteLLM
         # types them as TypedDicts.
         response = await self.router.acompletion(  # type: ignore[call-overload]
@@ -126,15 +179,42 @@ class Upstream:
         finally:
             await response.aclose()
 
+    async def _open_native(
+        self, model: str, messages: list[dict[str, Any]], request: dict[str, Any]
+    ) -> native.NativeStream:
+        """The Router's retries and fallbacks around ``_open_deployment``, as
+        ``Router.acompletion`` puts them around ``litellm.acompletion``."""
+        call: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "original_function": self._open_deployment,
+            "tokenwire_request": request,
+        }
+        self.router._update_kwargs_before_fallbacks(model=model, kwargs=call)
+        stream = await self.router.async_function_with_fallbacks(**call)
+        assert isinstance(stream, native.NativeStream)
+        return stream
 
-async def _deltas(response: Any) -> AsyncIterator[Delta]:
+    async def _open_deployment(
+        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
+    ) -> native.NativeStream:
+        """One attempt: the Router picks a deployment of ``model``, the native path opens it."""
+        deployment = await self.router.async_get_available_deployment(
+            model=model, messages=messages, request_kwargs=kwargs
+        )
+        route = self._routes[deployment["model_info"]["id"]]
+        return await native.open_stream(self.http, route, messages, kwargs["tokenwire_request"])
+
+
+async def _deltas(response: Any) -> AsyncIterator[Sequence[Delta]]:
     async for chunk in response:
         if chunk is None:  # the Router's stand-in for a non-streaming fallback answer
             continue
         if getattr(chunk, "usage", None) is not None:
-            yield to_delta(chunk, provider_counted=_provider_counted(response))
+            yield (to_delta(chunk, provider_counted=_provider_counted(response)),)
         else:
-            yield to_delta(chunk)
+            yield (to_delta(chunk),)
 
 
 def _provider_counted(response: Any) -> bool:

@@ -17,6 +17,7 @@ from tokenwire.protocol import (
     Finish,
     FrameAssembler,
     ProtocolViolation,
+    Reasoning,
     RepeatedOutput,
     ResultBuilder,
     Token,
@@ -53,24 +54,30 @@ deltas = st.builds(
 endings = st.sampled_from(["finish", "cancel", "fail"])
 
 
-def _run(stream: list[Delta], ending: str, limit: int = 10_000):
+def _run(stream: list[Delta], ending: str, limit: int = 10_000, holds: list[int] = ()):
+    """Feed ``stream``; ``holds`` says, delta by delta (cycling), 0: feed,
+    1: feed with ``hold``, 2: flush then feed."""
     assembler = FrameAssembler("g", repeated_chunk_limit=limit)
     frames = []
-    for delta in stream:
-        frames.extend(assembler.feed(delta))
+    for i, delta in enumerate(stream):
+        mode = holds[i % len(holds)] if holds else 0
+        if mode == 2:
+            frames.extend(assembler.flush())
+        frames.extend(assembler.feed(delta, hold=mode == 1))
     if ending == "finish":
         frames.extend(assembler.finish())
     elif ending == "cancel":
         frames.extend(assembler.finish("cancelled"))
     else:
-        frames.append(assembler.fail(ErrorCode.UPSTREAM_ERROR, "cut"))
+        frames += assembler.fail(ErrorCode.UPSTREAM_ERROR, "cut")
     return assembler, frames
 
 
-@settings(max_examples=300)
-@given(st.lists(deltas, max_size=25), endings)
-def test_any_delta_sequence_yields_frames_holding_invariants_1_to_4(stream, ending):
-    assembler, frames = _run(stream, ending)
+@settings(max_examples=400)
+@given(st.lists(deltas, max_size=25), endings, st.lists(st.integers(0, 2), max_size=6))
+def test_any_delta_sequence_yields_frames_holding_invariants_1_to_4(stream, ending, holds):
+    """Also with text held and merged anywhere (invariant 8)."""
+    assembler, frames = _run(stream, ending, holds=holds)
     # 1. exactly one terminal frame, and it is the last
     assert sum(isinstance(f, TERMINAL_FRAMES) for f in frames) == 1
     assert isinstance(frames[-1], TERMINAL_FRAMES)
@@ -79,6 +86,9 @@ def test_any_delta_sequence_yields_frames_holding_invariants_1_to_4(stream, endi
     # 3. tokens concatenate to the content
     tokens = "".join(f.text for f in frames if isinstance(f, Token))
     assert tokens == "".join(d.text for d in stream)
+    assert "".join(f.text for f in frames if isinstance(f, Reasoning)) == "".join(
+        d.reasoning for d in stream
+    )
     if isinstance(frames[-1], Finish):
         assert frames[-1].content == tokens
     # 4. per tool call: chunks concatenate to complete and to finish.tool_calls
@@ -134,6 +144,28 @@ def test_repeated_output_fires_exactly_past_the_limit(texts, limit):
         assert longest > limit
     else:
         assert longest <= limit
+
+
+def test_held_text_merges_into_one_frame_until_another_kind_comes():
+    assembler = FrameAssembler("g")
+    assert assembler.feed(Delta(text="a"), hold=True) == []
+    assert assembler.feed(Delta(text="b"), hold=True) == []
+    assert assembler.holding
+    # reasoning is another kind: the held text goes out first, merged
+    frames = assembler.feed(Delta(reasoning="r"), hold=True)
+    assert frames == [Token(id="g", seq=0, text="ab")]
+    assert assembler.feed(Delta(reasoning="s"), hold=True) == []
+    (tail, finish) = assembler.finish()
+    assert tail == Reasoning(id="g", seq=1, text="rs")
+    assert isinstance(finish, Finish) and finish.seq == 2 and finish.content == "ab"
+
+
+def test_held_text_still_counts_for_the_repeated_chunk_check():
+    assembler = FrameAssembler("g", repeated_chunk_limit=2)
+    assembler.feed(Delta(text="x"), hold=True)
+    assembler.feed(Delta(text="x"), hold=True)
+    with pytest.raises(RepeatedOutput):
+        assembler.feed(Delta(text="x"), hold=True)
 
 
 def test_usage_from_the_upstream_reaches_finish():

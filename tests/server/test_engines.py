@@ -1,0 +1,134 @@
+"""The two upstream engines give the same frames: LiteLLM's ``acompletion``
+stream and the native path (``tokenwire.server.native``).
+
+Every scenario of the fake upstream — text, reasoning in both fields, parallel
+tool calls, usage where it comes and where it does not, and every failure —
+goes through a server on each engine; the frames must be identical, and so
+must the requests the upstream received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import ServerHandle, model_list, say
+
+from tokenwire.server.config import Config, ServerSettings, parse
+from tokenwire.server.upstream import Upstream
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"{name} something",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+    for name in ("lookup", "search")
+]
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "text": {"tokens": 12},
+    "explicit text": {"text": ["Hello", ", ", "wörld", " ✓", ""]},
+    "reasoning_content": {"reasoning": 3, "tokens": 3},
+    "delta.reasoning": {"reasoning": 3, "tokens": 2, "reasoning_field": "reasoning"},
+    "parallel tool calls": {
+        "tokens": 0,
+        "tool_calls": [
+            {"name": "lookup", "arguments": '{"q": "one two three"}', "fragment_chars": 5},
+            {"name": "search", "arguments": '{"q": "x"}', "fragment_chars": 3},
+        ],
+    },
+    "usage in the finish chunk": {"tokens": 4, "usage_in_finish": True},
+    "no usage": {"tokens": 4, "usage": False},
+    "length": {"tokens": 3, "finish_reason": "length"},
+    "content_filter": {"tokens": 3, "finish_reason": "content_filter"},
+    "429 with Retry-After": {"status": 429, "retry_after": "3"},
+    "500": {"status": 500},
+    "503": {"status": 503},
+    "400": {"status": 400},
+    "401": {"status": 401},
+    "404": {"status": 404},
+    "408": {"status": 408},
+    "cut mid-stream": {"tokens": 10, "cut_after": 4},
+    "malformed mid-stream": {"tokens": 10, "malformed_after": 3},
+    "in-stream error": {"tokens": 10, "error_after": 2},
+    "hang before the first token": {"tokens": 5, "hang_after": 0},
+    "hang mid-stream": {"tokens": 5, "hang_after": 2},
+    "repeated output": {"text": ["again"] * 8},
+}
+
+
+def _engine_config(fake_url: str, fast_path: str) -> Config:
+    return parse({"model_list": model_list(fake_url), "server": {"fast_path": fast_path}})
+
+
+@pytest.fixture(scope="module")
+def engines(fake: Any, upstream: Upstream) -> dict[str, Upstream]:
+    litellm_path = Upstream(
+        _engine_config(fake.base_url, "off"),
+        repeated_chunk_limit=ServerSettings().repeated_chunk_limit,
+    )
+    assert "fake" in upstream.native_models
+    assert not litellm_path.native_models
+    return {"native": upstream, "litellm": litellm_path}
+
+
+@pytest.fixture
+def serve_engine(
+    engines: dict[str, Upstream],
+) -> Callable[..., contextlib.AbstractAsyncContextManager[ServerHandle]]:
+    from tokenwire.server.app import TokenwireServer
+
+    @contextlib.asynccontextmanager
+    async def start(engine: str, **settings: Any) -> AsyncIterator[ServerHandle]:
+        server = TokenwireServer(msgspec.convert(settings, ServerSettings), engines[engine])
+        async with server.listen("127.0.0.1", 0) as (host, port):
+            yield ServerHandle(server, host, port)
+
+    return start
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+async def test_both_engines_send_the_same_frames_and_requests(name, serve_engine, connect, fake):
+    scenario = SCENARIOS[name]
+    timeout = 0.5 if "hang_after" in scenario else 10
+    settings = {"first_token_timeout": timeout, "idle_timeout": timeout, "repeated_chunk_limit": 5}
+    fields: dict[str, Any] = {"messages": say(**scenario)}
+    if "tool_calls" in scenario:
+        fields |= {"tools": TOOLS, "tool_choice": "auto"}
+    fields["params"] = {"temperature": 0.5, "max_tokens": 50, "seed": 7, "stop": ["\n\n"]}
+    frames = {}
+    bodies = {}
+    for engine in ("litellm", "native"):
+        async with serve_engine(engine, **settings) as handle, connect(handle) as client:
+            await client.generate("g", **fields)
+            request = await fake.next_request(5)
+            await client.result("g")
+            frames[engine] = client.frames_of("g")
+            bodies[engine] = request.body
+    assert frames["native"] == frames["litellm"]
+    assert bodies["native"] == bodies["litellm"]
+
+
+async def test_a_model_can_be_kept_on_litellm_by_its_model_info(fake):
+    entries = model_list(fake.base_url)
+    entries[0]["model_info"] = {"fast_path": "off"}
+    upstream = Upstream(parse({"model_list": entries}), repeated_chunk_limit=100)
+    assert upstream.native_models == frozenset()
+
+
+def test_only_plain_openai_stream_providers_take_the_native_path():
+    from tokenwire.server.native import native_route
+
+    for model in ("openai/gpt-4o-mini", "hosted_vllm/llama", "deepseek/deepseek-chat"):
+        assert native_route({"model": model, "api_base": "http://127.0.0.1:1/v1"}) is not None
+    for model in ("anthropic/claude-3-5-sonnet", "tokenwire/demo", "gemini/gemini-2.0-flash"):
+        assert native_route({"model": model}) is None
+    # A deployment option the native path does not know keeps LiteLLM's path.
+    assert native_route({"model": "openai/x", "input_cost_per_token": 1e-6}) is None
