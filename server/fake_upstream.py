@@ -62,6 +62,8 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Default: ``tool_calls`` when there are tool calls, else ``stop``."""
     status: int = 200
     """An HTTP error status instead of a stream."""
+    status_model: str | None = None
+    """Answer ``status`` only to requests for this model (others stream): fallbacks."""
     retry_after: str | None = None
     """``Retry-After`` header of an error response."""
     cut_after: int | None = None
@@ -177,7 +179,8 @@ class FakeUpstream:
 
     async def _respond(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         scenario = record.scenario
-        if scenario.status != 200:
+        failing = scenario.status_model in (None, record.body.get("model"))
+        if scenario.status != 200 and failing:
             headers = {"Retry-After": scenario.retry_after} if scenario.retry_after else None
             return web.json_response(
                 {

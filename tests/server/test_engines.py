@@ -116,6 +116,37 @@ async def test_both_engines_send_the_same_frames_and_requests(name, serve_engine
     assert bodies["native"] == bodies["litellm"]
 
 
+@pytest.mark.parametrize("fast_path", ["off", "auto"])
+async def test_router_retries_and_fallbacks_apply_on_both_engines(fast_path, fake, connect):
+    from tokenwire.server.app import TokenwireServer
+
+    def deployment(name: str) -> dict[str, Any]:
+        params = {"model": f"openai/{name}-model", "api_base": fake.base_url, "api_key": "sk-x"}
+        return {"model_name": name, "litellm_params": params}
+
+    config = parse(
+        {
+            "model_list": [deployment("primary"), deployment("backup")],
+            "router_settings": {"num_retries": 1, "fallbacks": [{"primary": ["backup"]}]},
+            "server": {"fast_path": fast_path},
+        }
+    )
+    upstream = Upstream(config, repeated_chunk_limit=100)
+    assert upstream.native_models == ({"primary", "backup"} if fast_path == "auto" else set())
+    server = TokenwireServer(config.server, upstream)
+    seen = len(fake.requests)
+    async with server.listen("127.0.0.1", 0) as (host, port):
+        handle = ServerHandle(server, host, port)
+        async with connect(handle) as client:
+            messages = say(tokens=3, status=503, status_model="primary-model")
+            await client.generate("g", model="primary", messages=messages)
+            result = await client.result("g")
+    assert result.reason == "stop" and result.content == "tok0 tok1 tok2 "
+    models = [r.body["model"] for r in fake.requests[seen:]]
+    # primary tried once and retried once, then the fallback answered.
+    assert models == ["primary-model"] * 2 + ["backup-model"]
+
+
 async def test_a_model_can_be_kept_on_litellm_by_its_model_info(fake):
     entries = model_list(fake.base_url)
     entries[0]["model_info"] = {"fast_path": "off"}
