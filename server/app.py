@@ -68,8 +68,13 @@ class TokenwireServer:
     # -- lifecycle ------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def listen(self, host: str, port: int) -> AsyncIterator[tuple[str, int]]:
-        """Serve on ``host:port`` (0: any free port); yields the bound address."""
+    async def listen(
+        self, host: str, port: int, *, reuse_port: bool = False
+    ) -> AsyncIterator[tuple[str, int]]:
+        """Serve on ``host:port`` (0: any free port); yields the bound address.
+
+        ``reuse_port``: share the port with other processes (SO_REUSEPORT).
+        """
         self._server = await serve(
             self._handle,
             host,
@@ -81,6 +86,7 @@ class TokenwireServer:
             max_queue=RECEIVE_QUEUE,
             close_timeout=CLOSE_TIMEOUT,
             server_header=SERVER_HEADER,
+            reuse_port=reuse_port,
         )
         watchdog = asyncio.create_task(self._watch_sends(), name="send watchdog")
         try:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, NoReturn
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 if TYPE_CHECKING:  # the modules themselves are imported late: see the docstring
     from .config import ServerSettings
@@ -55,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="offer a LiteLLM model by name, e.g. openai/gpt-4o-mini (repeatable)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT); one per core (default 1)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
@@ -110,12 +121,21 @@ def _fail(message: str, status: int) -> NoReturn:
 def _serve(args: argparse.Namespace) -> None:
     started = time.monotonic()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if args.workers < 1:
+        _fail("--workers: must be at least 1", EXIT_CONFIG)
     from .config import ConfigError, load
 
     try:
         config = load(args.config).with_models(args.model)
     except ConfigError as exc:
         _fail(f"config error: {exc}", EXIT_CONFIG)
+
+    metrics_dir = None
+    if args.workers > 1:
+        # Before prometheus-client is first imported: its multiprocess mode
+        # is chosen at import (see metrics.py).
+        metrics_dir = tempfile.mkdtemp(prefix="tokenwire-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     from . import logs
 
@@ -131,13 +151,102 @@ def _serve(args: argparse.Namespace) -> None:
         _fail(f"config error: {' '.join(str(exc).split())}", EXIT_CONFIG)
     upstream.warm_up()
     try:
-        asyncio.run(_run_server(args.host, args.port, config.server, upstream, started))
+        if metrics_dir is None:
+            _run(_run_server(args.host, args.port, config.server, upstream, started))
+        else:
+            try:
+                _run_workers(args, config.server, upstream, started)
+            finally:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     except OSError as exc:
         _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (a faster loop), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+def _run_workers(
+    args: argparse.Namespace, settings: ServerSettings, upstream: Upstream, started: float
+) -> None:
+    """``--workers N``: N forked processes, each a whole server, on one port.
+
+    The parent has done the slow part once (config, LiteLLM, tokenizers), so
+    a fork starts in milliseconds and shares those pages. The kernel spreads
+    connections over the workers' SO_REUSEPORT sockets; a placeholder socket
+    held by the parent keeps the port (and resolves port 0 to one port for
+    all). SIGTERM/SIGINT go to every worker, each drains; a worker that dies
+    otherwise is replaced.
+    """
+    import structlog
+    from prometheus_client import multiprocess
+
+    log = structlog.get_logger("tokenwire")
+    family, kind, proto, _, address = socket.getaddrinfo(
+        args.host, args.port, type=socket.SOCK_STREAM
+    )[0]
+    placeholder = socket.socket(family, kind, proto)
+    placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    placeholder.bind(address)
+    port = placeholder.getsockname()[1]
+
+    def spawn(number: int) -> int:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 0
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                structlog.contextvars.bind_contextvars(worker=number)
+                _run(_run_server(args.host, port, settings, upstream, started, reuse_port=True))
+            except BaseException:
+                log.exception("worker failed")
+                status = 1
+            finally:
+                os._exit(status)
+        return pid
+
+    workers = {spawn(n): n for n in range(args.workers)}
+    stopping = False
+
+    def stop(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    while workers:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        number = workers.pop(pid, None)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        if number is not None and not stopping:
+            log.error("worker died, starting another", worker=number, status=status)
+            workers[spawn(number)] = number
+    placeholder.close()
+
+
 async def _run_server(
-    host: str, port: int, settings: ServerSettings, upstream: Upstream, started: float
+    host: str,
+    port: int,
+    settings: ServerSettings,
+    upstream: Upstream,
+    started: float,
+    *,
+    reuse_port: bool = False,
 ) -> None:
     import structlog
 
@@ -150,12 +259,13 @@ async def _run_server(
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    async with server.listen(host, port) as (bound_host, bound_port):
+    async with server.listen(host, port, reuse_port=reuse_port) as (bound_host, bound_port):
         log.info(
             "listening",
             url=f"ws://{bound_host}:{bound_port}/v1/ws",
             models=server.models,
             startup_s=round(time.monotonic() - started, 2),
+            pid=os.getpid(),
         )
         await stop.wait()
         # A second signal during the drain stops at once, the default way.

@@ -2,20 +2,35 @@
 
 A registry per server (not prometheus-client's global one) keeps several
 servers in one process, as the tests run them, from counting into each other.
+
+With ``serve --workers N`` every worker process counts into memory-mapped
+files under ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess
+mode, which the command switches on before the first import), and
+``/metrics``, whichever worker answers it, sums them all.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.sessions = Gauge("tokenwire_sessions", "Open WebSocket sessions.", registry=registry)
+        self._multiprocess_dir = os.environ.get(MULTIPROCESS_ENV)
+        self.sessions = Gauge(
+            "tokenwire_sessions",
+            "Open WebSocket sessions.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.sessions_opened = Counter(
             "tokenwire_sessions_opened", "WebSocket sessions opened.", registry=registry
         )
@@ -26,7 +41,10 @@ class Metrics:
             registry=registry,
         )
         self.generations_active = Gauge(
-            "tokenwire_generations_active", "Generations streaming now.", registry=registry
+            "tokenwire_generations_active",
+            "Generations streaming now.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.generations = Counter(
             "tokenwire_generations",
@@ -53,4 +71,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -197,7 +197,7 @@ def _cpu() -> float:
 
 def _worker(options: Options, counters: Any, out: Any) -> None:
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
         runner: Any = uvloop.run
     except ImportError:

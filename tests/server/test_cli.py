@@ -19,9 +19,11 @@ STARTUP_TIMEOUT = 6 * TIMEOUT  # importing LiteLLM takes seconds, more on a load
 
 
 @contextlib.asynccontextmanager
-async def _serving(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`tokenwire serve` on a free port, once it listens; killed on the way out
-    if the test did not end it."""
+async def _serving(
+    *args: str, listening: int = 1
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`tokenwire serve` on a free port, once ``listening`` processes listen;
+    its process group killed on the way out if the test did not end it."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     process = await asyncio.create_subprocess_exec(
         TOKENWIRE,
@@ -33,21 +35,32 @@ async def _serving(*args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process
         *args,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        start_new_session=True,
     )
     try:
-        assert process.stderr is not None
+        events = []
         async with asyncio.timeout(STARTUP_TIMEOUT):
-            while True:
-                line = await process.stderr.readline()
-                assert line, "the server exited before listening"
-                event = json.loads(line)
-                if event.get("event") == "listening":
-                    break
-        yield process, event["url"]
+            while len(events) < listening:
+                event = await _next_event(process, "listening")
+                events.append(event)
+        process.listening = events  # type: ignore[attr-defined]
+        yield process, events[0]["url"]
     finally:
         if process.returncode is None:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+async def _next_event(process: asyncio.subprocess.Process, name: str) -> dict:
+    """The next log event called ``name`` on the server's standard error."""
+    assert process.stderr is not None
+    while True:
+        line = await process.stderr.readline()
+        assert line, f"the server exited before logging {name}"
+        event = json.loads(line)
+        if event.get("event") == name:
+            return event
 
 
 async def _generate(ws, gid: str, model: str, text: str) -> None:
@@ -129,3 +142,39 @@ async def test_logs_carry_no_key_and_no_prompt_text(tmp_path, fake):
     events = [json.loads(line) for line in logs.splitlines()]
     assert sum(e.get("event") == "generation" for e in events) == 4
     assert key not in logs and secret not in logs
+
+
+async def test_workers_share_one_port_and_one_metrics_view():
+    async with _serving("--workers", "2", listening=2) as (process, url):
+        events = process.listening  # type: ignore[attr-defined]
+        assert len({e["pid"] for e in events}) == 2
+        assert len({e["url"] for e in events}) == 1
+        metrics_url = url.replace("ws://", "http://").replace("/v1/ws", "/metrics")
+        sessions = [await websockets.connect(url, open_timeout=TIMEOUT) for _ in range(8)]
+        for ws in sessions:
+            await ws.recv()  # ready
+        # Whichever worker answers, /metrics counts the sessions of both.
+        for _ in range(4):
+            text = await asyncio.to_thread(_get, metrics_url)
+            assert "tokenwire_sessions 8.0" in text
+            assert "tokenwire_sessions_opened_total 8.0" in text
+        # A worker that dies is replaced; the port keeps serving.
+        os.kill(events[0]["pid"], signal.SIGKILL)
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            replacement = await _next_event(process, "listening")
+        assert replacement["pid"] not in {e["pid"] for e in events}
+        for ws in sessions:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.close()
+        async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            assert await process.wait() == 0
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        return response.read().decode()
