@@ -198,6 +198,12 @@ async def main(args: argparse.Namespace) -> str:
             "model_list": [{"model_name": "fake", "litellm_params": deployment}],
             "server": {"max_sessions": 20_000, "max_message_bytes": 1 << 20},
         }))  # fmt: skip
+        # "before": the same server with every model on LiteLLM's acompletion stream.
+        tw_off_config = tmp / "tokenwire-off.yaml"
+        tw_off_config.write_text(json.dumps({
+            "model_list": [{"model_name": "fake", "litellm_params": deployment}],
+            "server": {"max_sessions": 20_000, "max_message_bytes": 1 << 20, "fast_path": "off"},
+        }))  # fmt: skip
         proxy_config = tmp / "proxy.yaml"
         proxy_config.write_text(json.dumps({
             "model_list": [{"model_name": "fake", "litellm_params": {**deployment, "max_retries": 0}}],
@@ -209,6 +215,7 @@ async def main(args: argparse.Namespace) -> str:
         scenarios = [
             ("one long stream", 1, long_prompt, 120),
             ("100 streams at 50 tokens/s", 100, paced, 60),
+            ("200 streams at 50 tokens/s", int(200 * scale) or 40, paced, 60),
             ("1000 streams at 50 tokens/s", int(1000 * scale) or 100, paced, 90),
         ]
 
@@ -224,20 +231,22 @@ async def main(args: argparse.Namespace) -> str:
             server.terminate()
             await server.wait()
         await settle(fake, 60)
-        server, url, _ = await start_server(tw_config)
-        try:
-            for name, n, prompt, deadline in scenarios:
-                results[f"tokenwire|{name}"] = await measured(
-                    server.pid, ws_load(url, n, prompt, deadline)
-                )
-            await settle(fake, 120)
-            to_finish, to_close = await cancel_through_tokenwire(url, fake, args.cancels)
-            cancels["tokenwire → finish"] = to_finish
-            cancels["tokenwire → upstream closed"] = to_close
-            results["tokenwire|idle rss"] = {"rss_kb": rss_kb(server.pid)}
-        finally:
-            server.terminate()
-            await server.wait()
+        for who, config in (("tokenwire", tw_config), ("tokenwire-off", tw_off_config)):
+            server, url, _ = await start_server(config)
+            try:
+                for name, n, prompt, deadline in scenarios:
+                    results[f"{who}|{name}"] = await measured(
+                        server.pid, ws_load(url, n, prompt, deadline)
+                    )
+                await settle(fake, 120)
+                if who == "tokenwire":
+                    to_finish, to_close = await cancel_through_tokenwire(url, fake, args.cancels)
+                    cancels["tokenwire → finish"] = to_finish
+                    cancels["tokenwire → upstream closed"] = to_close
+                    results["tokenwire|idle rss"] = {"rss_kb": rss_kb(server.pid)}
+            finally:
+                server.terminate()
+                await server.wait()
 
         # 3. the LiteLLM proxy
         litellm = None if args.skip_proxy else ensure_proxy()
@@ -278,6 +287,10 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
     def fmt(value: Any, unit: str = "", digits: int = 1) -> str:
         return "—" if value is None else f"{value:,.{digits}f}{unit}"
 
+    def row(label: str, values: list[str], *ratios: str) -> None:
+        tail = list(ratios) + [""] * (2 - len(ratios))
+        lines.append(f"| | {label} | " + " | ".join(values + tail) + " |")
+
     def ratio(a: Any, b: Any) -> str:
         return "—" if not a or not b else f"{a / b:.2f}×"
 
@@ -290,32 +303,32 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
         + (" --quick" if args.quick else "")
         + "`.",
         "",
-        "| scenario | measure | ceiling | tokenwire | LiteLLM proxy | tokenwire / ceiling | tokenwire / proxy |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | measure | ceiling | tokenwire | tokenwire, fast_path off (before) "
+        "| LiteLLM proxy | tokenwire / ceiling | tokenwire / proxy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, n, _, _ in scenarios:
-        c, t, p = get("ceiling", name), get("tokenwire", name), get("proxy", name)
-        tput = [r.get("tokens_per_s") for r in (c, t, p)]
+        runs = [get(who, name) for who in ("ceiling", "tokenwire", "tokenwire-off", "proxy")]
+        tput = [r.get("tokens_per_s") for r in runs]
         lines.append(
-            f"| {name} | tokens/s | {fmt(tput[0], '', 0)} | {fmt(tput[1], '', 0)} | "
-            f"{fmt(tput[2], '', 0)} | {ratio(tput[1], tput[0])} | {ratio(tput[1], tput[2])} |"
+            f"| {name} | tokens/s | "
+            + " | ".join([fmt(v, "", 0) for v in tput])
+            + f" | {ratio(tput[1], tput[0])} | {ratio(tput[1], tput[3])} |"
         )
-        done = [f"{r.get('generations_completed', '—')}/{n}" for r in (c, t, p)]
-        lines.append(f"| | streams completed | {done[0]} | {done[1]} | {done[2]} | | |")
+        row("streams completed", [f"{r.get('generations_completed', '—')}/{n}" for r in runs])
         for key, label in (("ttft_ms", "first token"), ("inter_token_ms", "between tokens")):
             for q in ("p50", "p99"):
-                v = [r.get(key, {}).get(q) for r in (c, t, p)]
-                lines.append(
-                    f"| | {label} {q} (ms) | {fmt(v[0])} | {fmt(v[1])} | {fmt(v[2])} | | |"
-                )
-        cpu = [r.get("gateway_cpu_s_per_1k_tokens") for r in (t, p)]
-        lines.append(
-            f"| | gateway CPU s / 1000 tokens | — | {fmt(cpu[0], '', 3)} | {fmt(cpu[1], '', 3)} "
-            f"| | {ratio(cpu[0], cpu[1])} |"
+                row(f"{label} {q} (ms)", [fmt(r.get(key, {}).get(q)) for r in runs])
+        cpu = [r.get("gateway_cpu_s_per_1k_tokens") for r in runs]
+        row(
+            "gateway CPU s / 1000 tokens",
+            ["—"] + [fmt(v, "", 3) for v in cpu[1:]],
+            "",
+            ratio(cpu[1], cpu[3]),
         )
     for count, per_session in memory.items():
         lines.append(
-            f"| {count:,} idle sessions | server memory per session | — | {per_session:.1f} KB | — | | |"
+            f"| {count:,} idle sessions | server memory per session | — | {per_session:.1f} KB | — | — | | |"
         )
     for label, values in cancels.items():
         lines.append(
@@ -325,7 +338,7 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
                 if "proxy" not in label
                 else "—"
             )
-            + " | "
+            + " | — | "
             + (
                 f"{pct(values, 0.5) * 1000:.1f} / {pct(values, 0.99) * 1000:.1f}"
                 if "proxy" in label
