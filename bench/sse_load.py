@@ -39,9 +39,10 @@ _decode = msgspec.json.Decoder(_Chunk).decode
 
 
 async def stream(
-    session: aiohttp.ClientSession, args: argparse.Namespace, out: dict[str, Any]
+    session: aiohttp.ClientSession, args: argparse.Namespace, out: dict[str, Any], delay: float
 ) -> None:
     loop = asyncio.get_running_loop()
+    await asyncio.sleep(delay)
     body = {
         "model": args.model,
         "stream": True,
@@ -95,7 +96,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with aiohttp.ClientSession(
         connector=connector, headers={"Authorization": f"Bearer {args.key}"}
     ) as session:
-        tasks = [asyncio.create_task(stream(session, args, out)) for _ in range(args.streams)]
+        tasks = [
+            asyncio.create_task(stream(session, args, out, args.ramp * i / args.streams))
+            for i in range(args.streams)
+        ]
         _, pending = await asyncio.wait(tasks, timeout=args.deadline)
         for task in pending:
             task.cancel()
@@ -126,5 +130,8 @@ if __name__ == "__main__":
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--prompt", default='fake:{"tokens": 100}')
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds, then give up")
+    parser.add_argument(
+        "--ramp", type=float, default=0.0, help="seconds over which the streams start, evenly"
+    )
     parser.add_argument("--key", default="sk-none", help="sent as Authorization: Bearer")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

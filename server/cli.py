@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--deadline", type=float, default=None, help="seconds; unfinished sessions are abandoned"
     )
+    load.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="seconds over which the sessions' first generations start, evenly (default 0)",
+    )
     load.add_argument("--json", action="store_true", help="print one JSON object")
     load.set_defaults(run=_loadtest)
 

@@ -34,8 +34,11 @@ PROGRESS_INTERVAL = 0.5
 """Seconds between two progress lines on a terminal."""
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper."
 
-# Shared progress counters: sessions open, generations done, tokens, errors.
-OPEN, DONE, TOKENS, ERRORS = range(4)
+# Shared counters: sessions open, generations done, tokens, errors (progress
+# only), and sessions whose handshake is over (the start barrier).
+OPEN, DONE, TOKENS, ERRORS, SETTLED = range(5)
+BARRIER_POLL = 0.002
+"""Seconds between two looks at the start barrier (one poller per process)."""
 
 
 @dataclass
@@ -51,6 +54,13 @@ class Options:
     api_key: str | None = None
     deadline: float | None = None
     """Seconds after which unfinished sessions are abandoned (counted as `deadline`)."""
+    ramp: float = 0.0
+    """Seconds over which the sessions' first generations start, evenly (after
+    the barrier); 0: all at once."""
+    barrier: int = 0
+    """Sessions (over all processes) whose handshake must be over before any
+    generation starts, so time to first token is not measured behind other
+    sessions' handshakes; 0: no barrier."""
 
 
 @dataclass
@@ -140,17 +150,24 @@ async def _generation(
     counters[TOKENS] += tokens
 
 
-async def _session(options: Options, samples: Samples, counters: Any) -> None:
+async def _session(
+    options: Options, samples: Samples, counters: Any, go: asyncio.Event, delay: float = 0.0
+) -> None:
     started = time.perf_counter()
     client = AsyncClient(options.url, api_key=options.api_key, encoding=options.encoding)
     try:
         await client.__aenter__()
     except Exception:  # refused, timed out, unreachable: all count as failed sessions
         samples.sessions_failed += 1
+        _settled(counters)
         return
     samples.handshakes.append(time.perf_counter() - started)
     samples.sessions_opened += 1
     counters[OPEN] += 1
+    _settled(counters)
+    await go.wait()
+    if delay:
+        await asyncio.sleep(delay)
     remaining = iter(range(options.generations))
 
     async def worker() -> None:
@@ -174,13 +191,32 @@ async def _session(options: Options, samples: Samples, counters: Any) -> None:
         counters[OPEN] -= 1
 
 
+def _settled(counters: Any) -> None:
+    with counters.get_lock():
+        counters[SETTLED] += 1
+
+
+async def _start_when_settled(counters: Any, barrier: int, go: asyncio.Event) -> None:
+    # A counter shared across processes: nothing to await but time.
+    while counters[SETTLED] < barrier:  # noqa: ASYNC110
+        await asyncio.sleep(BARRIER_POLL)
+    go.set()
+
+
 async def _run(options: Options, counters: Any) -> Samples:
     samples = Samples()
     cpu_before = _cpu()
+    go = asyncio.Event()
+    starter = asyncio.create_task(_start_when_settled(counters, options.barrier, go))
+    # With several processes each spreads its share over the whole ramp.
     tasks = [
-        asyncio.create_task(_session(options, samples, counters)) for _ in range(options.sessions)
+        asyncio.create_task(
+            _session(options, samples, counters, go, options.ramp * i / options.sessions)
+        )
+        for i in range(options.sessions)
     ]
     _, late = await asyncio.wait(tasks, timeout=options.deadline)
+    starter.cancel()
     for task in late:
         task.cancel()  # closes its connection: the server cancels its generations
     if late:
@@ -219,7 +255,7 @@ def run(options: Options, processes: int = 1, *, progress: bool | None = None) -
         progress = sys.stderr.isatty()
     processes = max(1, min(processes, options.sessions))
     context = multiprocessing.get_context("spawn")
-    counters = context.Array("q", 4, lock=False)
+    counters = context.Array("q", 5)
     out = context.Queue()
     base, extra = divmod(options.sessions, processes)
     shares = [base + (i < extra) for i in range(processes)]
@@ -227,7 +263,11 @@ def run(options: Options, processes: int = 1, *, progress: bool | None = None) -
     workers = [
         context.Process(
             target=_worker,
-            args=(Options(**{**asdict(options), "sessions": share}), counters, out),
+            args=(
+                Options(**{**asdict(options), "sessions": share, "barrier": options.sessions}),
+                counters,
+                out,
+            ),
             daemon=True,
         )
         for share in shares
@@ -334,6 +374,7 @@ def main(args: Any) -> int:
         encoding=args.encoding,
         api_key=args.api_key,
         deadline=args.deadline,
+        ramp=args.ramp,
     )
     data = run(options, args.processes, progress=None if not args.json else False)
     print(json.dumps(data) if args.json else format_report(data))

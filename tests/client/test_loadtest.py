@@ -108,3 +108,16 @@ async def test_a_deadline_ends_the_run_and_keeps_what_arrived(server, fake):
     for record in fake.requests[-2:]:  # abandoning a session cancels its generations
         await record.wait_ended(TIMEOUT)
         assert record.disconnected
+
+
+async def test_generations_start_after_every_handshake_and_spread_over_the_ramp(server, fake):
+    prompt = "fake:" + json.dumps({"tokens": 2})
+    seen = len(fake.requests)
+    status, report = await loadtest(
+        server.url, "--model", "fake", "--sessions", "6", "--processes", "2",
+        "--prompt", prompt, "--ramp", "1.0",
+    )  # fmt: skip
+    assert status == 0 and report["generations_completed"] == 6
+    opened = sorted(r.opened_at for r in fake.requests[seen:])
+    # Six starts spread evenly over one second: 5/6 s between first and last.
+    assert 0.6 < opened[-1] - opened[0] < 2.0
