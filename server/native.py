@@ -219,7 +219,12 @@ class NativeStream:
         self.response = response
 
     async def batches(self) -> AsyncIterator[list[Delta]]:
-        """The stream's deltas, a batch per network read, until ``[DONE]`` or EOF."""
+        """The stream's deltas, a batch per network read, until ``[DONE]`` or EOF.
+
+        Each read takes everything aiohttp holds, so the next one waits for
+        the loop to receive more: a fast stream gives the loop a turn per
+        read (≤ 64 KiB) and cannot starve other sessions (TRAPS.md).
+        """
         read = aiter(self.response.content.iter_any())
         rest = b""
         while True:

@@ -203,9 +203,9 @@ class Generation:
                             )
                         deadline.reschedule(now + settings.idle_timeout)
                         self.chunks += output
-                    # A fast upstream must not starve the loop (TRAPS.md): give
-                    # other sessions and our timers a turn per network read.
-                    await asyncio.sleep(0)
+                # No turn given here: each engine yields to the loop at least
+                # once per network read (see Upstream.stream), so a fast
+                # upstream cannot starve other sessions (TRAPS.md).
         except TimeoutError:
             if not deadline.expired():
                 raise

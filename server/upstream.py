@@ -19,6 +19,7 @@ fallbacks apply alike.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
@@ -233,6 +234,10 @@ async def _deltas(response: Any) -> AsyncIterator[Sequence[Delta]]:
             yield (to_delta(chunk, provider_counted=_provider_counted(response)),)
         else:
             yield (to_delta(chunk),)
+        # LiteLLM's iterator does not give the loop a turn while its HTTP
+        # client holds data (TRAPS.md): a fast stream would starve every
+        # other session and timer. One turn per chunk.
+        await asyncio.sleep(0)
 
 
 def _provider_counted(response: Any) -> bool:
