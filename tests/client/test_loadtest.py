@@ -77,20 +77,25 @@ async def test_a_contract_violation_fails_the_run():
                 }
             )
         )
+        lies = True
         async for data in ws:
             gid = json.loads(data)["id"]
             frames = [
                 {"type": "token", "id": gid, "seq": 0, "text": "a"},
-                {"type": "finish", "id": gid, "seq": 1, "reason": "stop", "content": "b",
-                 "tool_calls": [], "usage": None},
-                {"type": "token", "id": gid, "seq": 2, "text": "late"},
+                {"type": "finish", "id": gid, "seq": 1, "reason": "stop",
+                 "content": "b" if lies else "a", "tool_calls": [], "usage": None},
             ]  # fmt: skip
+            if lies:  # and a frame after the terminal one, before the next generation's
+                frames.append({"type": "token", "id": gid, "seq": 2, "text": "late"})
+            lies = False
             for frame in frames:
                 await ws.send(json.dumps(frame))
 
     async with websockets.serve(lying_server, "127.0.0.1", 0, subprotocols=["tokenwire.v1"]) as ws:
         port = ws.sockets[0].getsockname()[1]
-        status, report = await loadtest(f"ws://127.0.0.1:{port}", "--model", "m", "--sessions", "1")
+        status, report = await loadtest(
+            f"ws://127.0.0.1:{port}", "--model", "m", "--sessions", "1", "--generations", "2"
+        )
     assert status == 1
     assert report["violations"] == 2
     assert any("finish.content" in e for e in report["violation_examples"])
