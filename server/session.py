@@ -72,6 +72,11 @@ def _long_header(first_byte: int, size: int) -> bytes:
     return struct.pack("!BBQ", first_byte, 127, size)
 
 
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class StopReason(enum.Enum):
     CANCEL = "cancelled"
     SHUTDOWN = "shutting_down"
@@ -283,15 +288,18 @@ class Session:
         self._conversations: dict[str, list[dict[str, Any]]] = {}
         self._outbox: deque[ServerFrame] = deque()
         self._max_queued = server.settings.max_queued_frames
-        self._holding: set[Generation] = set()
-        self._caught_up = asyncio.Event()
+        # Waiters are futures made when someone waits, not Events: an idle
+        # session is most sessions, and an Event costs ≈0.8 KB.
+        self._holding: set[Generation] | None = None
+        self._caught_up: asyncio.Future[None] | None = None
         self._send_started = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()
+        self._writer_idle: asyncio.Future[None] | None = None
         self._peer_gone = False
         self._close_request: tuple[int, str] | None = None
         self._task_group: asyncio.TaskGroup | None = None
-        self._finished = asyncio.Event()
+        self._closed = False
+        self._on_closed: asyncio.Future[None] | None = None
 
     # -- the session task ---------------------------------------------------
 
@@ -328,7 +336,8 @@ class Session:
             # before its first step) still leaves the server's count.
             for generation in list(self.generations.values()):
                 self.generation_ended(generation)
-            self._finished.set()
+            self._closed = True
+            _resolve(self._on_closed)
             log.info("session closed", code=self._ws.close_code)
 
     async def _read_loop(self) -> None:
@@ -343,7 +352,7 @@ class Session:
             pass
         # The peer closed (or the connection failed): the writer stops too.
         self._peer_gone = True
-        self._wakeup.set()
+        self._wake_writer()
 
     async def _write_loop(self) -> None:
         """Write the outbox until the connection closes or a close is requested.
@@ -356,7 +365,6 @@ class Session:
         """
         ws = self._ws
         outbox = self._outbox
-        holding = self._holding
         encode = self._codec.encode
         text = self._codec.encoding.is_text
         frames_sent = self.server.metrics.frames_sent
@@ -374,15 +382,16 @@ class Session:
                 if self._peer_gone or self._close_request is SLOW_READER_CLOSE:
                     return
                 if not outbox:
-                    if holding:  # caught up: the held text goes out, merged
+                    if self._holding:  # caught up: the held text goes out, merged
                         self._release_held()
                         continue
                     if self._close_request is not None:
                         return
                     frames_sent.inc(sent)
                     sent = 0
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                    self._writer_idle = waiter = asyncio.get_running_loop().create_future()
+                    await waiter
+                    self._writer_idle = None
                     continue
                 data = encode(outbox.popleft())
                 if direct and not ws.paused and protocol.state is OPEN:
@@ -399,7 +408,7 @@ class Session:
                 await ws.send(data, text=text)
                 self._send_started = 0.0
                 sent += 1
-                if holding and not ws.paused and len(outbox) < MERGE_BACKLOG:
+                if self._holding and not ws.paused and len(outbox) < MERGE_BACKLOG:
                     self._release_held()
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -423,15 +432,16 @@ class Session:
         if self._close_request is SLOW_READER_CLOSE:
             return
         self._close_request = SLOW_READER_CLOSE
-        self._wakeup.set()
+        self._wake_writer()
         if self._send_started and self._task is not None:
             self._task.cancel()  # the writer turns it into the close (see _write_loop)
 
     def _release_held(self) -> None:
-        for generation in self._holding:
+        for generation in self._holding or ():
             self._outbox.extend(generation.assembler.flush())
-        self._holding.clear()
-        self._caught_up.set()
+        self._holding = None
+        _resolve(self._caught_up)
+        self._caught_up = None
 
     async def _close(self) -> None:
         if self._close_request is None or self._peer_gone:
@@ -445,6 +455,9 @@ class Session:
 
     # -- called from other tasks ----------------------------------------------
 
+    def _wake_writer(self) -> None:
+        _resolve(self._writer_idle)
+
     @property
     def behind(self) -> bool:
         """Whether the socket is behind: the peer is not reading as fast as we
@@ -456,7 +469,7 @@ class Session:
         """Queue frames for the session task to write, in order."""
         outbox = self._outbox
         outbox.extend(frames)
-        self._wakeup.set()
+        self._wake_writer()
         if len(outbox) > self._max_queued:
             # Text merges while the socket is behind, so only a reader that
             # has stopped (or nearly) lets this many frames pile up.
@@ -465,19 +478,23 @@ class Session:
 
     def hold(self, generation: Generation) -> None:
         """``generation`` holds text to merge; it goes out when the socket catches up."""
-        if not self._holding:
-            self._caught_up.clear()
+        if self._holding is None:
+            self._holding = set()
         self._holding.add(generation)
         # An idle writer sends it at once (and waits for room while the text
         # after it merges): held text never waits for a frame to follow it.
-        self._wakeup.set()
+        self._wake_writer()
 
     async def caught_up(self) -> None:
         """Wait until the held text has gone out (see ``hold``)."""
-        await self._caught_up.wait()
+        if self._holding:
+            if self._caught_up is None:
+                self._caught_up = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._caught_up)
 
     def generation_ended(self, generation: Generation) -> None:
-        self._holding.discard(generation)
+        if self._holding:
+            self._holding.discard(generation)
         if self.generations.get(generation.id) is generation:
             del self.generations[generation.id]
             self.server.generation_ended()
@@ -491,8 +508,11 @@ class Session:
             await asyncio.wait([g.task for g in active if g.task is not None])
         if self._close_request is None:
             self._close_request = SHUTDOWN_CLOSE
-        self._wakeup.set()
-        await self._finished.wait()
+        self._wake_writer()
+        if not self._closed:
+            if self._on_closed is None:
+                self._on_closed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._on_closed)
 
     # -- client messages --------------------------------------------------------
 
