@@ -70,18 +70,23 @@ async def run_json(*command: str, timeout: float) -> dict[str, Any]:
         return {"error": f"exit {process.returncode}"}
 
 
-async def sse_load(url: str, streams: int, prompt: str, deadline: float) -> dict[str, Any]:
+async def sse_load(
+    url: str, streams: int, prompt: str, deadline: float, ramp: float = 0.0
+) -> dict[str, Any]:
     return await run_json(
         PY, str(HERE / "sse_load.py"), "--url", url, "--model", "fake", "--streams", str(streams),
-        "--prompt", prompt, "--deadline", str(deadline), "--key", PROXY_KEY, timeout=deadline + 30,
+        "--prompt", prompt, "--deadline", str(deadline), "--key", PROXY_KEY,
+        "--ramp", str(ramp), timeout=deadline + 30,
     )  # fmt: skip
 
 
-async def ws_load(url: str, sessions: int, prompt: str, deadline: float) -> dict[str, Any]:
+async def ws_load(
+    url: str, sessions: int, prompt: str, deadline: float, ramp: float = 0.0
+) -> dict[str, Any]:
     return await run_json(
         TOKENWIRE, "loadtest", "--url", url, "--model", "fake", "--sessions", str(sessions),
         "--prompt", prompt, "--processes", "2" if sessions >= 100 else "1", "--json",
-        "--deadline", str(deadline), timeout=deadline + 30,
+        "--deadline", str(deadline), "--ramp", str(ramp), timeout=deadline + 30,
     )  # fmt: skip
 
 
@@ -212,16 +217,30 @@ async def main(args: argparse.Namespace) -> str:
 
         long_prompt = "fake:" + json.dumps({"tokens": long_tokens})
         paced = "fake:" + json.dumps({"tokens": streams_tokens, "interval": 1 / PACE})
+        # (name, streams, prompt, deadline s, ramp s: the starts spread evenly over it)
         scenarios = [
-            ("one long stream", 1, long_prompt, 120),
-            ("100 streams at 50 tokens/s", 100, paced, 60),
-            ("200 streams at 50 tokens/s", int(200 * scale) or 40, paced, 60),
-            ("1000 streams at 50 tokens/s", int(1000 * scale) or 100, paced, 90),
+            ("one long stream", 1, long_prompt, 120, 0.0),
+            ("100 streams at 50 tokens/s, started at once", 100, paced, 60, 0.0),
+            ("100 streams at 50 tokens/s, started over 1 s", 100, paced, 60, 1.0),
+            (
+                "200 streams at 50 tokens/s, started over 1 s",
+                int(200 * scale) or 40,
+                paced,
+                60,
+                1.0,
+            ),
+            (
+                "1000 streams at 50 tokens/s, started at once",
+                int(1000 * scale) or 100,
+                paced,
+                90,
+                0.0,
+            ),
         ]
 
         # 1. the ceiling
-        for name, n, prompt, deadline in scenarios:
-            results[f"ceiling|{name}"] = await sse_load(fake.base_url, n, prompt, deadline)
+        for name, n, prompt, deadline, ramp in scenarios:
+            results[f"ceiling|{name}"] = await sse_load(fake.base_url, n, prompt, deadline, ramp)
 
         # 2. tokenwire: memory on a fresh server first, then the loads
         for count in (1000, 5000):
@@ -234,9 +253,9 @@ async def main(args: argparse.Namespace) -> str:
         for who, config in (("tokenwire", tw_config), ("tokenwire-off", tw_off_config)):
             server, url, _ = await start_server(config)
             try:
-                for name, n, prompt, deadline in scenarios:
+                for name, n, prompt, deadline, ramp in scenarios:
                     results[f"{who}|{name}"] = await measured(
-                        server.pid, ws_load(url, n, prompt, deadline)
+                        server.pid, ws_load(url, n, prompt, deadline, ramp)
                     )
                 await settle(fake, 120)
                 if who == "tokenwire":
@@ -260,9 +279,9 @@ async def main(args: argparse.Namespace) -> str:
             base = f"http://127.0.0.1:{port}/v1"
             await settle(fake, 60)
             try:
-                for name, n, prompt, deadline in scenarios:
+                for name, n, prompt, deadline, ramp in scenarios:
                     results[f"proxy|{name}"] = await measured(
-                        proxy.pid, sse_load(base, n, prompt, deadline)
+                        proxy.pid, sse_load(base, n, prompt, deadline, ramp)
                     )
                 # Streams abandoned at a deadline may still be in the proxy.
                 await settle(fake, 120)
@@ -307,7 +326,7 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
         "| LiteLLM proxy | tokenwire / ceiling | tokenwire / proxy |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, n, _, _ in scenarios:
+    for name, n, *_ in scenarios:
         runs = [get(who, name) for who in ("ceiling", "tokenwire", "tokenwire-off", "proxy")]
         tput = [r.get("tokens_per_s") for r in runs]
         lines.append(
