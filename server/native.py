@@ -24,7 +24,7 @@ stays on LiteLLM's own path (``native_route`` returns None).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -302,23 +302,26 @@ def _to_delta(chunk: _Chunk) -> Delta:
         return Delta(finish_reason=choice.finish_reason, usage=usage)
     # LiteLLM's plain handler moves `reasoning` over `reasoning_content`.
     reasoning = delta.reasoning_content if delta.reasoning is msgspec.UNSET else delta.reasoning
-    tool_calls: tuple[ToolCallDelta, ...] = ()
-    if delta.tool_calls:
-        tool_calls = tuple(
-            ToolCallDelta(
-                index=call.index or 0,
-                call_id=call.id,
-                name=call.function.name if call.function else None,
-                arguments=(call.function.arguments or "") if call.function else "",
-            )
-            for call in delta.tool_calls
-        )
     return Delta(
         text=delta.content or "",
         reasoning=reasoning or "",
-        tool_calls=tool_calls,
+        tool_calls=tool_call_deltas(delta.tool_calls) if delta.tool_calls else (),
         finish_reason=choice.finish_reason,
         usage=usage,
+    )
+
+
+def tool_call_deltas(calls: Iterable[Any]) -> tuple[ToolCallDelta, ...]:
+    """OpenAI-shaped tool-call fragments (LiteLLM's models or this module's
+    Structs: the same fields), normalized."""
+    return tuple(
+        ToolCallDelta(
+            index=int(call.index or 0),
+            call_id=call.id,
+            name=call.function.name if call.function else None,
+            arguments=(call.function.arguments or "") if call.function else "",
+        )
+        for call in calls
     )
 
 

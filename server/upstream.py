@@ -27,7 +27,7 @@ from typing import Any, Final
 import litellm
 from litellm.router import Router
 
-from tokenwire.protocol import Delta, Params, ToolCallDelta, Usage
+from tokenwire.protocol import Delta, Params, Usage
 
 from . import demo, native
 from .config import Config
@@ -268,21 +268,10 @@ def to_delta(chunk: Any, *, provider_counted: bool = True) -> Delta:
         return Delta(usage=usage)
     choice = choices[0]
     delta = choice.delta
-    tool_calls: tuple[ToolCallDelta, ...] = ()
-    if delta.tool_calls:
-        tool_calls = tuple(
-            ToolCallDelta(
-                index=int(call.index or 0),
-                call_id=call.id,
-                name=call.function.name if call.function else None,
-                arguments=(call.function.arguments or "") if call.function else "",
-            )
-            for call in delta.tool_calls
-        )
     return Delta(
         text=delta.content or "",
         reasoning=getattr(delta, "reasoning_content", None) or "",
-        tool_calls=tool_calls,
+        tool_calls=native.tool_call_deltas(delta.tool_calls) if delta.tool_calls else (),
         finish_reason=choice.finish_reason,
         usage=usage,
     )

@@ -49,6 +49,18 @@ def say(**scenario: Any) -> list[dict[str, Any]]:
     return [{"role": "user", "content": "fake:" + json.dumps(scenario)}]
 
 
+async def read_until_closed(ws: Any) -> tuple[int | None, str | None]:
+    """Read (and drop) what a raw websockets client gets until the server
+    closes; the close code and reason."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                await ws.recv()
+    except websockets.ConnectionClosed:
+        pass
+    return ws.close_code, ws.close_reason
+
+
 class WireClient:
     """A raw protocol client: sends dicts, routes frames per generation id.
 

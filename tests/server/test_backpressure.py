@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import websockets
-from conftest import TIMEOUT, say
+from conftest import TIMEOUT, read_until_closed, say
 
 from tokenwire.protocol import Codec, Encoding, ResultBuilder, Token
 
@@ -71,10 +71,4 @@ async def test_frames_that_cannot_merge_are_bounded_by_max_queued_frames(start_s
         # Closed for piling up frames, long before send_timeout; upstream closed.
         await record.wait_ended(TIMEOUT)
         assert record.disconnected
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    await stalled.recv()
-        except websockets.ConnectionClosed:
-            pass
-        assert (stalled.close_code, stalled.close_reason) == (4008, "slow reader")
+        assert await read_until_closed(stalled) == (4008, "slow reader")

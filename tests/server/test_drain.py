@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import websockets
-from conftest import PROMPT_CLOSE_S, TIMEOUT, say
+from conftest import PROMPT_CLOSE_S, TIMEOUT, read_until_closed, say
 from test_handshake import _http, _status
 
 
@@ -62,14 +62,7 @@ async def test_a_reader_that_stops_is_closed_with_4008_and_costs_nobody_else(
             assert record.disconnected
             assert record.chunks_sent < flood["tokens"]
         # Reading again now drains the buffers up to the server's close frame.
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    await stalled.recv()
-        except websockets.ConnectionClosed:
-            pass
-        assert stalled.close_code == 4008
-        assert stalled.close_reason == "slow reader"
+        assert await read_until_closed(stalled) == (4008, "slow reader")
 
 
 def _dumps(value: object) -> str:
