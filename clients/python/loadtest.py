@@ -106,9 +106,11 @@ class Samples:
 async def _generation(
     client: AsyncClient, options: Options, samples: Samples, counters: Any
 ) -> None:
-    loop = asyncio.get_running_loop()
+    # Not loop.time(): uvloop's clock ticks in whole milliseconds and is read
+    # once per loop iteration.
+    clock = time.perf_counter
     params = {"max_tokens": options.max_tokens} if options.max_tokens else None
-    started = loop.time()
+    started = clock()
     generation = await client.generate(
         model=options.model, messages=[{"role": "user", "content": options.prompt}], params=params
     )
@@ -117,7 +119,7 @@ async def _generation(
     completed = False
     try:
         async for event in generation:
-            now = loop.time()
+            now = clock()
             samples.frames += 1
             if isinstance(event, Token):
                 texts.append(event.text)
