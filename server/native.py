@@ -43,6 +43,8 @@ from tokenwire.protocol import Delta, ToolCallDelta, Usage
 # Deployment `litellm_params` the native path understands. A deployment with
 # any other key (a provider-specific option, a custom pricing table, a
 # pre-call hook...) keeps LiteLLM's full path, which knows what it means.
+# `timeout` and `stream_timeout` bound LiteLLM's HTTP client; on the native
+# path tokenwire's own first_token_timeout and idle_timeout bound the stream.
 _ROUTING_KEYS: Final = frozenset(
     {
         "model",
@@ -55,7 +57,6 @@ _ROUTING_KEYS: Final = frozenset(
         "rpm",
         "tpm",
         "extra_headers",
-        "organization",
     }
 )
 _SAMPLING_KEYS: Final = frozenset(
@@ -148,6 +149,8 @@ def native_route(litellm_params: Mapping[str, Any]) -> NativeRoute | None:
     if not {k for k, v in litellm_params.items() if v is not None and v is not False} <= (
         _DEPLOYMENT_KEYS
     ):
+        return None
+    if litellm_params.get("max_retries"):  # the OpenAI SDK's own retries: LiteLLM's path
         return None
     try:
         model, provider, dynamic_key, api_base = litellm.get_llm_provider(

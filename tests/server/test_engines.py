@@ -163,3 +163,6 @@ def test_only_plain_openai_stream_providers_take_the_native_path():
         assert native_route({"model": model}) is None
     # A deployment option the native path does not know keeps LiteLLM's path.
     assert native_route({"model": "openai/x", "input_cost_per_token": 1e-6}) is None
+    assert native_route({"model": "openai/x", "organization": "org-1"}) is None
+    assert native_route({"model": "openai/x", "max_retries": 2}) is None
+    assert native_route({"model": "openai/x", "max_retries": 0}) is not None
