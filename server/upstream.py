@@ -81,13 +81,17 @@ class Upstream:
         """Which models take the native path: every deployment, and every
         model they fall back to, must have a native route."""
         off = {e.model_name for e in config.model_list if e.fast_path == "off"}
-        capable: dict[str, bool] = {}
+        groups: dict[str, list[dict[str, Any]]] = {}
         for deployment in self.router.model_list:
             name = deployment["model_name"]
+            groups.setdefault(name, []).append(deployment)
             route = None if name in off else native.native_route(deployment["litellm_params"])
             if route is not None:
                 self._routes[deployment["model_info"]["id"]] = route
-            capable[name] = capable.get(name, True) and route is not None
+        capable = {
+            name: all(d["model_info"]["id"] in self._routes for d in deployments)
+            for name, deployments in groups.items()
+        }
         fallbacks: dict[str, list[str]] = {}
         for entry in self.router.fallbacks or ():
             for name, targets in dict(entry).items():
@@ -105,18 +109,15 @@ class Upstream:
         # A model of one plain deployment, with no retries, fallbacks or rate
         # limits: the Router would choose nothing and add ≈0.5 ms to every
         # request's first token, so it is skipped.
-        plain = not (self.router.num_retries or self.router.fallbacks)
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for deployment in self.router.model_list:
-            groups.setdefault(deployment["model_name"], []).append(deployment)
-        self._direct = {
-            name: self._routes[deployments[0]["model_info"]["id"]]
-            for name, deployments in groups.items()
-            if plain
-            and name in self.native_models
-            and len(deployments) == 1
-            and not ({"rpm", "tpm"} & set(deployments[0]["litellm_params"]))
-        }
+        if not (self.router.num_retries or self.router.fallbacks):
+            for name, deployments in groups.items():
+                params = deployments[0]["litellm_params"]
+                if (
+                    name in self.native_models
+                    and len(deployments) == 1
+                    and not (params.get("rpm") or params.get("tpm"))
+                ):
+                    self._direct[name] = self._routes[deployments[0]["model_info"]["id"]]
 
     async def close(self) -> None:
         """Close the native path's HTTP connections."""
@@ -201,6 +202,8 @@ class Upstream:
     ) -> native.NativeStream:
         """The Router's retries and fallbacks around ``_open_deployment``, as
         ``Router.acompletion`` puts them around ``litellm.acompletion``."""
+        if (route := self._direct.get(model)) is not None:
+            return await native.open_stream(self.http, route, messages, request)
         call: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -208,8 +211,6 @@ class Upstream:
             "original_function": self._open_deployment,
             "tokenwire_request": request,
         }
-        if (route := self._direct.get(model)) is not None:
-            return await native.open_stream(self.http, route, messages, request)
         self.router._update_kwargs_before_fallbacks(model=model, kwargs=call)
         stream = await self.router.async_function_with_fallbacks(**call)
         assert isinstance(stream, native.NativeStream)
