@@ -131,9 +131,9 @@ class NativeRoute:
     """The provider's own model name (``gpt-4o`` for ``openai/gpt-4o``)."""
     provider: str
     config: BaseConfig
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a log line
     api_base: str | None
-    extra_headers: Mapping[str, str]
+    extra_headers: Mapping[str, str] = field(repr=False)
     defaults: Mapping[str, Any]
     """Sampling parameters the deployment sets; a request's own win."""
     params_cache: dict[bytes, dict[str, Any]] = field(default_factory=dict, compare=False)
@@ -199,12 +199,11 @@ class HttpClient:
         if self._session is None or self._session.closed:
             # No connection cap of the client's own (aiohttp's default is 100):
             # the streams are already bounded by max_sessions × max_generations.
-            connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+            # No total timeout either: first_token_timeout and idle_timeout
+            # bound a stream.
             self._session = aiohttp.ClientSession(
-                connector=connector,
+                connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=None),
-                # The body is JSON LiteLLM built; aiohttp must not add its own.
-                skip_auto_headers=("User-Agent",),
             )
         return self._session
 

@@ -166,3 +166,6 @@ def test_only_plain_openai_stream_providers_take_the_native_path():
     assert native_route({"model": "openai/x", "organization": "org-1"}) is None
     assert native_route({"model": "openai/x", "max_retries": 2}) is None
     assert native_route({"model": "openai/x", "max_retries": 0}) is not None
+    # A route may end up in a log line or a traceback: never with its key.
+    route = native_route({"model": "openai/x", "api_key": "sk-secret-1", "api_base": "http://h"})
+    assert route is not None and "sk-secret-1" not in repr(route)
