@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # the modules themselves are imported late: see the docstring
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
 EXIT_CONFIG: Final = 2
+WORKER_MIN_LIFETIME: Final = 5.0
+"""A worker that fails by itself sooner is not replaced: the server stops (exit 1)."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -216,26 +218,42 @@ def _run_workers(
         if pid == 0:  # the worker
             status = 0
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)
+                # A terminal's Ctrl-C reaches the whole process group: the
+                # parent alone takes SIGINT and passes it on as one SIGTERM.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 structlog.contextvars.bind_contextvars(worker=number)
-                _run(_run_server(args.host, port, settings, upstream, started, reuse_port=True))
+                _run(
+                    _run_server(
+                        args.host,
+                        port,
+                        settings,
+                        upstream,
+                        started,
+                        reuse_port=True,
+                        signals=(signal.SIGTERM,),
+                    )
+                )
             except BaseException:
                 log.exception("worker failed")
                 status = 1
             finally:
                 os._exit(status)
+        spawned[pid] = time.monotonic()
         return pid
 
+    spawned: dict[int, float] = {}
     workers = {spawn(n): n for n in range(args.workers)}
-    stopping = False
+    signals_seen = 0
+    failed = False
 
     def stop(sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        # The first signal drains every worker; a second stops them at once.
+        nonlocal signals_seen
+        signals_seen += 1
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGTERM if signals_seen == 1 else signal.SIGKILL)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
@@ -246,10 +264,20 @@ def _run_workers(
             break
         number = workers.pop(pid, None)
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-        if number is not None and not stopping:
-            log.error("worker died, starting another", worker=number, status=status)
-            workers[spawn(number)] = number
+        if number is None or signals_seen or failed:
+            continue
+        lived = time.monotonic() - spawned.pop(pid, 0.0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) and lived < WORKER_MIN_LIFETIME:
+            # It failed by itself, early (the port, say): another would too.
+            log.error("worker failed at start; stopping", worker=number, status=status)
+            failed = True
+            stop(signal.SIGTERM, None)
+            continue
+        log.error("worker died, starting another", worker=number, status=status)
+        workers[spawn(number)] = number
     placeholder.close()
+    if failed:
+        raise SystemExit(1)
 
 
 async def _run_server(
@@ -260,6 +288,7 @@ async def _run_server(
     started: float,
     *,
     reuse_port: bool = False,
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
     import structlog
 
@@ -269,7 +298,6 @@ async def _run_server(
     server = TokenwireServer(settings, upstream)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     async with server.listen(host, port, reuse_port=reuse_port) as (bound_host, bound_port):

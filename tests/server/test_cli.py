@@ -168,9 +168,42 @@ async def test_workers_share_one_port_and_one_metrics_view():
                 await ws.close()
         async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
             assert json.loads(await ws.recv())["type"] == "ready"
-        process.send_signal(signal.SIGTERM)
+            # Ctrl-C in a terminal reaches the whole process group: the
+            # workers drain once (an answer in flight finishes), exit 0.
+            await _generate(ws, "hello", "demo", "Hi!")
+            first = json.loads(await ws.recv())
+            assert first["type"] == "token"
+            os.killpg(process.pid, signal.SIGINT)
+            frames = [first]
+            async with asyncio.timeout(TIMEOUT):
+                async for data in ws:
+                    frames.append(json.loads(data))
+            assert ws.close_code == 1001
+            assert frames[-1]["type"] == "finish" and frames[-1]["reason"] == "stop"
         async with asyncio.timeout(TIMEOUT):
             assert await process.wait() == 0
+
+
+async def test_workers_on_a_taken_port_fail_with_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            TOKENWIRE, "serve", "--port", str(port), "--workers", "2",
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), STARTUP_TIMEOUT)
+    assert process.returncode == 1
+    assert (
+        err.decode()
+        .strip()
+        .splitlines()[-1]
+        .startswith(f"tokenwire: cannot listen on 127.0.0.1:{port}")
+    )
 
 
 def _get(url: str) -> str:
