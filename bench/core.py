@@ -118,6 +118,7 @@ async def cancel_through_tokenwire(
         await ws.recv()
         for i in range(n):
             gid = f"c{i}"
+            mark = fake.mark()
             await ws.send(
                 json.dumps(
                     {
@@ -128,7 +129,7 @@ async def cancel_through_tokenwire(
                     }
                 )
             )
-            record = await fake.next_request(10)
+            record = await fake.request_after(mark, 10)
             await ws.recv()  # first token
             sent = time.monotonic()
             await ws.send(json.dumps({"type": "cancel", "id": gid}))

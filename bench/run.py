@@ -159,8 +159,9 @@ async def cancel_through_proxy(base: str, fake: FakeUpstream, n: int, prompt: st
                 "stream": True,
                 "messages": [{"role": "user", "content": prompt}],
             }
+            mark = fake.mark()
             response = await session.post(base + "/chat/completions", json=body)
-            record = await fake.next_request(30)
+            record = await fake.request_after(mark, 30)
             await response.content.readline()
             sent = time.monotonic()
             response.close()

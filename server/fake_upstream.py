@@ -139,12 +139,17 @@ class FakeUpstream:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def next_request(self, timeout: float) -> RequestRecord:
-        """The next request to arrive from now on."""
-        seen = len(self.requests)
+    def mark(self) -> int:
+        """Where the record stands now: take it *before* triggering a request,
+        then ``await request_after(mark, timeout)`` (a request can arrive
+        before the line after the trigger runs)."""
+        return len(self.requests)
+
+    async def request_after(self, mark: int, timeout: float) -> RequestRecord:
+        """The first request to arrive after ``mark``."""
         async with asyncio.timeout(timeout), self._new_request:
-            await self._new_request.wait_for(lambda: len(self.requests) > seen)
-        return self.requests[seen]
+            await self._new_request.wait_for(lambda: len(self.requests) > mark)
+        return self.requests[mark]
 
     def scenario_for(self, body: dict[str, Any]) -> Scenario:
         for message in reversed(body.get("messages") or []):

@@ -178,8 +178,9 @@ async def test_generations_are_independent(client, fake):
 
 
 async def test_leaving_the_loop_early_cancels_the_generation(client, fake):
+    mark = fake.mark()
     gen = await client.generate(model="fake", messages=say(tokens=500, interval=0.02))
-    record = await fake.next_request(TIMEOUT)
+    record = await fake.request_after(mark, TIMEOUT)
     events = await gen.events(stop_after=2)
     assert len(events) == 2
     result = await asyncio.wait_for(gen.result(), TIMEOUT)
@@ -239,8 +240,9 @@ async def test_reset_returns_the_cancelled_ids(client):
 async def test_a_lost_connection_raises_connection_lost(flavour, start_server, fake):
     async with start_server() as handle:
         client = await flavour.connect(handle.url)
+        mark = fake.mark()
         gen = await client.generate(model="fake", messages=say(tokens=500, interval=0.02))
-        await fake.next_request(TIMEOUT)  # in flight
+        await fake.request_after(mark, TIMEOUT)  # in flight
     # The server is gone (closed with 1001): the pending generation ends.
     with pytest.raises(ConnectionLost):
         await asyncio.wait_for(gen.result(), TIMEOUT)
@@ -256,8 +258,9 @@ async def test_reconnect_serves_generations_started_after_the_drop(flavour, upst
     first = TokenwireServer(ServerSettings(), upstream)
     async with first.listen("127.0.0.1", 0) as (host, port):
         client = await flavour.connect(f"ws://{host}:{port}/v1/ws", reconnect=True)
+        mark = fake.mark()
         inflight = await client.generate(model="fake", messages=say(tokens=500, interval=0.02))
-        await fake.next_request(TIMEOUT)  # in flight
+        await fake.request_after(mark, TIMEOUT)  # in flight
     with pytest.raises(ConnectionLost):
         await asyncio.wait_for(inflight.result(), TIMEOUT)
     second = TokenwireServer(ServerSettings(), upstream)

@@ -43,8 +43,9 @@ async def test_a_paused_reader_gets_merged_tokens_and_loses_nothing(start_server
     word = "w" * 2000
     tokens = 16_000  # 32 MB: far past the buffers of both sockets (about 10 MB here)
     async with start_server() as handle:
+        mark = fake.mark()
         stalled = await _stalled_client(handle.url, "big", {"tokens": tokens, "word": word})
-        record = await fake.next_request(TIMEOUT)
+        record = await fake.request_after(mark, TIMEOUT)
         # While it does not read, another session streams at its pace.
         async with connect(handle) as other:
             await other.generate("fine", messages=say(tokens=20, interval=0.005))
@@ -66,8 +67,9 @@ async def test_frames_that_cannot_merge_are_bounded_by_max_queued_frames(start_s
     # Tool-call fragments never merge: 8,000 of 1 KB behind a stopped reader.
     call = {"name": "f", "arguments": "x" * 1000, "repeat": 8000, "fragment_chars": 1000}
     async with start_server(max_queued_frames=200, send_timeout=30) as handle:
+        mark = fake.mark()
         stalled = await _stalled_client(handle.url, "calls", {"tokens": 0, "tool_calls": [call]})
-        record = await fake.next_request(TIMEOUT)
+        record = await fake.request_after(mark, TIMEOUT)
         # Closed for piling up frames, long before send_timeout; upstream closed.
         await record.wait_ended(TIMEOUT)
         assert record.disconnected

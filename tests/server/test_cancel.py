@@ -15,8 +15,9 @@ SLOW = {"tokens": 200, "interval": 0.05}
 
 async def test_cancel_finishes_with_what_was_sent_and_closes_the_upstream(server, connect, fake):
     async with connect(server) as client:
+        mark = fake.mark()
         await client.generate("c", messages=say(**SLOW))
-        record = await fake.next_request(TIMEOUT)
+        record = await fake.request_after(mark, TIMEOUT)
         await client.first_frame("c")
         await client.cancel("c")
         result = await client.result("c", timeout=PROMPT_CLOSE_S)
@@ -49,8 +50,9 @@ async def test_a_cancel_right_behind_its_generate_still_ends_it(server, connect)
 
 async def test_cancel_before_the_first_token_closes_the_upstream(server, connect, fake):
     async with connect(server) as client:
+        mark = fake.mark()
         await client.generate("early", messages=say(tokens=3, first_delay=30))
-        record = await fake.next_request(TIMEOUT)
+        record = await fake.request_after(mark, TIMEOUT)
         await client.cancel("early")
         result = await client.result("early", timeout=PROMPT_CLOSE_S)
         assert (result.reason, result.content) == ("cancelled", "")

@@ -48,12 +48,13 @@ async def test_a_reader_that_stops_is_closed_with_4008_and_costs_nobody_else(
         # max_queue=1: the client library stops reading the socket at once.
         stalled = await websockets.connect(handle.url, max_queue=1, open_timeout=TIMEOUT)
         await stalled.recv()  # ready
+        mark = fake.mark()
         await stalled.send(
             '{"type":"generate","id":"flood","model":"fake","messages":'
             + _dumps(say(**flood))
             + "}"
         )
-        record = await fake.next_request(TIMEOUT)
+        record = await fake.request_after(mark, TIMEOUT)
         async with connect(handle) as other:
             await other.generate("fine", messages=say(tokens=5, interval=0.01))
             assert (await other.result("fine")).reason == "stop"

@@ -107,8 +107,9 @@ async def test_both_engines_send_the_same_frames_and_requests(name, serve_engine
     bodies = {}
     for engine in ("litellm", "native"):
         async with serve_engine(engine, **settings) as handle, connect(handle) as client:
+            mark = fake.mark()
             await client.generate("g", **fields)
-            request = await fake.next_request(5)
+            request = await fake.request_after(mark, 5)
             await client.result("g")
             frames[engine] = client.frames_of("g")
             bodies[engine] = request.body

@@ -183,8 +183,9 @@ async def test_provider_failures_are_upstream_error(server, connect, scenario):
 
 async def test_no_first_token_in_time_is_upstream_timeout(start_server, connect, fake):
     async with start_server(first_token_timeout=0.3) as handle, connect(handle) as client:
+        mark = fake.mark()
         await client.generate("ft", messages=say(tokens=2, first_delay=5))
-        record = await fake.next_request(TIMEOUT)
+        record = await fake.request_after(mark, TIMEOUT)
         error = (await client.result("ft")).error
         assert error is not None
         assert (error.code, error.retryable) == ("upstream_timeout", True)
@@ -195,8 +196,9 @@ async def test_no_first_token_in_time_is_upstream_timeout(start_server, connect,
 
 async def test_a_stall_mid_stream_is_upstream_timeout(start_server, connect, fake):
     async with start_server(idle_timeout=0.3) as handle, connect(handle) as client:
+        mark = fake.mark()
         await client.generate("it", messages=say(tokens=5, hang_after=2))
-        record = await fake.next_request(TIMEOUT)
+        record = await fake.request_after(mark, TIMEOUT)
         result = await client.result("it")
         assert result.error is not None and result.error.code == "upstream_timeout"
         assert result.content == "tok0 tok1 "
