@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import websockets
@@ -76,21 +76,29 @@ async def _generate(ws, gid: str, model: str, text: str) -> None:
     )
 
 
+async def _drained_answer(ws, stop: Callable[[], None]) -> list[dict]:
+    """Ask demo for an answer, call ``stop`` at its first token, read to the
+    close: the answer finished and the close was 1001. Its frames."""
+    await _generate(ws, "hello", "demo", "Hi!")
+    first = json.loads(await ws.recv())
+    assert first["type"] == "token" and first["id"] == "hello"
+    stop()
+    frames = [first]
+    async with asyncio.timeout(TIMEOUT):
+        async for data in ws:
+            frames.append(json.loads(data))
+    assert ws.close_code == 1001
+    assert frames[-1]["type"] == "finish" and frames[-1]["reason"] == "stop"
+    return frames
+
+
 async def test_serve_offers_demo_and_drains_on_sigterm():
     async with _serving() as (process, url):
         async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
             ready = json.loads(await ws.recv())
             assert ready["models"] == ["demo"]
-            await _generate(ws, "hello", "demo", "Hi!")
-            first = json.loads(await ws.recv())
-            assert first["type"] == "token" and first["id"] == "hello"
-            process.send_signal(signal.SIGTERM)  # mid-answer: it may finish
-            frames = [first]
-            async with asyncio.timeout(TIMEOUT):
-                async for data in ws:
-                    frames.append(json.loads(data))
-            assert ws.close_code == 1001
-            assert frames[-1]["type"] == "finish" and frames[-1]["reason"] == "stop"
+            # SIGTERM mid-answer: the answer may finish.
+            frames = await _drained_answer(ws, lambda: process.send_signal(signal.SIGTERM))
             text = "".join(f["text"] for f in frames if f["type"] == "token")
             assert text == frames[-1]["content"] and text.startswith('You said: "Hi!"')
         async with asyncio.timeout(TIMEOUT):
@@ -170,16 +178,7 @@ async def test_workers_share_one_port_and_one_metrics_view():
             assert json.loads(await ws.recv())["type"] == "ready"
             # Ctrl-C in a terminal reaches the whole process group: the
             # workers drain once (an answer in flight finishes), exit 0.
-            await _generate(ws, "hello", "demo", "Hi!")
-            first = json.loads(await ws.recv())
-            assert first["type"] == "token"
-            os.killpg(process.pid, signal.SIGINT)
-            frames = [first]
-            async with asyncio.timeout(TIMEOUT):
-                async for data in ws:
-                    frames.append(json.loads(data))
-            assert ws.close_code == 1001
-            assert frames[-1]["type"] == "finish" and frames[-1]["reason"] == "stop"
+            await _drained_answer(ws, lambda: os.killpg(process.pid, signal.SIGINT))
         async with asyncio.timeout(TIMEOUT):
             assert await process.wait() == 0
 
