@@ -183,9 +183,9 @@ class FrameAssembler:
             self.finish_reason = delta.finish_reason
         if delta.usage is not None:
             self.usage = delta.usage
-        reasoning = delta.reasoning
-        if not (text or reasoning or delta.tool_calls):
+        if not delta.has_output:
             return []
+        reasoning = delta.reasoning
         if hold and not delta.tool_calls and not (text and reasoning):
             is_reasoning = not text
             held = self.flush() if self._held and self._held_reasoning != is_reasoning else []

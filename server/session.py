@@ -200,7 +200,7 @@ class Generation:
                         # While the socket is behind, text merges (invariant 8).
                         if frames := feed(delta, hold=session.behind):
                             send(frames)
-                        if delta.text or delta.reasoning or delta.tool_calls:
+                        if delta.has_output:
                             output += 1
                     if output:
                         if self.assembler.holding:
