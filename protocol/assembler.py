@@ -28,6 +28,7 @@ from .messages import (
     ToolCallComplete,
     Usage,
 )
+from .sanitize import TextJoiner, replace_surrogates
 
 
 class ToolCallDelta(Struct, frozen=True, kw_only=True):
@@ -80,13 +81,14 @@ def normalize_finish_reason(upstream: str | None, *, has_tool_calls: bool) -> Fi
 
 
 class _PendingCall:
-    __slots__ = ("arguments", "call_id", "index", "name")
+    __slots__ = ("arguments", "call_id", "index", "join", "name")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.call_id: str | None = None
         self.name: str | None = None
         self.arguments: list[str] = []
+        self.join = TextJoiner()
 
     def as_tool_call(self) -> ToolCall:
         return ToolCall(
@@ -119,6 +121,8 @@ class FrameAssembler:
         "_held",
         "_held_reasoning",
         "_held_size",
+        "_join_reasoning",
+        "_join_text",
         "_reasoning",
         "_repeat_count",
         "_repeat_limit",
@@ -146,6 +150,9 @@ class FrameAssembler:
         self._held: list[str] = []
         self._held_reasoning = False
         self._held_size = 0
+        # Text split inside a surrogate pair is joined across chunks.
+        self._join_text = TextJoiner()
+        self._join_reasoning = TextJoiner()
 
     @property
     def content(self) -> str:
@@ -185,7 +192,10 @@ class FrameAssembler:
             self.usage = delta.usage
         if not delta.has_output:
             return []
-        reasoning = delta.reasoning
+        text = self._join_text(text) if text else text
+        reasoning = self._join_reasoning(delta.reasoning) if delta.reasoning else ""
+        if not (text or reasoning or delta.tool_calls):
+            return []
         if hold and not delta.tool_calls and not (text and reasoning):
             is_reasoning = not text
             held = self.flush() if self._held and self._held_reasoning != is_reasoning else []
@@ -196,29 +206,32 @@ class FrameAssembler:
             return held
         frames = self.flush()
         gid = self.generation_id
-        if delta.reasoning:
-            self._reasoning.append(delta.reasoning)
-            frames.append(Reasoning(id=gid, seq=self._next_seq(), text=delta.reasoning))
-        if delta.text:
-            self._text.append(delta.text)
-            frames.append(Token(id=gid, seq=self._next_seq(), text=delta.text))
+        if reasoning:
+            self._reasoning.append(reasoning)
+            frames.append(Reasoning(id=gid, seq=self._next_seq(), text=reasoning))
+        if text:
+            self._text.append(text)
+            frames.append(Token(id=gid, seq=self._next_seq(), text=text))
         for fragment in delta.tool_calls:
             call = self._calls.get(fragment.index)
             if call is None:
                 call = self._calls[fragment.index] = _PendingCall(fragment.index)
-            if call.call_id is None and fragment.call_id:
-                call.call_id = fragment.call_id
-            if call.name is None and fragment.name:
-                call.name = fragment.name
-            call.arguments.append(fragment.arguments)
+            call_id = replace_surrogates(fragment.call_id) if fragment.call_id else None
+            name = replace_surrogates(fragment.name) if fragment.name else None
+            if call.call_id is None and call_id:
+                call.call_id = call_id
+            if call.name is None and name:
+                call.name = name
+            arguments = call.join(fragment.arguments) if fragment.arguments else ""
+            call.arguments.append(arguments)
             frames.append(
                 ToolCallChunk(
                     id=gid,
                     seq=self._next_seq(),
                     index=fragment.index,
-                    call_id=fragment.call_id,
-                    name=fragment.name,
-                    arguments=fragment.arguments,
+                    call_id=call_id,
+                    name=name,
+                    arguments=arguments,
                 )
             )
         return frames

@@ -22,6 +22,7 @@ class ErrorCode(enum.StrEnum):
     DUPLICATE_ID = "duplicate_id"
     TOO_MANY_GENERATIONS = "too_many_generations"
     CONVERSATION_BUSY = "conversation_busy"
+    CONVERSATION_LIMIT = "conversation_limit"
     UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_ERROR = "upstream_error"
@@ -42,6 +43,7 @@ _NOT_RETRYABLE = frozenset(
         ErrorCode.UNKNOWN_MODEL,
         ErrorCode.DUPLICATE_ID,
         ErrorCode.UPSTREAM_REJECTED,
+        ErrorCode.CONVERSATION_LIMIT,
     }
 )
 

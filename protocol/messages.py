@@ -138,11 +138,31 @@ class ToolCall(Struct, frozen=True, kw_only=True):
     arguments: str
 
 
+class PromptTokensDetails(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the provider said of the prompt's tokens (OpenAI's field names)."""
+
+    cached_tokens: int | None = None
+
+
+class CompletionTokensDetails(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the provider said of the completion's tokens (OpenAI's field names)."""
+
+    reasoning_tokens: int | None = None
+
+
 class Usage(Struct, frozen=True, kw_only=True):
+    """Token counts: the provider's own, as it sent them, or tokenwire's
+    estimate (``estimated``) when it sent none. ``total_tokens`` is the
+    provider's total, which may count more than prompt + completion (xAI
+    counts reasoning tokens only there). The details are set where the
+    provider sent them."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     estimated: bool = False
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class Finish(_Frame, tag="finish", frozen=True, kw_only=True):

@@ -58,6 +58,8 @@ class TokenwireServer:
         """Set while no session is open."""
         self.no_sessions.set()
         self.active_generations = 0
+        self.history_bytes = 0
+        """Bytes of conversation history all sessions keep (``max_total_history_bytes``)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._keys = [k.encode() for k in settings.api_keys or ()]
@@ -110,9 +112,9 @@ class TokenwireServer:
         clock = asyncio.get_running_loop().time
         while True:
             await asyncio.sleep(period)
-            started_before = clock() - timeout
+            now = clock()
             for session in self.sessions:
-                session.check_send(started_before)
+                session.check_send(now, timeout)
 
     async def drain(self) -> None:
         """Stop taking work, let generations finish for ``drain_timeout``, end the rest."""

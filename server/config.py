@@ -61,6 +61,18 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     generation's consecutive ``token`` (or ``reasoning``) pieces merge into one
     frame, so text never grows the queue; a reader that lets more than this
     many frames pile up anyway is closed with 4008."""
+    max_upstream_event_bytes: PositiveInt = 1_048_576
+    """Largest line or event of a provider's stream; past it the generation
+    ends with ``upstream_error`` (memory stays bounded on an endless line)."""
+    max_conversations: PositiveInt = 64
+    """Conversations one session keeps; a ``generate`` naming one more gets
+    ``conversation_limit`` (``reset`` forgets them all)."""
+    max_history_bytes: PositiveInt = 4 * 1_048_576
+    """Bytes of one conversation's history (its messages as JSON); a
+    ``generate`` that would take it past gets ``conversation_limit``."""
+    max_total_history_bytes: PositiveInt = 1 << 30
+    """Bytes of history all sessions of the server keep together; past it a
+    ``generate`` that would add history gets ``conversation_limit``."""
     fast_path: FastPath = "auto"
     """``auto``: models whose provider streams plain OpenAI SSE skip LiteLLM's
     per-chunk code (``tokenwire.server.native``); ``off``: every model goes

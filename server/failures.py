@@ -8,6 +8,7 @@ internals, no keys, no URLs) and, for 429s, when to retry.
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import time
 from collections.abc import Mapping
@@ -38,6 +39,8 @@ def classify(exc: BaseException) -> UpstreamFailure:
     """The contract's code for an exception raised while calling or streaming a provider."""
     if isinstance(exc, UpstreamFailure):
         return exc
+    if (guarded := _guard_failure(exc)) is not None:
+        return guarded
     if _REPEATED_MARK in str(exc):
         return UpstreamFailure(ErrorCode.REPEATED_OUTPUT, "the model kept repeating the same chunk")
     if isinstance(exc, llm.MidStreamFallbackError) and exc.original_exception is not None:
@@ -84,6 +87,29 @@ def classify(exc: BaseException) -> UpstreamFailure:
     ):
         return UpstreamFailure(ErrorCode.UPSTREAM_ERROR, STREAM_FAILED)
     return UpstreamFailure(ErrorCode.INTERNAL, "internal error")
+
+
+GUARD_FAILURE: Final[contextvars.ContextVar[UpstreamFailure | None]] = contextvars.ContextVar(
+    "tokenwire_guard_failure", default=None
+)
+"""The failure a bound of ``guard`` raised in this generation's task.
+
+LiteLLM and the provider SDKs re-raise a transport's exception as their own,
+not always chained to it; the guard leaves its failure here, in the task's
+context (each generation is a task of its own), for ``classify`` to find."""
+
+
+def _guard_failure(exc: BaseException) -> UpstreamFailure | None:
+    """The failure a bound of ``guard`` raised, through LiteLLM's and the SDK's wrapping."""
+    cause: BaseException | None = exc
+    for _ in range(16):
+        if cause is None:
+            break
+        failure = getattr(cause, "failure", None)
+        if isinstance(failure, UpstreamFailure):
+            return failure
+        cause = cause.__cause__ or cause.__context__
+    return GUARD_FAILURE.get()
 
 
 def _status_of(exc: BaseException) -> int | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -74,6 +75,22 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Send a line that is not JSON after this many chunks."""
     error_after: int | None = None
     """Send an in-stream ``{"error": ...}`` after this many chunks."""
+    # -- a hostile upstream: the body is whatever these say ----------------
+    raw: list[str] | None = None
+    """Write these pieces verbatim as the body (one write each, ``interval``
+    apart), nothing else: exact SSE framing, lone surrogate escapes, odd
+    usage. Encoded as UTF-8 (``surrogatepass``)."""
+    content_type: str = "text/event-stream"
+    gzip: bool = False
+    """Send the body gzip-compressed (``Content-Encoding: gzip``), whatever
+    the request's ``Accept-Encoding`` says."""
+    bomb: int = 0
+    """A gzip body that inflates to this many bytes of ``a`` (no newline),
+    with ``status``: a decompression bomb."""
+    long_line: int = 0
+    """Stream one line of this many bytes, without a newline."""
+    error_body: int = 0
+    """An error response (``status``) whose body is this many bytes."""
 
 
 @dataclass
@@ -88,6 +105,7 @@ class RequestRecord:
     chunks_sent: int = 0
     disconnected: bool = False
     """The client closed the connection before the response was complete."""
+    accept_encoding: str | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_ended(self, timeout: float) -> float:
@@ -169,7 +187,12 @@ class FakeUpstream:
             return web.json_response(
                 {"error": {"message": str(exc), "type": "invalid_request"}}, status=400
             )
-        record = RequestRecord(number=next(self._numbers), body=body, scenario=scenario)
+        record = RequestRecord(
+            number=next(self._numbers),
+            body=body,
+            scenario=scenario,
+            accept_encoding=request.headers.get("Accept-Encoding"),
+        )
         self.requests.append(record)
         async with self._new_request:
             self._new_request.notify_all()
@@ -184,6 +207,8 @@ class FakeUpstream:
 
     async def _respond(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         scenario = record.scenario
+        if scenario.raw is not None or scenario.bomb or scenario.long_line or scenario.error_body:
+            return await _hostile(request, record)
         failing = scenario.status_model in (None, record.body.get("model"))
         if scenario.status != 200 and failing:
             headers = {"Retry-After": scenario.retry_after} if scenario.retry_after else None
@@ -227,6 +252,45 @@ class FakeUpstream:
             await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+async def _hostile(request: web.Request, record: RequestRecord) -> web.StreamResponse:
+    """The answers of a hostile upstream (``raw``, ``bomb``, ``long_line``, ``error_body``)."""
+    scenario = record.scenario
+    headers = {"Content-Type": scenario.content_type}
+    if scenario.gzip or scenario.bomb:
+        headers["Content-Encoding"] = "gzip"
+    status = scenario.status if scenario.error_body or scenario.bomb else 200
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(request)
+    compressor = zlib.compressobj(9, wbits=31) if "Content-Encoding" in headers else None
+
+    async def write(data: bytes) -> None:
+        if compressor is not None:
+            data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        await response.write(data)
+
+    if scenario.bomb:
+        block = b"a" * (1 << 20)
+        for _ in range(scenario.bomb >> 20):
+            await write(block)
+    elif scenario.long_line:
+        block = b"x" * (1 << 16)
+        await write(b"data: ")
+        for _ in range(scenario.long_line >> 16):
+            await write(block)
+    elif scenario.error_body:
+        await write(b'{"error": {"message": "' + b"e" * scenario.error_body + b'"}}')
+    else:
+        for n, piece in enumerate(scenario.raw or ()):
+            if n and scenario.interval:
+                await asyncio.sleep(scenario.interval)
+            await write(piece.encode("utf-8", "surrogatepass"))
+            record.chunks_sent += 1
+    if compressor is not None:
+        await response.write(compressor.flush())
+    await response.write_eof()
+    return response
 
 
 def _events(scenario: Scenario, model: str, *, want_usage: bool) -> Iterator[bytes]:

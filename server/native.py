@@ -23,14 +23,18 @@ stays on LiteLLM's own path (``native_route`` returns None).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+import json
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
 import litellm
 import msgspec
+from aiohttp import hdrs
 from litellm.exceptions import APIConnectionError
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
 from litellm.llms.base_llm.chat.transformation import BaseConfig
@@ -38,7 +42,11 @@ from litellm.llms.openai.chat.gpt_transformation import OpenAIChatCompletionStre
 from litellm.types.utils import LlmProviders
 from litellm.utils import ProviderConfigManager, get_optional_params
 
-from tokenwire.protocol import Delta, ToolCallDelta, Usage
+from tokenwire.protocol import Delta, ErrorCode, ToolCallDelta, sanitize
+from tokenwire.protocol.sse import EventTooLarge, SseParser
+from tokenwire.protocol.validation import quote
+
+from .failures import UpstreamFailure
 
 # Deployment `litellm_params` the native path understands. A deployment with
 # any other key (a provider-specific option, a custom pricing table, a
@@ -89,7 +97,7 @@ class _Function(msgspec.Struct):
 
 
 class _ToolCall(msgspec.Struct):
-    index: int | None = None
+    index: Any = None  # checked by tool_call_deltas, as on LiteLLM's path
     id: str | None = None
     function: _Function | None = None
 
@@ -106,10 +114,22 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: Any = None
+
+
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: Any = None
+
+
 class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = 0
-    completion_tokens: int | None = 0
-    total_tokens: int | None = 0
+    # Any: a provider's counts may be floats, negative or past 64 bits;
+    # sanitize.usage makes them counts.
+    prompt_tokens: Any = 0
+    completion_tokens: Any = 0
+    total_tokens: Any = 0
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
 
 
 class _Chunk(msgspec.Struct):
@@ -119,8 +139,31 @@ class _Chunk(msgspec.Struct):
 
 
 _decode_chunk: Final = msgspec.json.Decoder(_Chunk).decode
+
+
+def _decode(data: bytes) -> _Chunk:
+    """A chunk; msgspec refuses a lone surrogate escape (``"\\ud83d"``, half
+    of a character a provider split across chunks), Python's decoder takes
+    it, and the assembler joins the halves."""
+    try:
+        return _decode_chunk(data)
+    except msgspec.DecodeError:
+        try:
+            return msgspec.convert(json.loads(data), _Chunk)
+        except (ValueError, msgspec.ValidationError):
+            pass
+        raise
+
+
 _DONE: Final = b"[DONE]"
 _EMPTY: Final = Delta()
+READ_BYTES: Final = 64 * 1024
+"""Bytes taken from the socket (or inflated) per read; the loop gets a turn after each."""
+MAX_ERROR_BODY: Final = 64 * 1024
+"""Characters of an error response's body read and handed to LiteLLM's error mapping."""
+MAX_INFLATE_RATIO: Final = 100
+"""How many times its size a compressed answer may inflate (SSE compresses ≈10×)."""
+SSE_TYPES: Final = ("text/event-stream",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +244,14 @@ class HttpClient:
             # the streams are already bounded by max_sessions × max_generations.
             # No total timeout either: first_token_timeout and idle_timeout
             # bound a stream.
+            # No automatic decompression: requests ask for `identity`, and a
+            # provider that compresses anyway is inflated within bounds, a
+            # read at a time (see _inflater); aiohttp's own decoder refills
+            # its buffer by itself, never yielding, and has no bound.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=False,
             )
         return self._session
 
@@ -216,64 +264,90 @@ class HttpClient:
 class NativeStream:
     """An open upstream response: batches of deltas, one batch per network read."""
 
-    def __init__(self, route: NativeRoute, response: aiohttp.ClientResponse) -> None:
+    def __init__(
+        self, route: NativeRoute, response: aiohttp.ClientResponse, *, max_event_bytes: int
+    ) -> None:
         self.route = route
         self.response = response
+        self.max_event_bytes = max_event_bytes
 
     async def batches(self) -> AsyncIterator[list[Delta]]:
         """The stream's deltas, a batch per network read, until ``[DONE]`` or EOF.
 
-        Each read takes everything aiohttp holds, so the next one waits for
-        the loop to receive more: a fast stream gives the loop a turn per
-        read (≤ 64 KiB) and cannot starve other sessions (TRAPS.md).
+        Each read takes what aiohttp holds (at most ``READ_BYTES``), so the
+        next one waits for the loop to receive more: a fast stream gives the
+        loop a turn per read and cannot starve other sessions (TRAPS.md).
+        aiohttp's buffer is bounded by its flow control; a stream the
+        provider compressed anyway is inflated ``READ_BYTES`` at a time, with
+        a turn after each piece (inflating never waits on the network). A
+        stream that ends with neither ``[DONE]`` nor a finish reason was cut:
+        it fails, so a truncated answer never looks complete.
         """
-        read = aiter(self.response.content.iter_any())
-        rest = b""
-        while True:
-            try:
-                data = await anext(read)
-            except StopAsyncIteration:
-                if not rest.strip():
-                    return
-                data = b"\n"  # a last line without its newline
-            except aiohttp.ClientError as exc:  # cut mid-stream
-                raise self._mid_stream(exc) from exc
-            lines = (rest + data).split(b"\n") if rest else data.split(b"\n")
-            rest = lines.pop()
+        parser = SseParser(self.max_event_bytes)
+        finished = False
+        async for data in self._reads():
             batch: list[Delta] = []
             try:
-                for line in lines:
-                    delta = self._parse(line)
+                for event in parser.feed(data) if data else parser.close():
+                    delta = self._parse(event)
                     if delta is None:  # [DONE]
                         if batch:
                             yield batch
                         return
                     if delta is not _EMPTY:
+                        finished = finished or delta.finish_reason is not None
                         batch.append(delta)
             except Exception as exc:
-                if batch:  # what came before the bad line goes out first
+                if batch:  # what came before the bad event goes out first
                     yield batch
                 raise self._mid_stream(exc) from exc
             if batch:
                 yield batch
+        if not finished:
+            raise UpstreamFailure(
+                ErrorCode.UPSTREAM_ERROR,
+                "the provider's stream ended without [DONE] or a finish reason (cut short)",
+            )
 
-    def _parse(self, line: bytes) -> Delta | None:
-        """One SSE line: a Delta, ``_EMPTY`` for a line without one, None at ``[DONE]``."""
-        if not line.startswith(b"data:"):
-            return _EMPTY  # blank separators, comments, `event:` and `id:` lines
-        payload = line[5:].strip()
-        if payload == _DONE:
+    async def _reads(self) -> AsyncIterator[bytes]:
+        """The body's bytes, read by read and inflated within bounds; ``b""`` at its end."""
+        content = self.response.content
+        inflate = _inflater(self.response)
+        try:
+            while data := await content.read(READ_BYTES):
+                if inflate is None:
+                    yield data
+                    continue
+                for piece in inflate(data):
+                    yield piece
+                    await asyncio.sleep(0)
+        except aiohttp.ClientError as exc:  # cut mid-stream
+            raise self._mid_stream(exc) from exc
+        yield b""
+
+    def _parse(self, data: bytes) -> Delta | None:
+        """One event's data: a Delta, ``_EMPTY`` for an event without one, None at ``[DONE]``."""
+        if data == _DONE:
             return None
-        if not payload:
+        if not data.strip():
             return _EMPTY
-        chunk = _decode_chunk(payload)  # a malformed line raises: see _mid_stream
+        chunk = _decode(data)  # a malformed event raises: see _mid_stream
         if chunk.error:
             raise _in_stream_error(self.route, chunk.error)
         return _to_delta(chunk)
 
     def _mid_stream(self, exc: Exception) -> Exception:
         """A failure after the response began, raised as LiteLLM's stream raises
-        it: an ``APIConnectionError`` (a cut, a malformed line, an in-stream error)."""
+        it: an ``APIConnectionError`` (a cut, a malformed line, an in-stream
+        error); one tokenwire can name (an event too large) as it is."""
+        if isinstance(exc, UpstreamFailure):
+            return exc
+        if isinstance(exc, EventTooLarge):
+            return UpstreamFailure(
+                ErrorCode.UPSTREAM_ERROR,
+                f"the provider sent an event longer than {exc.limit} bytes "
+                "(server.max_upstream_event_bytes)",
+            )
         route = self.route
         return APIConnectionError(
             message=f"{type(exc).__name__}: {exc}", llm_provider=route.provider, model=route.model
@@ -287,14 +361,81 @@ class NativeStream:
             self.response.close()
 
 
+def _inflater(response: aiohttp.ClientResponse) -> Callable[[bytes], Iterator[bytes]] | None:
+    return inflater(response.headers.get(hdrs.CONTENT_ENCODING, "identity"))
+
+
+def inflater(encoding: str) -> Callable[[bytes], Iterator[bytes]] | None:
+    """For a body the provider compressed although asked not to: a function
+    from each read to its inflated pieces (``READ_BYTES`` at most each),
+    refusing a body that inflates more than ``MAX_INFLATE_RATIO`` times past
+    its first MiB (a decompression bomb). None for an uncompressed body
+    (``encoding`` is the ``Content-Encoding``)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UpstreamFailure(
+            ErrorCode.UPSTREAM_ERROR, f"the provider's answer is {quote(encoding)}-encoded"
+        )
+    decompressor = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
+    taken = 0
+    made = 0
+
+    def inflate(data: bytes) -> Iterator[bytes]:
+        nonlocal taken, made
+        taken += len(data)
+        while data:
+            piece = decompressor.decompress(data, READ_BYTES)
+            data = decompressor.unconsumed_tail
+            made += len(piece)
+            if made > 1 << 20 and made > MAX_INFLATE_RATIO * taken:
+                raise UpstreamFailure(
+                    ErrorCode.UPSTREAM_ERROR,
+                    f"the provider's compressed answer inflates more than {MAX_INFLATE_RATIO}×",
+                )
+            if piece:
+                yield piece
+
+    return inflate
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> str:
+    """At most ``limit`` characters of a (possibly compressed) body, as text.
+
+    An error body is read only this far: LiteLLM's error mapping (its
+    secret-redaction regex) is superlinear in the text's length (a 2 MB body
+    took 3.7 s of the loop), and a compressed one may be a bomb.
+    """
+    inflate = _inflater(response)
+    body = b""
+    try:
+        while len(body) < limit and (data := await response.content.read(READ_BYTES)):
+            if inflate is None:
+                body += data
+                continue
+            for piece in inflate(data):
+                body += piece
+                if len(body) >= limit:
+                    break
+    except (aiohttp.ClientError, UpstreamFailure):
+        pass  # what was read is the error's text
+    return body[:limit].decode("utf-8", "replace")
+
+
 def _to_delta(chunk: _Chunk) -> Delta:
     usage = None
     if (raw := chunk.usage) is not None:
-        usage = Usage(
-            prompt_tokens=raw.prompt_tokens or 0,
-            completion_tokens=raw.completion_tokens or 0,
-            total_tokens=raw.total_tokens or 0,
-            estimated=False,
+        details = raw.prompt_tokens_details
+        completion_details = raw.completion_tokens_details
+        usage = sanitize.usage(
+            raw.prompt_tokens,
+            raw.completion_tokens,
+            raw.total_tokens,
+            cached=details.cached_tokens if details is not None else None,
+            reasoning=completion_details.reasoning_tokens
+            if completion_details is not None
+            else None,
         )
     if not chunk.choices:
         return Delta(usage=usage) if usage is not None else _EMPTY
@@ -316,15 +457,23 @@ def _to_delta(chunk: _Chunk) -> Delta:
 def tool_call_deltas(calls: Iterable[Any]) -> tuple[ToolCallDelta, ...]:
     """OpenAI-shaped tool-call fragments (LiteLLM's models or this module's
     Structs: the same fields), normalized."""
-    return tuple(
-        ToolCallDelta(
-            index=int(call.index or 0),
-            call_id=call.id,
-            name=call.function.name if call.function else None,
-            arguments=(call.function.arguments or "") if call.function else "",
+    deltas = []
+    for call in calls:
+        index = call.index or 0
+        if not (isinstance(index, int) and 0 <= index <= sanitize.MAX_TOOL_CALL_INDEX):
+            raise UpstreamFailure(
+                ErrorCode.UPSTREAM_ERROR, f"the provider sent tool call index {quote(index)}"
+            )
+        function = call.function
+        deltas.append(
+            ToolCallDelta(
+                index=int(index),
+                call_id=call.id,
+                name=function.name if function else None,
+                arguments=(function.arguments or "") if function else "",
+            )
         )
-        for call in calls
-    )
+    return tuple(deltas)
 
 
 def _in_stream_error(route: NativeRoute, error: Any) -> Exception:
@@ -382,13 +531,17 @@ async def open_stream(
     route: NativeRoute,
     messages: list[dict[str, Any]],
     request: Mapping[str, Any],
+    *,
+    max_event_bytes: int,
 ) -> NativeStream:
     """Send the request and wait for the response's status.
 
     ``request`` holds the OpenAI parameters (``tools``, ``tool_choice``,
     sampling params). An error status raises LiteLLM's exception for it, so
     the Router's retries and fallbacks and tokenwire's error codes treat it
-    as they treat LiteLLM's path.
+    as they treat LiteLLM's path; its body is read up to ``MAX_ERROR_BODY``.
+    A success that is not an event stream (an HTML page, a JSON body) fails
+    with ``upstream_error`` naming what came instead.
     """
     config = route.config
     optional_params = _optional_params(route, messages, request)
@@ -430,6 +583,7 @@ async def open_stream(
         stream=True,
     )
     data = signed if signed is not None else msgspec.json.encode(body)
+    headers = {**headers, hdrs.ACCEPT_ENCODING: "identity"}
     try:
         response = await http.session().post(url, data=data, headers=headers)
     except aiohttp.ClientError as exc:
@@ -437,6 +591,14 @@ async def open_stream(
         raise _mapped(route, error) from exc
     if response.status >= 400:
         with contextlib.closing(response):
-            text = await response.text(errors="replace")
+            text = await read_bounded(response)
         raise _mapped(route, config.get_error_class(text, response.status, dict(response.headers)))
-    return NativeStream(route, response)
+    if response.content_type not in SSE_TYPES:
+        with contextlib.closing(response):
+            first = await read_bounded(response, 64)
+        raise UpstreamFailure(
+            ErrorCode.UPSTREAM_ERROR,
+            f"the provider answered {quote(response.content_type)} instead of an event stream "
+            f"(HTTP {response.status}, starting {quote(first, 48)})",
+        )
+    return NativeStream(route, response, max_event_bytes=max_event_bytes)

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
+import msgspec
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -47,6 +48,7 @@ from tokenwire.protocol import (
     ServerFrame,
     Usage,
 )
+from tokenwire.protocol.validation import quote
 
 from .failures import UpstreamFailure, classify
 
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from .app import TokenwireServer
 
 log = structlog.get_logger("tokenwire.session")
+_encode_json: Final = msgspec.json.Encoder().encode
 
 OPEN: Final = State.OPEN
 CLOSE_TIMEOUT: Final = 2.0
@@ -78,6 +81,20 @@ def _resolve(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
+class Conversation:
+    """One conversation's history and its size in bytes (its messages as JSON)."""
+
+    __slots__ = ("messages", "size")
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.size = 0
+
+
+def json_size(value: Any) -> int:
+    return len(_encode_json(value))
+
+
 class StopReason(enum.Enum):
     CANCEL = "cancelled"
     SHUTDOWN = "shutting_down"
@@ -87,13 +104,14 @@ class StopReason(enum.Enum):
 class Generation:
     """One generation: the relay from its upstream stream to its session's outbox."""
 
-    def __init__(self, session: Session, request: Generate, history: list[dict[str, Any]] | None):
+    def __init__(self, session: Session, request: Generate, history: Conversation | None):
         self.session = session
         self.request = request
         self.id = request.id
         self.conversation = request.conversation
         self.history = history
-        self.messages = [*(history or ()), *request.messages]
+        self.messages = [*(history.messages if history else ()), *request.messages]
+        self._prompt_tokens: int | None = None
         self.assembler = FrameAssembler(
             request.id, repeated_chunk_limit=session.settings.repeated_chunk_limit
         )
@@ -209,7 +227,9 @@ class Generation:
                                 # Merged text is bounded too: stop reading the
                                 # upstream (TCP pushes back on the provider)
                                 # until the socket catches up, or send_timeout
-                                # ends the session.
+                                # ends the session. The wait is tokenwire's,
+                                # not the provider's silence: no idle deadline.
+                                deadline.reschedule(None)
                                 await session.caught_up()
                         now = loop.time()
                         if self.time_to_first_token is None:
@@ -232,13 +252,17 @@ class Generation:
             raise UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, message) from None
 
     def _estimated_usage(self) -> Usage:
+        """Usage counted by tokenwire when the provider sent none (or on a
+        cancel): the same on both engines, bounded in cost (``Upstream.estimate``)."""
         upstream = self.session.server.upstream
         model = self.request.model
         assembler = self.assembler
-        prompt = upstream.count_tokens(model, messages=self.messages)
+        if self._prompt_tokens is None:
+            self._prompt_tokens = upstream.estimate_prompt(model, self.messages)
+        prompt = self._prompt_tokens
         output = assembler.content + assembler.reasoning
         output += "".join(call.arguments for call in assembler.tool_calls)
-        completion = upstream.count_tokens(model, text=output)
+        completion = upstream.estimate_text(model, output)
         return Usage(
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -259,7 +283,9 @@ class Generation:
         elif isinstance(terminal, Finish):
             self.outcome = terminal.reason
             if self.history is not None and terminal.reason != "cancelled":
-                self.history.extend([*self.request.messages, self._assistant_message()])
+                added = [*self.request.messages, self._assistant_message()]
+                self.history.messages.extend(added)
+                self.session.history_grew(self.history, json_size(added))
 
     def _assistant_message(self) -> dict[str, Any]:
         """The answer as a chat message, for the conversation's history."""
@@ -286,7 +312,7 @@ class Session:
         self.generations: dict[str, Generation] = {}
         self._ws = connection
         self._codec = codec
-        self._conversations: dict[str, list[dict[str, Any]]] = {}
+        self._conversations: dict[str, Conversation] = {}
         self._outbox: deque[ServerFrame] = deque()
         self._max_queued = server.settings.max_queued_frames
         # Waiters are futures made when someone waits, not Events: an idle
@@ -294,6 +320,9 @@ class Session:
         self._holding: set[Generation] | None = None
         self._caught_up: asyncio.Future[None] | None = None
         self._send_started = 0.0
+        self._written = 0  # bytes handed to the transport
+        self._delivered = 0  # of those, bytes the transport had passed on at the last check
+        self._stuck_since = 0.0
         self._task: asyncio.Task[None] | None = None
         self._writer_idle: asyncio.Future[None] | None = None
         self._peer_gone = False
@@ -337,6 +366,7 @@ class Session:
             # before its first step) still leaves the server's count.
             for generation in list(self.generations.values()):
                 self.generation_ended(generation)
+            self._forget_conversations()
             self._closed = True
             _resolve(self._on_closed)
             log.info("session closed", code=self._ws.close_code)
@@ -407,11 +437,13 @@ class Session:
                         bytes((first_byte, size)) if size < 126 else _long_header(first_byte, size)
                     )
                     transport.write(header + data)
+                    self._written += len(header) + size
                     sent += 1
                     continue
                 self._send_started = clock()
                 await ws.send(data, text=text)
                 self._send_started = 0.0
+                self._written += len(data) + 2
                 sent += 1
                 if self._holding and not ws.paused and len(outbox) < MERGE_BACKLOG:
                     self._release_held()
@@ -427,9 +459,25 @@ class Session:
             self._send_started = 0.0
             frames_sent.inc(sent)
 
-    def check_send(self, started_before: float) -> None:
-        """The watchdog's call: stop a send that started before ``started_before``."""
-        if 0.0 < self._send_started < started_before:
+    def check_send(self, now: float, timeout: float) -> None:
+        """The watchdog's call: close a reader that took nothing for ``timeout``.
+
+        Either a ``send()`` has been blocked that long, or bytes already
+        written have sat in the transport's buffer that long without any of
+        them reaching the socket: a reader that stops after the last frame
+        of an answer blocks no write, but never takes those bytes either.
+        """
+        if 0.0 < self._send_started < now - timeout:
+            self._stall()
+            return
+        transport = self._ws.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        delivered = self._written - buffered
+        if buffered == 0 or delivered != self._delivered:
+            self._delivered = delivered
+            self._stuck_since = now if buffered else 0.0
+        elif self._stuck_since and now - self._stuck_since >= timeout:
+            log.warning("slow reader", buffered=buffered)
             self._stall()
 
     def _stall(self) -> None:
@@ -553,7 +601,7 @@ class Session:
             self._reject(
                 gid,
                 ErrorCode.UNKNOWN_MODEL,
-                f"unknown model {request.model!r}; the ready frame lists the models offered",
+                f"unknown model {quote(request.model)}; the ready frame lists the models offered",
             )
             return
         if len(self.generations) >= self.settings.max_generations:
@@ -570,17 +618,65 @@ class Session:
             self._reject(
                 gid,
                 ErrorCode.CONVERSATION_BUSY,
-                f"conversation {conversation!r} has an active generation",
+                f"conversation {quote(conversation)} has an active generation",
             )
             return
         history = None
         if conversation is not None:
-            history = self._conversations.setdefault(conversation, [])
+            history = self._conversation(gid, conversation, request)
+            if history is None:
+                return
         generation = Generation(self, request, history)
         self.generations[gid] = generation
         self.server.generation_started()
         assert self._task_group is not None
         generation.task = self._task_group.create_task(generation.run(), name=f"generation {gid}")
+
+    def _conversation(self, gid: str, name: str, request: Generate) -> Conversation | None:
+        """Conversation ``name`` for a new generation, or None after rejecting it
+        with ``conversation_limit`` (the limits are checked before it starts:
+        history is never cut short silently)."""
+        settings = self.settings
+        conversation = self._conversations.get(name)
+        if conversation is None and len(self._conversations) >= settings.max_conversations:
+            self._reject(
+                gid,
+                ErrorCode.CONVERSATION_LIMIT,
+                f"the session already keeps {settings.max_conversations} conversations "
+                "(server.max_conversations); reset to forget them",
+            )
+            return None
+        size = (conversation.size if conversation else 0) + json_size(request.messages)
+        if size > settings.max_history_bytes:
+            self._reject(
+                gid,
+                ErrorCode.CONVERSATION_LIMIT,
+                f"conversation {quote(name)} would hold more than "
+                f"{settings.max_history_bytes} bytes (server.max_history_bytes)",
+            )
+            return None
+        if self.server.history_bytes + size > settings.max_total_history_bytes:
+            self._reject(
+                gid,
+                ErrorCode.CONVERSATION_LIMIT,
+                "the server keeps as much conversation history as it may "
+                "(server.max_total_history_bytes)",
+            )
+            return None
+        if conversation is None:
+            conversation = self._conversations[name] = Conversation()
+        return conversation
+
+    def history_grew(self, conversation: Conversation, size: int) -> None:
+        """``size`` bytes were added to ``conversation`` (counted only while the
+        session still keeps it: a reset forgets what a finishing generation adds)."""
+        conversation.size += size
+        if conversation in self._conversations.values():
+            self.server.history_bytes += size
+
+    def _forget_conversations(self) -> None:
+        self.server.history_bytes -= sum(c.size for c in self._conversations.values())
+        self._conversations = {}
 
     def _reset(self) -> None:
         active = list(self.generations.values())
@@ -588,7 +684,7 @@ class Session:
             generation.stop(StopReason.CANCEL)
         # A generation still finishing keeps its own history list, which is
         # no longer reachable: nothing it appends survives the reset.
-        self._conversations = {}
+        self._forget_conversations()
         ids = [g.id for g in active]
         tasks = [g.task for g in active if g.task is not None]
         if not tasks:

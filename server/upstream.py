@@ -25,14 +25,22 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import litellm
+import msgspec
 from litellm.router import Router
 
-from tokenwire.protocol import Delta, Params, Usage
+from tokenwire.protocol import Delta, Params, Usage, sanitize
 
-from . import demo, native
+from . import demo, guard, native
 from .config import Config
 
 DEMO_MODEL: Final = "demo"
+EXACT_CHARS: Final = 32_768
+"""Characters past which a token estimate is a division, not a tokenizer run."""
+EXACT_MESSAGES: Final = 256
+CHARS_PER_TOKEN: Final = 4
+IMAGE_TOKENS: Final = 765
+"""An image's estimated tokens (OpenAI's figure for a 1024×1024 image at high detail)."""
+_encode_json: Final = msgspec.json.Encoder().encode
 ROUTER_DEFAULTS: Final = {
     # Retries only where router_settings ask for them (contract, "Retries").
     "num_retries": 0,
@@ -71,6 +79,8 @@ class Upstream:
             d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
         }
         self.http = native.HttpClient()
+        self.max_event_bytes = config.server.max_upstream_event_bytes
+        guard.install(self.max_event_bytes)
         self._routes: dict[str, native.NativeRoute] = {}
         self.native_models: frozenset[str] = frozenset()
         self._direct: dict[str, native.NativeRoute] = {}
@@ -147,7 +157,7 @@ class Upstream:
     def count_tokens(
         self, model: str, *, messages: Sequence[dict[str, Any]] | None = None, text: str = ""
     ) -> int:
-        """LiteLLM's estimate of the tokens in ``messages`` or ``text``."""
+        """LiteLLM's count of the tokens in ``messages`` (text only) or ``text``."""
         name = self._litellm_model.get(model, model)
         try:
             if messages is not None:
@@ -155,6 +165,42 @@ class Upstream:
             return int(litellm.token_counter(model=name, text=text)) if text else 0
         except Exception:  # a tokenizer failure must not fail the generation
             return 0
+
+    def estimate_prompt(self, model: str, messages: Sequence[dict[str, Any]]) -> int:
+        """The prompt's tokens, estimated without fetching anything and at a bounded cost.
+
+        Images count a fixed ``IMAGE_TOKENS`` (LiteLLM's counter would download
+        an ``image_url`` with ``detail: high`` to size it, on the event loop);
+        files and audio count nothing. Past ``EXACT_CHARS`` or
+        ``EXACT_MESSAGES`` the tokenizer is not run (55,000 short messages
+        took it 0.4 s, every other session stalled meanwhile): the estimate
+        is then the messages' JSON size / ``CHARS_PER_TOKEN``.
+        """
+        size = len(_encode_json(messages))
+        if size > EXACT_CHARS or len(messages) > EXACT_MESSAGES:
+            return size // CHARS_PER_TOKEN
+        images = 0
+        plain: list[dict[str, Any]] = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, list):
+                texts = []
+                for part in content:
+                    if not isinstance(part, dict):
+                        continue
+                    if part.get("type") == "text" and isinstance(part.get("text"), str):
+                        texts.append(part["text"])
+                    elif part.get("type") == "image_url":
+                        images += 1
+                message = {**message, "content": "\n".join(texts)}
+            plain.append(message)
+        return self.count_tokens(model, messages=plain) + images * IMAGE_TOKENS
+
+    def estimate_text(self, model: str, text: str) -> int:
+        """The tokens of generated ``text``, estimated at a bounded cost (as above)."""
+        if len(text) > EXACT_CHARS:
+            return len(text) // CHARS_PER_TOKEN
+        return self.count_tokens(model, text=text)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -203,7 +249,9 @@ class Upstream:
         """The Router's retries and fallbacks around ``_open_deployment``, as
         ``Router.acompletion`` puts them around ``litellm.acompletion``."""
         if (route := self._direct.get(model)) is not None:
-            return await native.open_stream(self.http, route, messages, request)
+            return await native.open_stream(
+                self.http, route, messages, request, max_event_bytes=self.max_event_bytes
+            )
         call: dict[str, Any] = {
             "model": model,
             "messages": messages,
@@ -224,7 +272,33 @@ class Upstream:
             model=model, messages=messages, request_kwargs=kwargs
         )
         route = self._routes[deployment["model_info"]["id"]]
-        return await native.open_stream(self.http, route, messages, kwargs["tokenwire_request"])
+        return await native.open_stream(
+            self.http,
+            route,
+            messages,
+            kwargs["tokenwire_request"],
+            max_event_bytes=self.max_event_bytes,
+        )
+
+
+_UNSET: Final = object()
+
+
+def _usage(raw: Any) -> Usage:
+    """A usage object of LiteLLM's (or a plain dict), as the provider counted it."""
+
+    def get(source: Any, name: str) -> Any:
+        if isinstance(source, dict):
+            return source.get(name)
+        return getattr(source, name, None)
+
+    return sanitize.usage(
+        get(raw, "prompt_tokens"),
+        get(raw, "completion_tokens"),
+        get(raw, "total_tokens"),
+        cached=get(get(raw, "prompt_tokens_details"), "cached_tokens"),
+        reasoning=get(get(raw, "completion_tokens_details"), "reasoning_tokens"),
+    )
 
 
 async def _deltas(response: Any) -> AsyncIterator[Sequence[Delta]]:
@@ -232,38 +306,44 @@ async def _deltas(response: Any) -> AsyncIterator[Sequence[Delta]]:
         if chunk is None:  # the Router's stand-in for a non-streaming fallback answer
             continue
         if getattr(chunk, "usage", None) is not None:
-            yield (to_delta(chunk, provider_counted=_provider_counted(response)),)
+            delta = to_delta(chunk, provider_usage=_provider_usage(response))
         else:
-            yield (to_delta(chunk),)
+            delta = to_delta(chunk)
+        yield (delta,)
         # LiteLLM's iterator does not give the loop a turn while its HTTP
         # client holds data (TRAPS.md): a fast stream would starve every
         # other session and timer. One turn per chunk.
         await asyncio.sleep(0)
 
 
-def _provider_counted(response: Any) -> bool:
-    """Whether the provider itself reported usage in this stream.
+def _provider_usage(response: Any) -> Any:
+    """The usage the provider itself reported last in this stream, or None.
 
-    When it did not, LiteLLM still yields a usage chunk at the end, counted
-    with its token counter; the chunks it kept tell the two apart.
+    LiteLLM yields a usage chunk at the end whether or not the provider sent
+    one: when it did not, LiteLLM counted the tokens itself (tokenwire
+    estimates instead, the same way on both engines); when it did, LiteLLM
+    recomputes the total as prompt + completion (xAI counts reasoning tokens
+    only in the total: 354 became 14). The chunks it kept hold the
+    provider's own figures.
     """
-    return any(getattr(c, "usage", None) is not None for c in getattr(response, "chunks", ()))
+    for chunk in reversed(getattr(response, "chunks", ())):
+        if (usage := getattr(chunk, "usage", None)) is not None:
+            return usage
+    return None
 
 
-def to_delta(chunk: Any, *, provider_counted: bool = True) -> Delta:
+def to_delta(chunk: Any, *, provider_usage: Any = _UNSET) -> Delta:
     """A LiteLLM ``ModelResponseStream`` chunk, normalized.
 
-    ``provider_counted`` is False when a usage chunk is LiteLLM's estimate.
+    For a usage chunk, ``provider_usage`` is what the provider sent (None:
+    nothing, the chunk's usage is LiteLLM's count and is dropped).
     """
     usage = None
     raw_usage = getattr(chunk, "usage", None)
+    if provider_usage is not _UNSET:
+        raw_usage = provider_usage
     if raw_usage is not None:
-        usage = Usage(
-            prompt_tokens=int(raw_usage.prompt_tokens or 0),
-            completion_tokens=int(raw_usage.completion_tokens or 0),
-            total_tokens=int(raw_usage.total_tokens or 0),
-            estimated=not provider_counted,
-        )
+        usage = _usage(raw_usage)
     choices = chunk.choices
     if not choices:
         return Delta(usage=usage)

@@ -10,6 +10,7 @@ must the requests the upstream received.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -61,6 +62,106 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "hang before the first token": {"tokens": 5, "hang_after": 0},
     "hang mid-stream": {"tokens": 5, "hang_after": 2},
     "repeated output": {"text": ["again"] * 8},
+    "tool calls without usage": {
+        "tokens": 0,
+        "usage": False,
+        "tool_calls": [{"name": "lookup", "arguments": '{"q": "one two three four"}'}],
+    },
+}
+
+_CHUNK = (
+    'data: {"id":"x","object":"chat.completion.chunk","created":0,"model":"m",'
+    '"choices":[{"index":0,"delta":%s,"finish_reason":%s}]%s}'
+)
+
+
+def _event(delta: str, finish: str | None = None, usage: str | None = None, end: str = "\n\n"):
+    return _CHUNK % (delta, json.dumps(finish), "" if usage is None else ',"usage":' + usage) + end
+
+
+_DONE = "data: [DONE]\n\n"
+# A hostile (or merely unusual) upstream, byte for byte: both engines must
+# agree, and neither may crash, hang or report a broken answer as complete.
+SCENARIOS |= {
+    "usage counted in the total only (xAI)": {
+        "raw": [
+            _event('{"content":"hi"}'),
+            _event("{}", "stop"),
+            'data: {"id":"x","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":2,'
+            '"total_tokens":354,"completion_tokens_details":{"reasoning_tokens":340},'
+            '"prompt_tokens_details":{"cached_tokens":5}}}\n\n',
+            _DONE,
+        ]
+    },
+    "usage as floats, negative, past 64 bits": {
+        "raw": [
+            _event('{"content":"hi"}'),
+            _event(
+                "{}",
+                "stop",
+                '{"prompt_tokens":7.0,"completion_tokens":-3,"total_tokens":99999999999999999999999}',
+            ),
+            _DONE,
+        ]
+    },
+    "a surrogate pair split across chunks": {
+        "raw": [
+            _event('{"content":"a\\ud83d"}'),
+            _event('{"content":"\\ude00b"}'),
+            _event(
+                '{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"\\ud83d"}}]}'
+            ),
+            _event('{"tool_calls":[{"index":0,"function":{"arguments":"\\ude00"}}]}'),
+            _event('{"content":"lone \\udc00 end"}'),
+            _event("{}", "stop"),
+            _DONE,
+        ]
+    },
+    "a tool call index past 64 bits": {
+        "raw": [
+            _event(
+                '{"tool_calls":[{"index":99999999999999999999,"id":"c",'
+                '"function":{"name":"f","arguments":"{}"}}]}'
+            ),
+            _event("{}", "tool_calls"),
+            _DONE,
+        ]
+    },
+    "CRLF and CR line ends, comments, event fields, no final blank line": {
+        "raw": [
+            _event('{"content":"a"}', end="\r\n\r\n"),
+            _event('{"content":"b"}', end="\r\r"),
+            ": keep-alive\n\nevent: message\nid: 3\n" + _event("{}", "stop"),
+            "data: [DONE]",
+        ]
+    },
+    "one event in two data lines": {
+        "raw": [
+            'data: {"id":"x","choices":[{"index":0,\ndata: "delta":{"content":"a"},'
+            '"finish_reason":null}]}\n\n',
+            _event("{}", "stop"),
+            _DONE,
+        ]
+    },
+    "a stream that ends with neither [DONE] nor a finish reason": {
+        "raw": [_event('{"content":"a"}'), _event('{"content":"b"}')]
+    },
+    "an HTML page instead of a stream": {
+        "raw": ["<html><body>Bad gateway</body></html>"],
+        "content_type": "text/html",
+    },
+    "a JSON body instead of a stream": {
+        "raw": ['{"id":"x","choices":[{"message":{"content":"hi"}}]}'],
+        "content_type": "application/json",
+    },
+    "a gzip-compressed stream": {
+        "raw": [_event('{"content":"zip"}'), _event("{}", "stop"), _DONE],
+        "gzip": True,
+    },
+    "a gzip bomb as the stream": {"bomb": 256 << 20},
+    "a gzip bomb as a 400's body": {"bomb": 256 << 20, "status": 400},
+    "a 4 MB error body": {"error_body": 4 << 20, "status": 400},
+    "a 4 MB line": {"long_line": 4 << 20},
 }
 
 
@@ -100,7 +201,7 @@ async def test_both_engines_send_the_same_frames_and_requests(name, serve_engine
     timeout = 0.5 if "hang_after" in scenario else 10
     settings = {"first_token_timeout": timeout, "idle_timeout": timeout, "repeated_chunk_limit": 5}
     fields: dict[str, Any] = {"messages": say(**scenario)}
-    if "tool_calls" in scenario:
+    if "tool_calls" in scenario or "index" in json.dumps(scenario):
         fields |= {"tools": TOOLS, "tool_choice": "auto"}
     fields["params"] = {"temperature": 0.5, "max_tokens": 50, "seed": 7, "stop": ["\n\n"]}
     frames = {}

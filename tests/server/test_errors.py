@@ -229,4 +229,10 @@ def test_anything_unexpected_is_internal_and_says_nothing_of_itself():
 
 def test_retryability_follows_the_contract():
     not_retryable = {c for c in ErrorCode if not c.retryable}
-    assert not_retryable == {"bad_message", "unknown_model", "duplicate_id", "upstream_rejected"}
+    assert not_retryable == {
+        "bad_message",
+        "unknown_model",
+        "duplicate_id",
+        "upstream_rejected",
+        "conversation_limit",  # tokenwire's addition: the client must reset or start anew
+    }
