@@ -93,7 +93,7 @@ class Codec:
                 f"{self._format_name} nested too deeply", None, data, deep=True
             ) from None
         if isinstance(message, Generate):
-            check_generate(message)
+            check_generate(message, from_json=self.encoding is Encoding.JSON)
         return message
 
     def decode_server(self, data: str | bytes) -> ServerFrame | None:

@@ -174,6 +174,9 @@ class FakeUpstream:
             if message.get("role") != "user":
                 continue
             content = message.get("content")
+            if isinstance(content, list):  # content parts: the last text part scripts
+                texts = [p.get("text") for p in content if isinstance(p, dict)]
+                content = next((t for t in reversed(texts) if isinstance(t, str)), None)
             if isinstance(content, str) and content.startswith(SCENARIO_PREFIX):
                 return msgspec.json.decode(content[len(SCENARIO_PREFIX) :], type=Scenario)
             break
