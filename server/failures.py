@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import email.utils
+import math
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -138,12 +139,12 @@ def retry_after_ms(exc: BaseException, *, now: float | None = None) -> int | Non
         headers = _lower_headers(source)
         if (ms := headers.get("retry-after-ms")) is not None:
             try:
-                return max(0, round(float(ms)))
+                return _sane_ms(float(ms))
             except ValueError:
                 pass
         if (value := headers.get("retry-after")) is not None:
             try:
-                return max(0, round(float(value) * 1000))
+                return _sane_ms(float(value) * 1000)
             except ValueError:
                 pass
             try:
@@ -152,8 +153,19 @@ def retry_after_ms(exc: BaseException, *, now: float | None = None) -> int | Non
                 continue
             if when.tzinfo is not None:
                 seconds = when.timestamp() - (time.time() if now is None else now)
-                return max(0, round(seconds * 1000))
+                return _sane_ms(seconds * 1000)
     return None
+
+
+MAX_RETRY_AFTER_MS: Final = 86_400_000
+"""A provider's ``Retry-After`` is passed on up to a day; past it (``1e30``), a day."""
+
+
+def _sane_ms(ms: float) -> int | None:
+    """Milliseconds within ``0..MAX_RETRY_AFTER_MS``; None for NaN."""
+    if math.isnan(ms):
+        return None
+    return round(min(max(ms, 0.0), MAX_RETRY_AFTER_MS))
 
 
 def _lower_headers(headers: Any) -> Mapping[str, str]:

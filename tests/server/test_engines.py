@@ -162,11 +162,62 @@ SCENARIOS |= {
     "a gzip bomb as a 400's body": {"bomb": 256 << 20, "status": 400},
     "a 4 MB error body": {"error_body": 4 << 20, "status": 400},
     "a 4 MB line": {"long_line": 4 << 20},
+    "429 with Retry-After 1e30": {"status": 429, "retry_after": "1e30"},
+    "429 with Retry-After inf": {"status": 429, "retry_after": "inf"},
+    "429 with Retry-After nan": {"status": 429, "retry_after": "nan"},
 }
 
 
 def _engine_config(fake_url: str, fast_path: str) -> Config:
     return parse({"model_list": model_list(fake_url), "server": {"fast_path": fast_path}})
+
+
+def _ends(code: str | None = None, **fields: Any) -> Callable[[list[Any]], bool]:
+    """The last frame is an error with ``code`` (a finish, for None) and ``fields``."""
+
+    def check(frames: list[Any]) -> bool:
+        last = frames[-1]
+        kind = "finish" if code is None else "error"
+        if type(last).__name__.lower() != kind or (code and last.code != code):
+            return False
+        return all(_get(last, k) == v for k, v in fields.items())
+
+    return check
+
+
+def _get(frame: Any, path: str) -> Any:
+    for name in path.split("."):
+        frame = getattr(frame, name)
+    return frame
+
+
+# What each hostile scenario must end in (both engines, since their frames are equal).
+EXPECTED: dict[str, Callable[[list[Any]], bool]] = {
+    "usage counted in the total only (xAI)": _ends(
+        None,
+        **{"usage.total_tokens": 354, "usage.completion_tokens_details.reasoning_tokens": 340},
+        **{"usage.prompt_tokens_details.cached_tokens": 5, "usage.estimated": False},
+    ),
+    "usage as floats, negative, past 64 bits": _ends(
+        None, **{"usage.prompt_tokens": 7, "usage.completion_tokens": 0}
+    ),
+    "a surrogate pair split across chunks": _ends(None, content="a😀blone \ufffd end"),
+    "a tool call index past 64 bits": _ends("upstream_error"),
+    "CRLF and CR line ends, comments, event fields, no final blank line": _ends(None, content="ab"),
+    "one event in two data lines": _ends(None, content="a"),
+    "a stream that ends with neither [DONE] nor a finish reason": _ends("upstream_error"),
+    "an HTML page instead of a stream": _ends("upstream_error"),
+    "a JSON body instead of a stream": _ends("upstream_error"),
+    "a gzip-compressed stream": _ends(None, content="zip"),
+    "a gzip bomb as the stream": _ends("upstream_error"),
+    "a gzip bomb as a 400's body": _ends("upstream_rejected"),
+    "a 4 MB error body": _ends("upstream_rejected"),
+    "a 4 MB line": _ends("upstream_error"),
+    "429 with Retry-After 1e30": _ends("upstream_rate_limited", retry_after_ms=86_400_000),
+    "429 with Retry-After inf": _ends("upstream_rate_limited", retry_after_ms=86_400_000),
+    "429 with Retry-After nan": _ends("upstream_rate_limited", retry_after_ms=None),
+    "tool calls without usage": _ends(None, **{"usage.estimated": True}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +267,7 @@ async def test_both_engines_send_the_same_frames_and_requests(name, serve_engine
             bodies[engine] = request.body
     assert frames["native"] == frames["litellm"]
     assert bodies["native"] == bodies["litellm"]
+    assert EXPECTED.get(name, lambda frames: True)(frames["native"]), frames["native"]
 
 
 @pytest.mark.parametrize("fast_path", ["off", "auto"])

@@ -64,9 +64,7 @@ async def test_a_deeply_nested_message_is_bad_message_with_null_id(server, conne
         await _session_lives(client)
 
 
-async def test_deep_nesting_inside_a_generate_ends_that_generation(
-    server, connect, no_tracebacks
-):
+async def test_deep_nesting_inside_a_generate_ends_that_generation(server, connect, no_tracebacks):
     async with connect(server) as client:
         nested = "[" * DEEP + "]" * DEEP
         raw = json.dumps(_generate(messages=_user("PLACE"))).replace('"PLACE"', nested)
@@ -236,9 +234,7 @@ async def url_trap():
     await runner.cleanup()
 
 
-async def test_an_image_url_is_never_fetched_even_to_count_tokens(
-    server, connect, fake, url_trap
-):
+async def test_an_image_url_is_never_fetched_even_to_count_tokens(server, connect, fake, url_trap):
     base, hits = url_trap
     image = {"type": "image_url", "image_url": {"url": f"{base}/cat.png", "detail": "high"}}
     messages = [{"role": "user", "content": [image, {"type": "text", "text": "fake:{}"}]}]
@@ -276,9 +272,7 @@ async def test_a_file_id_that_is_a_url_is_refused(server, connect, url_trap):
 @pytest.mark.parametrize("field", ["type", "model", "conversation"])
 async def test_an_error_never_echoes_a_huge_value(server, connect, field):
     huge = "x" * 900_000
-    message = (
-        {"type": huge} if field == "type" else _generate(**{field: huge})
-    )
+    message = {"type": huge} if field == "type" else _generate(**{field: huge})
     async with connect(server, max_size=2**21) as client:
         await client.send(message)
         error = (await client.next_untagged()) if field == "type" else await _terminal_error(client)
