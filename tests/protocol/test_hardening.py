@@ -5,6 +5,7 @@ surrogate pair comes out whole."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -120,7 +121,7 @@ def test_sse_events_are_the_same_however_the_stream_is_split(events, end, cuts):
     parser = SseParser(1 << 16)
     got: list[bytes] = []
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    for start, stop in zip(points, points[1:], strict=False):
+    for start, stop in itertools.pairwise(points):
         got += parser.feed(stream[start:stop])
     got += parser.close()
     assert got == expected
@@ -152,7 +153,7 @@ def test_text_split_inside_surrogate_pairs_comes_out_whole(text, cuts):
     split = _utf16_units(text)
     points = sorted({c % (len(split) + 1) for c in cuts} | {0, len(split)})
     join = TextJoiner()
-    out = "".join(join("".join(split[a:b])) for a, b in zip(points, points[1:], strict=False))
+    out = "".join(join("".join(split[a:b])) for a, b in itertools.pairwise(points))
     assert out == text
 
 
