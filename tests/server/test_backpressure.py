@@ -74,3 +74,53 @@ async def test_frames_that_cannot_merge_are_bounded_by_max_queued_frames(start_s
         await record.wait_ended(TIMEOUT)
         assert record.disconnected
         assert await read_until_closed(stalled) == (4008, "slow reader")
+
+
+async def test_a_generation_paused_by_its_reader_does_not_time_out(start_server, fake):
+    # The generation stops reading its upstream while its held text is at the
+    # bound; that wait is tokenwire's, not the provider's silence.
+    word = "w" * 2000
+    tokens = 16_000  # 32 MB: the held text reaches its bound
+    settings = {"idle_timeout": 0.3, "send_timeout": 10}
+    async with start_server(**settings) as handle:
+        mark = fake.mark()
+        stalled = await _stalled_client(handle.url, "big", {"tokens": tokens, "word": word})
+        record = await fake.request_after(mark, TIMEOUT)
+        await asyncio.sleep(1.5)  # five idle_timeouts while the reader sleeps
+        assert record.chunks_sent < tokens  # the generation was paused, not finished
+        builder, _ = await _read_all(stalled, "big")
+        result = builder.result()
+        assert result.error is None, result.error
+        assert result.reason == "stop"
+        assert result.content == "".join(f"{word}{i} " for i in range(tokens))
+        await stalled.close()
+
+
+async def test_a_reader_that_leaves_bytes_in_the_transport_is_closed(start_server, fake):
+    # The last frames of an answer were written whole into the transport's
+    # buffer (under its high-water mark, so no write ever blocked); the reader
+    # never takes them. That counts as a blocked write.
+    async with start_server(send_timeout=1) as handle:
+        mark = fake.mark()
+        stalled = await _stalled_client(handle.url, "g", {"tokens": 0})  # a warm-up answer
+        await fake.request_after(mark, TIMEOUT)
+        (session,) = handle.server.sessions
+        # Every write now stays under the high-water mark: none ever blocks.
+        session._ws.transport.set_write_buffer_limits(high=1 << 30)
+        word = "w" * 1000
+        message = {"type": "generate", "id": "long", "model": "fake"}
+        message["messages"] = say(tokens=12_000, word=word)  # 12 MB, past the kernel's buffers
+        mark = fake.mark()
+        await stalled.send(json.dumps(message))
+        record = await fake.request_after(mark, TIMEOUT)
+        started = asyncio.get_running_loop().time()
+        # The whole answer sits in buffers; the client reads nothing, and the
+        # server gives up on it (send_timeout, then the close handshake's few
+        # seconds before the TCP connection is aborted).
+        await record.wait_ended(TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            while handle.server.sessions:
+                await asyncio.sleep(0.05)
+        waited = asyncio.get_running_loop().time() - started
+        assert waited < 6, f"closed after {waited:.1f} s with send_timeout 1 s"
+        await read_until_closed(stalled)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import say
+import asyncio
+
+from conftest import TIMEOUT, say
 
 
 async def test_history_is_sent_before_the_new_messages(server, connect, fake):
@@ -88,3 +90,57 @@ async def test_conversations_belong_to_their_session(server, connect, fake):
         await two.generate("b", messages=mine, conversation="c")
         await two.result("b")
     assert fake.requests[-1].body["messages"] == mine
+
+
+# -- limits: named, with a clear error, never a silent truncation -----------------
+
+
+async def test_a_session_keeps_at_most_max_conversations(start_server, connect):
+    async with start_server(max_conversations=2) as handle, connect(handle) as client:
+        for name in ("a", "b"):
+            await client.generate(name, messages=say(tokens=1), conversation=name)
+            assert (await client.result(name)).reason == "stop"
+        await client.generate("c", messages=say(tokens=1), conversation="c")
+        error = (await client.result("c")).error
+        assert error is not None
+        assert (error.code, error.retryable, error.seq) == ("conversation_limit", False, 0)
+        assert "max_conversations" in error.message
+        # An existing conversation goes on; a reset makes room.
+        await client.generate("a2", messages=say(tokens=1), conversation="a")
+        assert (await client.result("a2")).reason == "stop"
+        await client.send({"type": "reset"})
+        await client.next_untagged()
+        await client.generate("c2", messages=say(tokens=1), conversation="c")
+        assert (await client.result("c2")).reason == "stop"
+
+
+async def test_a_conversation_holds_at_most_max_history_bytes(start_server, connect, fake):
+    async with start_server(max_history_bytes=200) as handle, connect(handle) as client:
+        await client.generate("t1", messages=say(tokens=20), conversation="c")
+        assert (await client.result("t1")).reason == "stop"
+        mark = fake.mark()
+        await client.generate("t2", messages=say(tokens=20), conversation="c")
+        error = (await client.result("t2")).error
+        assert error is not None and error.code == "conversation_limit"
+        assert "max_history_bytes" in error.message
+        assert fake.mark() == mark  # refused before anything went upstream
+        # Nothing was cut: the history is whole, and the session lives on.
+        await client.generate("other", messages=say(tokens=1), conversation="d")
+        assert (await client.result("other")).reason == "stop"
+
+
+async def test_all_sessions_together_hold_at_most_max_total_history_bytes(start_server, connect):
+    async with start_server(max_total_history_bytes=200) as handle:
+        async with connect(handle) as first, connect(handle) as second:
+            await first.generate("t1", messages=say(tokens=20), conversation="c")
+            assert (await first.result("t1")).reason == "stop"
+            await second.generate("t2", messages=say(tokens=20), conversation="c")
+            error = (await second.result("t2")).error
+            assert error is not None and error.code == "conversation_limit"
+            assert "max_total_history_bytes" in error.message
+        # The sessions closed: their history is given back.
+        await asyncio.wait_for(handle.server.no_sessions.wait(), TIMEOUT)
+        assert handle.server.history_bytes == 0
+        async with connect(handle) as third:
+            await third.generate("t3", messages=say(tokens=20), conversation="c")
+            assert (await third.result("t3")).reason == "stop"
