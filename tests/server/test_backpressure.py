@@ -118,9 +118,7 @@ async def test_a_reader_that_leaves_bytes_in_the_transport_is_closed(start_serve
         # server gives up on it (send_timeout, then the close handshake's few
         # seconds before the TCP connection is aborted).
         await record.wait_ended(TIMEOUT)
-        async with asyncio.timeout(TIMEOUT):
-            while handle.server.sessions:
-                await asyncio.sleep(0.05)
+        await asyncio.wait_for(handle.server.no_sessions.wait(), TIMEOUT)
         waited = asyncio.get_running_loop().time() - started
         assert waited < 6, f"closed after {waited:.1f} s with send_timeout 1 s"
         await read_until_closed(stalled)
