@@ -65,6 +65,7 @@ _PARTS_BY_ROLE: Final[Mapping[str, frozenset[str]]] = {
     "tool": frozenset({"text", "image_url", "file"}),
     "function": frozenset({"text"}),
 }
+_PLAIN: Final = frozenset({"system", "developer", "user", "assistant"})
 _TOOL_CHOICES: Final = frozenset({"none", "auto", "required"})
 
 
@@ -92,8 +93,11 @@ def check_generate(message: Generate, *, from_json: bool = False) -> None:
     less)."""
     walk = (lambda value, path: None) if from_json else check_json_values
     try:
-        walk(message.messages, "$.messages")
         for i, item in enumerate(message.messages):
+            # The common message, {"role": "user", "content": "text"}, at a glance.
+            if len(item) == 2 and type(item.get("content")) is str and item.get("role") in _PLAIN:
+                continue
+            walk(item, f"$.messages[{i}]")
             _check_message(item, f"$.messages[{i}]")
         if message.tools is not None:
             walk(message.tools, "$.tools")

@@ -132,7 +132,7 @@ class FakeUpstream:
         self.base_url = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)  # large prompts, as providers take
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/chat/completions", self._completions)
         # Cancel a handler when its client goes away: that is the moment a

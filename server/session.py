@@ -65,6 +65,7 @@ SLOW_READER_CLOSE: Final = (4008, "slow reader")
 SHUTDOWN_CLOSE: Final = (1001, "server shutting down")
 HOLD_LIMIT: Final = 256 * 1024
 """Characters of merged text a generation holds before it stops reading its upstream."""
+LARGE_MESSAGE: Final = 64 * 1024
 MERGE_BACKLOG: Final = 64
 """Frames queued for a socket past which it counts as behind, so text merges."""
 
@@ -379,6 +380,11 @@ class Session:
                 except Exception:  # a bug must not take the session down
                     log.exception("message handling failed")
                     self._reject(None, ErrorCode.INTERNAL, "internal error")
+                if len(data) > LARGE_MESSAGE:
+                    # Decoding and checking it took a while (≈40 ms a MB): let
+                    # other sessions have the loop before the next one, which
+                    # websockets may already hold.
+                    await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         # The peer closed (or the connection failed): the writer stops too.

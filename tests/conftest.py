@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ from tokenwire.protocol import (
 from tokenwire.server.config import Config, ServerSettings, parse
 from tokenwire.server.fake_upstream import FakeUpstream
 
+TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
 TIMEOUT = 10.0
 """Every wait in the tests derives from this one constant (seconds)."""
 PROMPT_CLOSE_S = 1.0
@@ -208,6 +211,25 @@ def model_list(base_url: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+async def outside_fake() -> AsyncIterator[str]:
+    """The fake upstream in a process of its own (its work does not share the
+    tests' loop); its base URL."""
+    process = await asyncio.create_subprocess_exec(
+        TOKENWIRE, "fake-upstream", "--port", "0", stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 6 * TIMEOUT)
+        match = re.search(rb"(http://\S+)", line)
+        assert match, line
+        yield match.group(1).decode()
+    finally:
+        process.kill()
+        await process.wait()
+
+
+@pytest.fixture(scope="session")
 def config(fake: FakeUpstream) -> Config:
     return parse({"model_list": model_list(fake.base_url)})
 
@@ -216,7 +238,9 @@ def config(fake: FakeUpstream) -> Config:
 def upstream(config: Config) -> Any:
     from tokenwire.server.upstream import Upstream
 
-    return Upstream(config, repeated_chunk_limit=ServerSettings().repeated_chunk_limit)
+    upstream = Upstream(config, repeated_chunk_limit=ServerSettings().repeated_chunk_limit)
+    upstream.warm_up()  # as `tokenwire serve` does: no tokenizer loads mid-test
+    return upstream
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import logging
 import litellm
 import msgspec
 import pytest
+import websockets
 from aiohttp import web
-from conftest import TIMEOUT, say
+from conftest import TIMEOUT, ServerHandle, model_list, say
 
 from tokenwire.protocol import Encoding, Error
 
@@ -278,3 +279,75 @@ async def test_an_error_never_echoes_a_huge_value(server, connect, field):
         error = (await client.next_untagged()) if field == "type" else await _terminal_error(client)
         assert isinstance(error, Error) and error.code in ("bad_message", "unknown_model")
         assert len(error.message) <= 300
+
+
+# -- 7. a huge prompt costs its own session, not everyone's ------------------------
+
+
+async def _largest_gap(ws, gid: str) -> float:
+    """Send ``gid`` (paced) on a raw connection; the largest pause between two of its frames."""
+    pace = say(tokens=150, interval=0.01)
+    await ws.send(json.dumps({**GEN, "id": gid, "messages": pace}))
+    loop = asyncio.get_running_loop()
+    last = None
+    largest = 0.0
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            frame = json.loads(await ws.recv())
+            now = loop.time()
+            if last is not None:
+                largest = max(largest, now - last)
+            last = now
+            if frame["type"] in ("finish", "error"):
+                return largest
+
+
+@pytest.fixture(scope="module")
+def outside_upstream(outside_fake):
+    """An upstream on the fake in its own process: its parsing of 2.4 MB
+    bodies must not count as the server's stall."""
+    from tokenwire.server.config import parse
+    from tokenwire.server.upstream import Upstream
+
+    upstream = Upstream(parse({"model_list": model_list(outside_fake)}), repeated_chunk_limit=100)
+    upstream.warm_up()
+    return upstream
+
+
+async def test_cancelling_huge_prompts_does_not_stall_other_sessions(outside_upstream, connect):
+    from tokenwire.server.app import TokenwireServer
+    from tokenwire.server.config import ServerSettings
+
+    # 55,000 short messages (1.1 MB of MessagePack): counting their tokens on
+    # a cancel held the loop 0.4 s each; four at once stalled every session
+    # 1.7-3.1 s.
+    messages = [{"role": "user", "content": "hi"} for i in range(55_000)]
+    messages[-1] = say(tokens=1000, interval=0.01)[0]
+    huge = [msgspec.msgpack.encode({**GEN, "id": f"h{n}", "messages": messages}) for n in range(4)]
+    server = TokenwireServer(ServerSettings(max_message_bytes=2 << 20), outside_upstream)
+    async with server.listen("127.0.0.1", 0) as (host, port):
+        await _watch_an_attack(ServerHandle(server, host, port), connect, huge)
+
+
+async def _watch_an_attack(server, connect, huge: list[bytes]) -> None:
+    async with (
+        websockets.connect(server.url) as watcher,
+        connect(server, encoding=Encoding.MSGPACK) as attacker,
+    ):
+        await watcher.recv()  # ready
+        baseline = await _largest_gap(watcher, "quiet")
+        watching = asyncio.create_task(_largest_gap(watcher, "loud"))
+        await asyncio.sleep(0.1)
+        for raw in huge:
+            await attacker.ws.send(raw)
+        for n in range(4):
+            await attacker.first_frame(f"h{n}", timeout=TIMEOUT)
+        for n in range(4):
+            await attacker.cancel(f"h{n}")
+        results = [await attacker.result(f"h{n}") for n in range(4)]
+        stalled = await watching
+    assert all(r.reason == "cancelled" and r.usage and r.usage.estimated for r in results)
+    assert results[0].usage is not None and results[0].usage.prompt_tokens > 55_000 // 4
+    print(f"largest gap: {baseline * 1000:.0f} ms alone, {stalled * 1000:.0f} ms beside the attack")
+    # 50 ms, plus what this test's own attacking client costs the shared loop.
+    assert stalled - baseline < 0.05 + 0.05

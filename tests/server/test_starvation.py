@@ -13,41 +13,17 @@ stalls it now and then: 16–240 ms here while a warm 3,000-chunk stream ran,
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
-import pytest
 from conftest import TIMEOUT, ServerHandle, model_list, say
 
 from tokenwire.server.config import ServerSettings, parse
 from tokenwire.server.upstream import Upstream
 
-TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
 TICK = 0.01
 MAX_LATE = 0.1
 """How late a 10 ms timer may fire. Without a turn per read the loop stalls
 for the whole stream (≈0.7 s measured through LiteLLM)."""
-
-
-@pytest.fixture(scope="module")
-async def outside_fake() -> AsyncIterator[str]:
-    process = await asyncio.create_subprocess_exec(
-        TOKENWIRE, "fake-upstream", "--port", "0", stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 6 * TIMEOUT)
-        match = re.search(rb"(http://\S+)", line)
-        assert match, line
-        yield match.group(1).decode()
-    finally:
-        process.kill()
-        await process.wait()
 
 
 async def _late_ticks(stop: asyncio.Event) -> float:
