@@ -91,6 +91,8 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Stream one line of this many bytes, without a newline."""
     error_body: int = 0
     """An error response (``status``) whose body is this many bytes."""
+    abort: bool = False
+    """After ``raw``, abort the TCP connection instead of ending the body."""
 
 
 @dataclass
@@ -290,6 +292,10 @@ async def _hostile(request: web.Request, record: RequestRecord) -> web.StreamRes
                 await asyncio.sleep(scenario.interval)
             await write(piece.encode("utf-8", "surrogatepass"))
             record.chunks_sent += 1
+        if scenario.abort:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
     if compressor is not None:
         await response.write(compressor.flush())
     await response.write_eof()

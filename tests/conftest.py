@@ -333,3 +333,34 @@ async def page(browser):
     yield page
     await context.close()
     assert not errors, f"the page threw: {errors}"
+
+
+# -- the hardening suite (tests/hardening): its mode and its figures -------------
+
+REPORT: list[tuple[str, str, str]] = []
+"""Rows (test, bound, measured) the hardening tests add; printed at the end."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="the hardening suite in full: a 30-minute soak, larger floods",
+    )
+
+
+@pytest.fixture(scope="session")
+def full(request: pytest.FixtureRequest) -> bool:
+    """Whether the hardening suite runs in full (``--full``) or quick mode."""
+    return bool(request.config.getoption("--full"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not REPORT:
+        return
+    rows = [("test", "bound", "measured"), *REPORT]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    terminalreporter.section("hardening figures")
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        terminalreporter.write_line("  ".join(cells).rstrip())
