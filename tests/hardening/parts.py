@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import TIMEOUT, TOKENWIRE
+from conftest import REPORT, TIMEOUT, TOKENWIRE
 
 ENGINES = ("native", "litellm")
 FIRST_TOKEN_TIMEOUT = 2.0

@@ -157,19 +157,19 @@ async def test_every_hostile_behaviour_ends_its_generation_in_time(stack, connec
 
 
 async def test_an_upstream_killed_mid_stream_ends_its_generations(tmp_path, connect):
-    async with hostile_upstream(tmp_path, "doomed") as (base_url, upstream):
-        async with serving(tmp_path, server_config(base_url)) as server:
-            async with connect(_Handle(server.url)) as client:
-                for engine in ENGINES:
-                    await client.generate(
-                        engine, model=engine, messages=say(tokens=1000, interval=0.02)
-                    )
-                for engine in ENGINES:
-                    await client.first_frame(engine)
-                started = time.perf_counter()
-                os.killpg(upstream.pid, signal.SIGKILL)
-                results = {engine: await client.result(engine) for engine in ENGINES}
-                took = time.perf_counter() - started
+    async with (
+        hostile_upstream(tmp_path, "doomed") as (base_url, upstream),
+        serving(tmp_path, server_config(base_url)) as server,
+        connect(_Handle(server.url)) as client,
+    ):
+        for engine in ENGINES:
+            await client.generate(engine, model=engine, messages=say(tokens=1000, interval=0.02))
+        for engine in ENGINES:
+            await client.first_frame(engine)
+        started = time.perf_counter()
+        os.killpg(upstream.pid, signal.SIGKILL)
+        results = {engine: await client.result(engine) for engine in ENGINES}
+        took = time.perf_counter() - started
     for engine, result in results.items():
         code = result.error.code if result.error else result.reason
         report(
