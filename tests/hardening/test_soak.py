@@ -1,0 +1,186 @@
+"""A soak: mixed load on both engines for 2 minutes (30 with ``--full``).
+
+Sessions stream paced answers, cancel some mid-stream, reset, vanish without
+a goodbye and come back, and meet failing upstream scenarios, all at once.
+Every frame goes through the contract's checks (``ResultBuilder``); a
+steadily streaming generation must never end in ``upstream_timeout``; a
+cancel's terminal frame must come promptly on either engine. The server's
+RSS and open descriptors are sampled; the RSS slope over the second half of
+the run tells a leak from warm-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+from collections import Counter, defaultdict
+
+import websockets
+from conftest import TIMEOUT, WireClient, say
+from parts import ENGINES, hostile_upstream, report, room_for_descriptors, server_config, serving
+
+from tokenwire.protocol import Encoding, ResetDone
+
+QUICK_SECONDS = int(__import__("os").environ.get("SOAK_SECONDS", 120))
+FULL_SECONDS = 1800
+CANCEL_P99 = 0.1
+"""Seconds from a cancel to its terminal frame, 99th percentile (the issue's bound)."""
+RSS_SLOPE = 2.0
+"""MB/min the server's RSS may still grow over the second half of the run."""
+
+FAILING = [
+    {"status": 500},
+    {"status": 429, "retry_after": "1"},
+    {"status": 400},
+    {"tokens": 20, "cut_after": 5, "interval": 0.01},
+    {"tokens": 20, "malformed_after": 5, "interval": 0.01},
+    {"tokens": 20, "error_after": 5, "interval": 0.01},
+]
+FAILED_AS = {"upstream_error", "upstream_rate_limited", "upstream_rejected"}
+
+
+class Soak:
+    def __init__(self, url: str, deadline: float, seed: int) -> None:
+        self.url = url
+        self.deadline = deadline
+        self.random = random.Random(seed)
+        self.outcomes: Counter[str] = Counter()
+        self.violations: list[str] = []
+        self.cancels: dict[str, list[float]] = defaultdict(list)
+        self.generations = 0
+
+    async def connect(self) -> WireClient:
+        ws = await websockets.connect(self.url, open_timeout=TIMEOUT)
+        client = WireClient(ws, Encoding.JSON)
+        await asyncio.wait_for(client.ready_event.wait(), TIMEOUT)
+        return client
+
+    async def session(self, n: int) -> None:
+        client = await self.connect()
+        try:
+            while time.monotonic() < self.deadline:
+                client = await self.step(client, f"s{n}-{self.generations}")
+                self.generations += 1
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def step(self, client: WireClient, gid: str) -> WireClient:
+        engine = self.random.choice(ENGINES)
+        roll = self.random.random()
+        try:
+            if roll < 0.55:  # a steady answer: must finish
+                pace = {"tokens": self.random.randint(10, 60), "interval": 0.01}
+                await client.generate(gid, model=engine, messages=say(**pace))
+                self.expect(await client.result(gid, timeout=3 * TIMEOUT), {"stop"}, engine)
+            elif roll < 0.70:  # a failing provider
+                scenario = self.random.choice(FAILING)
+                await client.generate(gid, model=engine, messages=say(**scenario))
+                self.expect(await client.result(gid, timeout=3 * TIMEOUT), FAILED_AS, engine)
+            elif roll < 0.85:  # a cancel mid-stream
+                await client.generate(gid, model=engine, messages=say(tokens=500, interval=0.01))
+                await client.first_frame(gid, timeout=3 * TIMEOUT)
+                started = time.perf_counter()
+                await client.cancel(gid)
+                result = await client.result(gid, timeout=3 * TIMEOUT)
+                self.cancels[engine].append(time.perf_counter() - started)
+                self.expect(result, {"cancelled", "stop"}, engine)
+            elif roll < 0.92:  # a reset with two generations running
+                for suffix in ("a", "b"):
+                    pace = say(tokens=500, interval=0.01)
+                    await client.generate(gid + suffix, model=engine, messages=pace)
+                await client.first_frame(gid + "a", timeout=3 * TIMEOUT)
+                await client.send({"type": "reset"})
+                done = await client.next_untagged(timeout=3 * TIMEOUT)
+                assert isinstance(done, ResetDone)
+                for suffix in ("a", "b"):
+                    self.expect(await client.result(gid + suffix), {"cancelled", "stop"}, engine)
+            else:  # a client that vanishes mid-answer, and comes back
+                await client.generate(gid, model=engine, messages=say(tokens=500, interval=0.01))
+                await client.first_frame(gid, timeout=3 * TIMEOUT)
+                client.ws.transport.abort()
+                self.outcomes["disconnected"] += 1
+                return await self.connect()
+            client.check()
+        except Exception as exc:
+            self.violations.append(f"{gid} ({engine}): {type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                client.ws.transport.abort()
+            return await self.connect()
+        return client
+
+    def expect(self, result, allowed: set[str], engine: str) -> None:
+        outcome = result.error.code if result.error is not None else result.reason
+        self.outcomes[f"{engine} {outcome}"] += 1
+        if outcome not in allowed:
+            self.violations.append(f"{result.id} ({engine}): {outcome}, expected {allowed}")
+
+
+def _slope(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MB) over the second half, in MB/min."""
+    half = samples[len(samples) // 2 :]
+    if len(half) < 2:
+        return 0.0
+    return statistics.linear_regression([t for t, _ in half], [v for _, v in half]).slope * 60
+
+
+async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp_path, full):
+    room_for_descriptors()
+    seconds = FULL_SECONDS if full else QUICK_SECONDS
+    sessions = 50 if full else 20
+    async with (
+        hostile_upstream(tmp_path) as (base_url, _),
+        serving(tmp_path, server_config(base_url, send_timeout=5)) as server,
+    ):
+        started = time.monotonic()
+        soak = Soak(server.url, started + seconds, seed=11)
+        rss: list[tuple[float, float]] = []
+        fds: list[int] = []
+
+        async def sample() -> None:
+            while True:
+                rss.append((time.monotonic() - started, server.rss_mb()))
+                fds.append(server.fds())
+                await asyncio.sleep(5)
+
+        sampler = asyncio.create_task(sample())
+        await asyncio.gather(*(soak.session(n) for n in range(sessions)))
+        sampler.cancel()
+        await asyncio.sleep(1)
+        fds.append(server.fds())
+        never_awaited = sum("was never awaited" in line for line in server.log_lines())
+    slope = _slope(rss)
+    for engine in ENGINES:
+        times = sorted(soak.cancels[engine]) or [0.0]
+        p50 = times[len(times) // 2]
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        report(
+            f"soak {seconds} s: cancel, {engine}",
+            f"p99 ≤ {CANCEL_P99 * 1000:.0f} ms",
+            f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms ({len(times)} cancels)",
+        )
+        assert p99 < CANCEL_P99, f"{engine}: cancel p99 {p99 * 1000:.0f} ms"
+    report(
+        f"soak {seconds} s: contract violations",
+        "0",
+        f"{len(soak.violations)} in {soak.generations} steps",
+    )
+    report(f"soak {seconds} s: RSS", f"slope ≤ {RSS_SLOPE} MB/min (2nd half)",
+           f"{rss[0][1]:.0f} → {rss[-1][1]:.0f} MB, {slope:+.2f} MB/min")  # fmt: skip
+    # Pooled keep-alive connections to the upstream stay open: the bound is
+    # the first half's peak, so only growth counts.
+    first_half = max(fds[: max(1, len(fds) // 2)])
+    report(
+        f"soak {seconds} s: descriptors",
+        "end ≤ 1st half's peak + 5",
+        f"{fds[0]} → peak {first_half} (1st half), {max(fds)} → {fds[-1]} at the end",
+    )
+    report(f"soak {seconds} s: 'never awaited' warnings", "0", str(never_awaited))
+    print(dict(soak.outcomes))
+    assert not soak.violations, soak.violations[:10]
+    assert slope <= RSS_SLOPE
+    assert fds[-1] <= first_half + 5
+    assert never_awaited == 0
