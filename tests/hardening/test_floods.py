@@ -46,8 +46,9 @@ def _p99(times: list[float]) -> float:
 
 async def _settle(server, fds: int) -> int:
     """The server's descriptors once they are back near ``fds`` (or after TIMEOUT)."""
-    deadline = time.monotonic() + TIMEOUT
-    while server.fds() > fds + 5 and time.monotonic() < deadline:
+    for _ in range(int(TIMEOUT * 10)):  # polled: the count is another process's
+        if server.fds() <= fds + 5:
+            break
         await asyncio.sleep(0.1)
     return server.fds()
 
@@ -92,7 +93,7 @@ async def test_half_open_handshakes_do_not_slow_a_normal_client(server, full):
     writers = []
     try:
         for _ in range(count):
-            reader, writer = await asyncio.open_connection(host, int(port))
+            _, writer = await asyncio.open_connection(host, int(port))
             writer.write(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")  # never ends
             writers.append(writer)
         flooded = _p99(await _handshakes(server.url))
