@@ -281,7 +281,7 @@ class NativeStream:
 
         Each read takes what aiohttp holds (at most ``READ_BYTES``), so the
         next one waits for the loop to receive more: a fast stream gives the
-        loop a turn per read and cannot starve other sessions (TRAPS.md).
+        loop a turn per read and cannot starve other sessions (docs/traps.md).
         aiohttp's buffer is bounded by its flow control; a stream the
         provider compressed anyway is inflated ``READ_BYTES`` at a time, with
         a turn after each piece (inflating never waits on the network). A

@@ -242,7 +242,7 @@ class Generation:
                         self.chunks += output
                 # No turn given here: each engine yields to the loop at least
                 # once per network read (see Upstream.stream), so a fast
-                # upstream cannot starve other sessions (TRAPS.md).
+                # upstream cannot starve other sessions (docs/traps.md).
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -397,7 +397,7 @@ class Session:
         While the transport has room, a frame is written to it whole, at once
         (websockets' ``send()`` would add ≈20 µs a frame). Once the peer falls
         behind (the transport is over its high-water mark), frames go through
-        ``send()``, which waits for room; it waits with no deadline (TRAPS.md),
+        ``send()``, which waits for room; it waits with no deadline (docs/traps.md),
         so the deadline is ours: ``_send_started`` marks a send in progress,
         and the server's watchdog (``check_send``) stops one that has lasted
         ``send_timeout``. That costs a clock read per frame, where an

@@ -311,7 +311,7 @@ async def _deltas(response: Any) -> AsyncIterator[Sequence[Delta]]:
             delta = to_delta(chunk)
         yield (delta,)
         # LiteLLM's iterator does not give the loop a turn while its HTTP
-        # client holds data (TRAPS.md): a fast stream would starve every
+        # client holds data (docs/traps.md): a fast stream would starve every
         # other session and timer. One turn per chunk.
         await asyncio.sleep(0)
 

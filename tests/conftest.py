@@ -355,6 +355,14 @@ def full(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--full"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In full mode the hardening tests may run 30 minutes and more."""
+    if config.getoption("--full"):
+        for item in items:
+            if "tests/hardening/" in item.nodeid:
+                item.add_marker(pytest.mark.timeout(2400))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not REPORT:
         return

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import time
 from collections import Counter, defaultdict
 
+import pytest
 import websockets
 from conftest import TIMEOUT, WireClient, say
 from parts import ENGINES, hostile_upstream, report, room_for_descriptors, server_config, serving
 
 from tokenwire.protocol import Encoding, ResetDone
 
-QUICK_SECONDS = int(__import__("os").environ.get("SOAK_SECONDS", 120))
+QUICK_SECONDS = int(os.environ.get("SOAK_SECONDS", 120))
 FULL_SECONDS = 1800
 CANCEL_P99 = 0.1
 """Seconds from a cancel to its terminal frame, 99th percentile (the issue's bound)."""
@@ -127,10 +129,11 @@ def _slope(samples: list[tuple[float, float]]) -> float:
     return statistics.linear_regression([t for t, _ in half], [v for _, v in half]).slope * 60
 
 
+@pytest.mark.timeout(QUICK_SECONDS + 120)
 async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp_path, full):
     room_for_descriptors()
     seconds = FULL_SECONDS if full else QUICK_SECONDS
-    sessions = 50 if full else 20
+    sessions = int(os.environ.get("SOAK_SESSIONS", 50 if full else 20))
     async with (
         hostile_upstream(tmp_path) as (base_url, _),
         serving(tmp_path, server_config(base_url, send_timeout=5)) as server,

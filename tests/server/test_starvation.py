@@ -1,4 +1,4 @@
-"""A fast upstream does not starve the event loop (TRAPS.md, the first trap).
+"""A fast upstream does not starve the event loop (docs/traps.md, the first trap).
 
 The upstream is the fake in a process of its own (in-process, its own bursts
 would stall the loop and hide the server's), streaming unpaced; the server,
