@@ -29,6 +29,7 @@ class ErrorCode(enum.StrEnum):
     UPSTREAM_REJECTED = "upstream_rejected"
     REPEATED_OUTPUT = "repeated_output"
     SHUTTING_DOWN = "shutting_down"
+    OVERLOADED = "overloaded"
     INTERNAL = "internal"
 
     @property

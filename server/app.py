@@ -28,6 +28,7 @@ from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 
 from . import web
 from .config import ServerSettings
+from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
 from .session import CLOSE_TIMEOUT, Session
 from .upstream import Upstream
@@ -58,6 +59,7 @@ class TokenwireServer:
         """Set while no session is open."""
         self.no_sessions.set()
         self.active_generations = 0
+        self.loop_lag = LoopLag()
         self.history_bytes = 0
         """Bytes of conversation history all sessions keep (``max_total_history_bytes``)."""
         self._idle = asyncio.Event()
@@ -91,6 +93,7 @@ class TokenwireServer:
             reuse_port=reuse_port,
         )
         watchdog = asyncio.create_task(self._watch_sends(), name="send watchdog")
+        lag = asyncio.create_task(self.loop_lag.run(), name="loop lag")
         try:
             bound = self._server.sockets[0].getsockname()
             yield bound[0], bound[1]
@@ -98,6 +101,7 @@ class TokenwireServer:
             self._server.close()
             await self._server.wait_closed()
             watchdog.cancel()
+            lag.cancel()
             await self.upstream.close()
 
     async def _watch_sends(self) -> None:
@@ -130,6 +134,11 @@ class TokenwireServer:
                 await self._idle.wait()
         await asyncio.gather(*(session.shutdown() for session in list(self.sessions)))
         log.info("drained")
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether new generations are shed: the loop runs later than ``max_loop_lag``."""
+        return self.loop_lag.lag > self.settings.max_loop_lag
 
     def generation_started(self) -> None:
         self.active_generations += 1

@@ -73,6 +73,10 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_total_history_bytes: PositiveInt = 1 << 30
     """Bytes of history all sessions of the server keep together; past it a
     ``generate`` that would add history gets ``conversation_limit``."""
+    max_loop_lag: Seconds = 0.02
+    """Seconds the event loop may run late before new generations are shed with
+    ``overloaded`` (retryable): when more work arrives than the process can
+    carry, the work already streaming keeps its pace and its prompt cancels."""
     fast_path: FastPath = "auto"
     """``auto``: models whose provider streams plain OpenAI SSE skip LiteLLM's
     per-chunk code (``tokenwire.server.native``); ``off``: every model goes

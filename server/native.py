@@ -161,7 +161,7 @@ _DONE: Final = b"[DONE]"
 _EMPTY: Final = Delta()
 READ_BYTES: Final = 64 * 1024
 """Bytes taken from the socket (or inflated) per read; the loop gets a turn after each."""
-MAX_ERROR_BODY: Final = 64 * 1024
+MAX_ERROR_BODY: Final = 16 * 1024
 """Characters of an error response's body read and handed to LiteLLM's error mapping."""
 MAX_INFLATE_RATIO: Final = 100
 """How many times its size a compressed answer may inflate (SSE compresses ≈10×)."""

@@ -51,6 +51,7 @@ from tokenwire.protocol import (
 from tokenwire.protocol.validation import quote
 
 from .failures import UpstreamFailure, classify
+from .loop_lag import Silence
 
 if TYPE_CHECKING:
     from .app import TokenwireServer
@@ -66,6 +67,8 @@ SHUTDOWN_CLOSE: Final = (1001, "server shutting down")
 HOLD_LIMIT: Final = 256 * 1024
 """Characters of merged text a generation holds before it stops reading its upstream."""
 LARGE_MESSAGE: Final = 64 * 1024
+OVERLOAD_RETRY_MS: Final = 1000
+"""When an ``overloaded`` client may try again."""
 MERGE_BACKLOG: Final = 64
 """Frames queued for a socket past which it counts as behind, so text merges."""
 
@@ -201,7 +204,9 @@ class Generation:
         loop = asyncio.get_running_loop()
         feed = self.assembler.feed
         send = session.send
-        deadline = asyncio.timeout(settings.first_token_timeout)
+        # The provider's silence, not the loop's: time the loop ran late is
+        # given back before the deadline fires (loop_lag.Silence).
+        deadline = Silence(settings.first_token_timeout, session.server.loop_lag)
         try:
             async with (
                 deadline,
@@ -610,6 +615,15 @@ class Session:
                 f"unknown model {quote(request.model)}; the ready frame lists the models offered",
             )
             return
+        if self.server.overloaded:
+            self._reject(
+                gid,
+                ErrorCode.OVERLOADED,
+                f"the server is overloaded (its event loop runs "
+                f"{self.server.loop_lag.lag * 1000:.0f} ms late); retry shortly",
+                retry_after_ms=OVERLOAD_RETRY_MS,
+            )
+            return
         if len(self.generations) >= self.settings.max_generations:
             self._reject(
                 gid,
@@ -704,7 +718,14 @@ class Session:
         assert self._task_group is not None
         self._task_group.create_task(reset_done(), name="reset")
 
-    def _reject(self, generation_id: str | None, code: ErrorCode, message: str) -> None:
+    def _reject(
+        self,
+        generation_id: str | None,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after_ms: int | None = None,
+    ) -> None:
         self.server.metrics.errors.labels(code.value).inc()
         self.send(
             [
@@ -714,6 +735,7 @@ class Session:
                     code=code.value,
                     message=message,
                     retryable=code.retryable,
+                    retry_after_ms=retry_after_ms,
                 )
             ]
         )

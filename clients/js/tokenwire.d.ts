@@ -11,6 +11,9 @@ export interface Usage {
   completion_tokens: number;
   total_tokens: number;
   estimated: boolean;
+  /** Where the provider sent them (OpenAI's field names). */
+  prompt_tokens_details?: { cached_tokens?: number } | null;
+  completion_tokens_details?: { reasoning_tokens?: number } | null;
 }
 
 export interface TokenEvent { type: "token"; id: string; seq: number; text: string }

@@ -25,6 +25,7 @@ from conftest import TIMEOUT, WireClient, say
 from parts import ENGINES, hostile_upstream, report, room_for_descriptors, server_config, serving
 
 from tokenwire.protocol import Encoding, ResetDone
+from tokenwire.server.loop_lag import LoopLag
 
 QUICK_SECONDS = int(os.environ.get("SOAK_SECONDS", 120))
 FULL_SECONDS = 1800
@@ -53,6 +54,8 @@ class Soak:
         self.violations: list[str] = []
         self.cancels: dict[str, list[float]] = defaultdict(list)
         self.generations = 0
+        self.shed = 0
+        self.backoff = 0.0
 
     async def connect(self) -> WireClient:
         ws = await websockets.connect(self.url, open_timeout=TIMEOUT)
@@ -66,6 +69,9 @@ class Soak:
             while time.monotonic() < self.deadline:
                 client = await self.step(client, f"s{n}-{self.generations}")
                 self.generations += 1
+                if self.backoff:
+                    await asyncio.sleep(self.backoff * self.random.uniform(0.5, 1.5))
+                    self.backoff = 0.0
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -88,8 +94,8 @@ class Soak:
                 started = time.perf_counter()
                 await client.cancel(gid)
                 result = await client.result(gid, timeout=3 * TIMEOUT)
-                self.cancels[engine].append(time.perf_counter() - started)
-                self.expect(result, {"cancelled", "stop"}, engine)
+                if not self.expect(result, {"cancelled", "stop"}, engine):
+                    self.cancels[engine].append(time.perf_counter() - started)
             elif roll < 0.92:  # a reset with two generations running
                 for suffix in ("a", "b"):
                     pace = say(tokens=500, interval=0.01)
@@ -114,11 +120,28 @@ class Soak:
             return await self.connect()
         return client
 
-    def expect(self, result, allowed: set[str], engine: str) -> None:
+    def expect(self, result, allowed: set[str], engine: str) -> bool:
+        """Check the outcome; True when the generation was shed (refused before it started)."""
         outcome = result.error.code if result.error is not None else result.reason
         self.outcomes[f"{engine} {outcome}"] += 1
+        if outcome == "overloaded" and result.error.seq == 0:
+            self.shed += 1  # load shed, not work failed: back off as a client should
+            self.backoff = result.error.retry_after_ms / 1000
+            return True
         if outcome not in allowed:
             self.violations.append(f"{result.id} ({engine}): {outcome}, expected {allowed}")
+        return False
+
+
+async def _warm_up(url: str) -> None:
+    """One answer per engine first: LiteLLM's first call in a process loads
+    its provider code (≈0.5 s of the loop), once."""
+    async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+        client = WireClient(ws, Encoding.JSON)
+        for engine in ENGINES:
+            await client.generate(f"warm-{engine}", model=engine, messages=say(tokens=3))
+            await client.result(f"warm-{engine}")
+        client._reader.cancel()
 
 
 def _slope(samples: list[tuple[float, float]]) -> float:
@@ -138,6 +161,7 @@ async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp
         hostile_upstream(tmp_path) as (base_url, _),
         serving(tmp_path, server_config(base_url, send_timeout=5)) as server,
     ):
+        await _warm_up(server.url)
         started = time.monotonic()
         soak = Soak(server.url, started + seconds, seed=11)
         rss: list[tuple[float, float]] = []
@@ -150,8 +174,11 @@ async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp
                 await asyncio.sleep(5)
 
         sampler = asyncio.create_task(sample())
+        own_lag = LoopLag()  # this process's lateness is part of every latency it measures
+        measuring = asyncio.create_task(own_lag.run())
         await asyncio.gather(*(soak.session(n) for n in range(sessions)))
         sampler.cancel()
+        measuring.cancel()
         await asyncio.sleep(1)
         fds.append(server.fds())
         never_awaited = sum("was never awaited" in line for line in server.log_lines())
@@ -165,11 +192,17 @@ async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp
             f"p99 ≤ {CANCEL_P99 * 1000:.0f} ms",
             f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms ({len(times)} cancels)",
         )
-        assert p99 < CANCEL_P99, f"{engine}: cancel p99 {p99 * 1000:.0f} ms"
+        if p99 >= CANCEL_P99:
+            soak.violations.append(f"{engine}: cancel p99 {p99 * 1000:.0f} ms")
     report(
         f"soak {seconds} s: contract violations",
         "0",
         f"{len(soak.violations)} in {soak.generations} steps",
+    )
+    report(
+        f"soak {seconds} s: new generations shed",
+        "(overloaded, retryable)",
+        f"{soak.shed}; the load generator's own loop ran {own_lag.stolen:.1f} s late",
     )
     report(f"soak {seconds} s: RSS", f"slope ≤ {RSS_SLOPE} MB/min (2nd half)",
            f"{rss[0][1]:.0f} → {rss[-1][1]:.0f} MB, {slope:+.2f} MB/min")  # fmt: skip
