@@ -16,15 +16,23 @@ from tokenwire.protocol import (
 
 from ._async import AsyncClient, AsyncGeneration, connect
 from ._common import StreamEvent
-from .errors import ConnectionLost, GenerationError, TokenwireError
+from .errors import (
+    ConnectFailed,
+    ConnectionLost,
+    GenerationError,
+    ServerProtocolError,
+    TokenwireError,
+)
 
 __all__ = [
     "AsyncClient",
     "AsyncGeneration",
+    "ConnectFailed",
     "ConnectionLost",
     "GenerationError",
     "Reasoning",
     "Result",
+    "ServerProtocolError",
     "StreamEvent",
     "Token",
     "TokenwireError",

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from tokenwire.protocol import (
+    BadMessage,
     Cancel,
     Encoding,
     Error,
@@ -39,6 +40,7 @@ from tokenwire.protocol import (
 )
 
 from ._common import (
+    CONNECT_ERRORS,
     MAX_FRAME_BYTES,
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
@@ -50,11 +52,14 @@ from ._common import (
     StreamEvent,
     backoff_delays,
     codec_for,
+    connect_failed,
     generate_message,
     handshake_headers,
     new_id,
+    server_protocol_error,
+    worth_retrying,
 )
-from .errors import ConnectionLost, GenerationError
+from .errors import ConnectFailed, ConnectionLost, GenerationError
 
 
 class AsyncGeneration(GenerationView):
@@ -194,21 +199,26 @@ class AsyncClient:
         for delay in backoff_delays():
             try:
                 return await self._open()
-            except RECONNECT_ERRORS:
+            except (*RECONNECT_ERRORS, ConnectFailed) as exc:
+                if not worth_retrying(exc):
+                    raise
                 if loop.time() + delay > deadline:
                     break
                 await asyncio.sleep(delay)
         raise ConnectionLost(f"could not reconnect within {self._reconnect_timeout:g} s")
 
     async def _open(self) -> ClientConnection:
-        ws = await websockets.connect(
-            self.url,
-            subprotocols=[Subprotocol(self.encoding.subprotocol)],
-            additional_headers=handshake_headers(self._api_key),
-            open_timeout=self._open_timeout,
-            max_size=self._max_frame_bytes,
-            compression=None,
-        )
+        try:
+            ws = await websockets.connect(
+                self.url,
+                subprotocols=[Subprotocol(self.encoding.subprotocol)],
+                additional_headers=handshake_headers(self._api_key),
+                open_timeout=self._open_timeout,
+                max_size=self._max_frame_bytes,
+                compression=None,
+            )
+        except CONNECT_ERRORS as exc:
+            raise connect_failed(self.url, exc) from exc
         try:
             async with asyncio.timeout(self._open_timeout):
                 ready = self._codec.decode_server(await ws.recv())
@@ -223,9 +233,15 @@ class AsyncClient:
         return ws
 
     async def _read(self, ws: ClientConnection) -> None:
+        lost: ConnectionLost | None = None
         try:
             async for data in ws:
-                frame = self._codec.decode_server(data)
+                try:
+                    frame = self._codec.decode_server(data)
+                except BadMessage as exc:  # the server broke the protocol: this connection ends
+                    lost = server_protocol_error(exc)
+                    await ws.close(1002, "protocol error")
+                    break
                 match frame:
                     case ResetDone(cancelled=ids):
                         if self._resets:
@@ -240,7 +256,8 @@ class AsyncClient:
         except websockets.ConnectionClosed:
             pass
         finally:
-            lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
+            if lost is None:
+                lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
             for generation in self._generations.values():
                 generation._lose(lost)
             self._generations.clear()

@@ -13,6 +13,7 @@ import websockets
 
 from tokenwire.protocol import (
     TERMINAL_FRAMES,
+    BadMessage,
     Codec,
     Encoding,
     Error,
@@ -29,7 +30,7 @@ from tokenwire.protocol import (
     ToolCallComplete,
 )
 
-from .errors import ConnectionLost, GenerationError
+from .errors import ConnectFailed, ConnectionLost, GenerationError, ServerProtocolError
 
 OPEN_TIMEOUT: Final = 10.0
 """Seconds a connection (handshake and ``ready``) may take."""
@@ -174,3 +175,45 @@ class GenerationCore:
             raise outcome
         assert outcome is not None
         return outcome
+
+
+_STATUS_HINTS: Final = {
+    401: "the server needs an API key, or refused this one (api_key=...)",
+    403: "the server does not allow this origin",
+    404: "nothing is served there: a tokenwire URL ends in /v1/ws",
+    503: "the server is full or shutting down; try again later",
+}
+
+
+def connect_failed(url: str, exc: BaseException) -> ConnectFailed:
+    """A handshake's failure (websockets' or the OS's exception) as ``ConnectFailed``."""
+    if isinstance(exc, websockets.InvalidStatus):
+        status = exc.response.status_code
+        hint = _STATUS_HINTS.get(status, "the server refused the WebSocket handshake")
+        return ConnectFailed(f"{url}: HTTP {status}: {hint}", url=url, status=status)
+    if isinstance(exc, websockets.InvalidURI):
+        return ConnectFailed(f"{url}: not a WebSocket URL (ws://HOST:PORT/v1/ws)", url=url)
+    if isinstance(exc, TimeoutError):
+        return ConnectFailed(f"{url}: no answer in time: is the server running?", url=url)
+    if isinstance(exc, OSError):
+        reason = exc.strerror or type(exc).__name__
+        return ConnectFailed(f"{url}: cannot connect ({reason}): is the server running?", url=url)
+    return ConnectFailed(f"{url}: the handshake failed: {exc}", url=url)
+
+
+def server_protocol_error(exc: BadMessage) -> ServerProtocolError:
+    return ServerProtocolError(
+        f"the server sent a frame this client cannot read: {exc}",
+        code=1002,
+        reason="protocol error",
+    )
+
+
+CONNECT_ERRORS: Final = (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI)
+"""What opening a connection raises, turned into ``ConnectFailed``."""
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    """Whether a reconnection attempt that failed so may succeed later: not
+    when the server refused this client (401, 403, 404)."""
+    return not (isinstance(exc, ConnectFailed) and exc.status in (401, 403, 404))

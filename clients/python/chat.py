@@ -16,7 +16,7 @@ from typing import TextIO
 from tokenwire.protocol import Reasoning, Token, ToolCallChunk, ToolCallComplete
 
 from ._common import new_id
-from .errors import ConnectionLost, GenerationError
+from .errors import ConnectFailed, ConnectionLost, GenerationError
 from .sync import Client, Generation, connect
 
 HELP = "commands: /model NAME, /models, /reset, /help, /quit — Ctrl-C stops an answer"
@@ -36,6 +36,9 @@ def run(url: str, model: str | None, api_key: str | None, out: TextIO = sys.stdo
     try:
         client = connect(url, api_key=api_key, reconnect=True)
         client.__enter__()
+    except ConnectFailed as exc:  # its message names the URL and what to do
+        print(f"tokenwire chat: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ConnectionLost) as exc:
         print(f"tokenwire chat: cannot connect to {url}: {exc}", file=sys.stderr)
         return 1

@@ -4,7 +4,9 @@ Exception tree::
 
     TokenwireError                 anything this package raises on purpose
     ├── GenerationError            the server ended a generation with an `error` frame
-    └── ConnectionLost             the connection dropped; pending generations end with it
+    ├── ConnectionLost             the connection dropped; pending generations end with it
+    │   └── ServerProtocolError    the server sent a frame this client cannot read
+    └── ConnectFailed              no session could be opened (refused, HTTP 401/403/404/503, ...)
 """
 
 from __future__ import annotations
@@ -72,3 +74,21 @@ class ConnectionLost(TokenwireError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class ServerProtocolError(ConnectionLost):
+    """The server sent a frame this client cannot read: the connection is
+    closed (1002) and every pending generation ends with this error."""
+
+
+class ConnectFailed(TokenwireError):
+    """No session could be opened. ``status`` is the HTTP status the server
+    answered the handshake with (401: a key is needed or wrong; 403: this
+    origin is not allowed; 404: not a tokenwire URL; 503: the server is full
+    or draining), or None when no HTTP answer came (refused, unreachable,
+    timed out); the message says what to do."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status

@@ -29,6 +29,7 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
 
 from tokenwire.protocol import (
+    BadMessage,
     Cancel,
     Encoding,
     Error,
@@ -43,6 +44,7 @@ from tokenwire.protocol import (
 )
 
 from ._common import (
+    CONNECT_ERRORS,
     MAX_FRAME_BYTES,
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
@@ -54,11 +56,14 @@ from ._common import (
     StreamEvent,
     backoff_delays,
     codec_for,
+    connect_failed,
     generate_message,
     handshake_headers,
     new_id,
+    server_protocol_error,
+    worth_retrying,
 )
-from .errors import ConnectionLost, GenerationError
+from .errors import ConnectFailed, ConnectionLost, GenerationError
 
 
 class Generation(GenerationView):
@@ -192,24 +197,29 @@ class Client:
         for delay in backoff_delays():
             try:
                 return self._open()
-            except RECONNECT_ERRORS:
+            except (*RECONNECT_ERRORS, ConnectFailed) as exc:
+                if not worth_retrying(exc):
+                    raise
                 if time.monotonic() + delay > deadline:
                     break
                 time.sleep(delay)
         raise ConnectionLost(f"could not reconnect within {self._reconnect_timeout:g} s")
 
     def _open(self) -> ClientConnection:
-        ws = ws_connect(
-            self.url,
-            subprotocols=[Subprotocol(self.encoding.subprotocol)],
-            additional_headers=handshake_headers(self._api_key),
-            open_timeout=self._open_timeout,
-            max_size=self._max_frame_bytes,
-            compression=None,
-            # The client owns the connection's lifetime, not a `with` block:
-            # websockets 17.1+ asks for this flag to hand it over directly.
-            legacy=True,
-        )
+        try:
+            ws = ws_connect(
+                self.url,
+                subprotocols=[Subprotocol(self.encoding.subprotocol)],
+                additional_headers=handshake_headers(self._api_key),
+                open_timeout=self._open_timeout,
+                max_size=self._max_frame_bytes,
+                compression=None,
+                # The client owns the connection's lifetime, not a `with` block:
+                # websockets 17.1+ asks for this flag to hand it over directly.
+                legacy=True,
+            )
+        except CONNECT_ERRORS as exc:
+            raise connect_failed(self.url, exc) from exc
         try:
             ready = self._codec.decode_server(ws.recv(timeout=self._open_timeout))
         except BaseException:
@@ -226,9 +236,15 @@ class Client:
         return ws
 
     def _read(self, ws: ClientConnection) -> None:
+        lost: ConnectionLost | None = None
         try:
             for data in ws:
-                frame = self._codec.decode_server(data)
+                try:
+                    frame = self._codec.decode_server(data)
+                except BadMessage as exc:  # the server broke the protocol: this connection ends
+                    lost = server_protocol_error(exc)
+                    ws.close(1002, "protocol error")
+                    break
                 match frame:
                     case ResetDone(cancelled=ids):
                         with self._lock:
@@ -242,7 +258,8 @@ class Client:
         except websockets.ConnectionClosed:
             pass
         finally:
-            lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
+            if lost is None:
+                lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
             with self._lock:
                 generations = list(self._generations.values())
                 self._generations.clear()

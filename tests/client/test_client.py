@@ -338,3 +338,50 @@ async def test_the_readme_quickstart_runs_as_written(tmp_path, start_server):
         out, _ = await asyncio.wait_for(process.communicate(), 3 * TIMEOUT)
     assert process.returncode == 0
     assert 'You said: "' in out.decode()
+
+
+# -- failures to connect, and a server that breaks the protocol --------------------
+
+
+async def test_a_refused_handshake_is_connect_failed_with_its_status(flavour, start_server):
+    async with start_server(api_keys=["key-one"]) as handle:
+        with pytest.raises(aio.ConnectFailed) as caught:
+            await flavour.connect(handle.url)
+        assert caught.value.status == 401 and "api_key" in str(caught.value)
+        with pytest.raises(aio.ConnectFailed) as caught:
+            await flavour.connect(handle.url.replace("/v1/ws", "/v1/nowhere"), api_key="key-one")
+        assert caught.value.status == 404 and "/v1/ws" in str(caught.value)
+        # reconnect=True does not retry what the server refused.
+        with pytest.raises(aio.ConnectFailed):
+            await flavour.connect(handle.url, api_key="wrong", reconnect=True)
+
+
+async def test_nothing_listening_is_connect_failed_without_status(flavour):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(aio.ConnectFailed) as caught:
+        await flavour.connect(f"ws://127.0.0.1:{port}/v1/ws")
+    assert caught.value.status is None and "is the server running" in str(caught.value)
+
+
+async def test_a_frame_the_client_cannot_read_ends_pending_generations_clearly(flavour):
+    import websockets
+
+    async def broken_server(ws) -> None:
+        await ws.send(json.dumps({"type": "ready", "session": "s", "models": ["m"],
+                                  "limits": {"max_generations": 4, "max_message_bytes": 1024}}))  # fmt: skip
+        message = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "token", "id": message["id"], "seq": "zero"}))
+        await ws.wait_closed()
+
+    async with websockets.serve(broken_server, "127.0.0.1", 0) as served:
+        port = served.sockets[0].getsockname()[1]
+        client = await flavour.connect(f"ws://127.0.0.1:{port}/v1/ws")
+        generation = await client.generate(model="m", messages=user("hi"))
+        with pytest.raises(aio.ServerProtocolError) as caught:
+            await generation.result()
+        assert "cannot read" in str(caught.value) and caught.value.code == 1002
+        await client.close()  # no exception: the reader ended cleanly
