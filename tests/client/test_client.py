@@ -371,8 +371,9 @@ async def test_a_frame_the_client_cannot_read_ends_pending_generations_clearly(f
     import websockets
 
     async def broken_server(ws) -> None:
-        await ws.send(json.dumps({"type": "ready", "session": "s", "models": ["m"],
-                                  "limits": {"max_generations": 4, "max_message_bytes": 1024}}))  # fmt: skip
+        limits = {"max_generations": 4, "max_message_bytes": 1024}
+        ready = {"type": "ready", "session": "s", "models": ["m"], "limits": limits}
+        await ws.send(json.dumps(ready))
         message = json.loads(await ws.recv())
         await ws.send(json.dumps({"type": "token", "id": message["id"], "seq": "zero"}))
         await ws.wait_closed()
