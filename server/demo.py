@@ -14,9 +14,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
-import litellm
-from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import GenericStreamingChunk
+from .litellm_adapter import CustomLLM, GenericStreamingChunk, register_custom_provider
 
 PROVIDER: Final = "tokenwire"
 MODEL: Final = f"{PROVIDER}/demo"
@@ -27,15 +25,7 @@ ARGUMENT_FRAGMENT_CHARS: Final = 12
 
 def register() -> None:
     """Make ``tokenwire/demo`` known to LiteLLM (idempotent)."""
-    if not any(p.get("provider") == PROVIDER for p in litellm.custom_provider_map):
-        litellm.custom_provider_map = [
-            *litellm.custom_provider_map,
-            {"provider": PROVIDER, "custom_handler": DemoLLM()},
-        ]
-        # LiteLLM reads the map into its provider list when a call is routed.
-        from litellm.utils import custom_llm_setup
-
-        custom_llm_setup()  # type: ignore[no-untyped-call]
+    register_custom_provider(PROVIDER, DemoLLM())
 
 
 class DemoLLM(CustomLLM):

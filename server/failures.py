@@ -18,9 +18,11 @@ from typing import Any, Final
 import aiohttp
 import httpx
 import openai
-from litellm import exceptions as llm
 
 from tokenwire.protocol import ErrorCode
+
+from .litellm_adapter import RouterRateLimitError
+from .litellm_adapter import errors as llm
 
 _REPEATED_MARK: Final = "repeating the same chunk"
 STREAM_FAILED: Final = "the provider failed or the connection to it was cut"
@@ -121,8 +123,6 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def _is_router_cooldown(exc: BaseException) -> bool:
-    from litellm.types.router import RouterRateLimitError
-
     return isinstance(exc, RouterRateLimitError)
 
 

@@ -186,7 +186,7 @@ class _GuardedStream(httpx.AsyncByteStream):
 def install(max_event_bytes: int) -> None:
     """Guard every httpx transport LiteLLM makes from now on (the OpenAI
     SDK's clients and LiteLLM's own handlers alike)."""
-    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+    from .litellm_adapter import AsyncHTTPHandler
 
     original = getattr(AsyncHTTPHandler.create_async_transport, "__wrapped__", None)
     if original is None:

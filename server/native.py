@@ -34,21 +34,24 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
-import litellm
 import msgspec
 from aiohttp import hdrs
-from litellm.exceptions import APIConnectionError
-from litellm.litellm_core_utils.exception_mapping_utils import exception_type
-from litellm.llms.base_llm.chat.transformation import BaseConfig
-from litellm.llms.openai.chat.gpt_transformation import OpenAIChatCompletionStreamingHandler
-from litellm.types.utils import LlmProviders
-from litellm.utils import ProviderConfigManager, get_optional_params
 
 from tokenwire.protocol import Delta, ErrorCode, ToolCallDelta, sanitize
 from tokenwire.protocol.sse import EventTooLarge, SseParser
 from tokenwire.protocol.validation import quote
 
 from .failures import UpstreamFailure
+from .litellm_adapter import (
+    APIConnectionError,
+    BaseConfig,
+    OpenAIChatCompletionStreamingHandler,
+    exception_type,
+    extract_stream_error,
+    get_llm_provider,
+    get_optional_params,
+    provider_chat_config,
+)
 
 # Deployment `litellm_params` the native path understands. A deployment with
 # any other key (a provider-specific option, a custom pricing table, a
@@ -201,15 +204,13 @@ def native_route(litellm_params: Mapping[str, Any]) -> NativeRoute | None:
     if litellm_params.get("max_retries"):  # the OpenAI SDK's own retries: LiteLLM's path
         return None
     try:
-        model, provider, dynamic_key, api_base = litellm.get_llm_provider(
+        model, provider, dynamic_key, api_base = get_llm_provider(
             model=str(litellm_params["model"]),
             custom_llm_provider=litellm_params.get("custom_llm_provider"),
             api_base=litellm_params.get("api_base"),
             api_key=litellm_params.get("api_key"),
         )
-        config = ProviderConfigManager.get_provider_chat_config(
-            model=model, provider=LlmProviders(provider)
-        )
+        config = provider_chat_config(model, provider)
         if config is None:
             return None
         iterator = config.get_model_response_iterator(
@@ -483,8 +484,7 @@ def tool_call_deltas(calls: Iterable[Any]) -> tuple[ToolCallDelta, ...]:
 
 def _in_stream_error(route: NativeRoute, error: Any) -> Exception:
     """An in-stream ``{"error": ...}``, raised as LiteLLM's plain handler raises it."""
-    extract = OpenAIChatCompletionStreamingHandler._extract_error_from_chunk
-    message, status = extract({"error": error}) or ("upstream error", 500)
+    message, status = extract_stream_error(error) or ("upstream error", 500)
     return _mapped(route, route.config.get_error_class(message, status, {}))
 
 

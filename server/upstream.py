@@ -24,14 +24,20 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
-import litellm
 import msgspec
-from litellm.router import Router
 
 from tokenwire.protocol import Delta, Params, Usage, sanitize
 
 from . import demo, guard, native
 from .config import Config
+from .litellm_adapter import (
+    Router,
+    fallback_kwargs,
+    raise_repeated_chunk_limit,
+    set_module_settings,
+    stream_chunks,
+    token_counter,
+)
 
 DEMO_MODEL: Final = "demo"
 EXACT_CHARS: Final = 32_768
@@ -66,12 +72,10 @@ class Upstream:
             str(d["litellm_params"]["model"]).startswith(f"{demo.PROVIDER}/") for d in model_list
         ):
             demo.register()
-        for key, value in config.litellm_settings.items():
-            setattr(litellm, key, value)
+        set_module_settings(config.litellm_settings)
         # tokenwire checks repeated chunks itself (repeated_output); LiteLLM's
         # own process-wide guard must not fire first with another error.
-        name = "REPEATED_STREAMING_CHUNK_LIMIT"
-        setattr(litellm, name, max(getattr(litellm, name), repeated_chunk_limit + 2))
+        raise_repeated_chunk_limit(repeated_chunk_limit + 2)
         router_settings = {**ROUTER_DEFAULTS, **config.router_settings}
         self.router = Router(model_list=model_list, **router_settings)
         self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
@@ -161,8 +165,8 @@ class Upstream:
         name = self._litellm_model.get(model, model)
         try:
             if messages is not None:
-                return int(litellm.token_counter(model=name, messages=list(messages)))
-            return int(litellm.token_counter(model=name, text=text)) if text else 0
+                return int(token_counter(model=name, messages=list(messages)))
+            return int(token_counter(model=name, text=text)) if text else 0
         except Exception:  # a tokenizer failure must not fail the generation
             return 0
 
@@ -259,7 +263,7 @@ class Upstream:
             "original_function": self._open_deployment,
             "tokenwire_request": request,
         }
-        self.router._update_kwargs_before_fallbacks(model=model, kwargs=call)
+        fallback_kwargs(self.router, model, call)
         stream = await self.router.async_function_with_fallbacks(**call)
         assert isinstance(stream, native.NativeStream)
         return stream
@@ -326,7 +330,7 @@ def _provider_usage(response: Any) -> Any:
     only in the total: 354 became 14). The chunks it kept hold the
     provider's own figures.
     """
-    for chunk in reversed(getattr(response, "chunks", ())):
+    for chunk in reversed(stream_chunks(response)):
         if (usage := getattr(chunk, "usage", None)) is not None:
             return usage
     return None

@@ -1,0 +1,192 @@
+"""Every part of LiteLLM tokenwire uses beyond its documented API, in one place.
+
+LiteLLM ships a release every few days, and tokenwire reaches past its
+public API (``litellm.acompletion``, ``litellm.Router``, ``token_counter``,
+its exception classes) for the native streaming path, the guard around its
+HTTP, and the demo provider: provider configurations and their request
+building, the OpenAI stream handler's error extraction, the exception
+mapping, underscored Router methods, module settings. Those names are
+imported or reached here and nowhere else; ``INTERNALS`` lists each with the
+parameters tokenwire passes, and ``tests/server/test_litellm_adapter.py``
+checks every one against the installed LiteLLM, so that a release that moves
+one fails there, by name, rather than somewhere in a stream.
+
+``scripts/litellm-canary`` runs that test and the engine tests against the
+newest LiteLLM in a scratch environment before the pin moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import litellm
+from litellm import exceptions as errors
+from litellm.litellm_core_utils.exception_mapping_utils import exception_type
+from litellm.llms.base_llm.chat.transformation import BaseConfig
+from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+from litellm.llms.custom_llm import CustomLLM
+from litellm.llms.openai.chat.gpt_transformation import OpenAIChatCompletionStreamingHandler
+from litellm.router import Router
+from litellm.types.router import RouterRateLimitError
+from litellm.types.utils import GenericStreamingChunk, LlmProviders
+from litellm.utils import ProviderConfigManager, custom_llm_setup, get_optional_params
+
+__all__ = [
+    "INTERNALS",
+    "APIConnectionError",
+    "AsyncHTTPHandler",
+    "BaseConfig",
+    "CustomLLM",
+    "GenericStreamingChunk",
+    "OpenAIChatCompletionStreamingHandler",
+    "Router",
+    "RouterRateLimitError",
+    "errors",
+    "exception_type",
+    "extract_stream_error",
+    "fallback_kwargs",
+    "get_llm_provider",
+    "get_optional_params",
+    "provider_chat_config",
+    "raise_repeated_chunk_limit",
+    "register_custom_provider",
+    "set_module_settings",
+    "stream_chunks",
+    "token_counter",
+]
+
+APIConnectionError = errors.APIConnectionError
+get_llm_provider = litellm.get_llm_provider
+token_counter = litellm.token_counter
+
+
+def provider_chat_config(model: str, provider: str) -> BaseConfig | None:
+    """LiteLLM's chat configuration of ``provider`` (how it builds requests)."""
+    return ProviderConfigManager.get_provider_chat_config(
+        model=model, provider=LlmProviders(provider)
+    )
+
+
+def extract_stream_error(error: Any) -> tuple[str, int] | None:
+    """The message and status of an in-stream ``{"error": ...}``, as LiteLLM's
+    plain OpenAI stream handler reads them."""
+    result: tuple[str, int] | None = OpenAIChatCompletionStreamingHandler._extract_error_from_chunk(
+        {"error": error}
+    )
+    return result
+
+
+def fallback_kwargs(router: Router, model: str, kwargs: dict[str, Any]) -> None:
+    """Fill ``kwargs`` as ``Router.acompletion`` does before its fallbacks, so
+    that ``async_function_with_fallbacks`` applies the configured retries."""
+    router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)
+
+
+def stream_chunks(response: Any) -> list[Any]:
+    """The chunks LiteLLM's stream wrapper kept: they hold the provider's own usage."""
+    return list(getattr(response, "chunks", ()))
+
+
+def set_module_settings(settings: dict[str, Any]) -> None:
+    """``litellm_settings`` of the config: set on the ``litellm`` module, as
+    LiteLLM's proxy does."""
+    for key, value in settings.items():
+        setattr(litellm, key, value)
+
+
+def raise_repeated_chunk_limit(limit: int) -> None:
+    """LiteLLM's own process-wide repeated-chunk guard, kept above ``limit``,
+    so tokenwire's ``repeated_output`` check fires first."""
+    name = "REPEATED_STREAMING_CHUNK_LIMIT"
+    setattr(litellm, name, max(getattr(litellm, name), limit))
+
+
+def register_custom_provider(provider: str, handler: CustomLLM) -> None:
+    """Add a custom provider to LiteLLM's map (idempotent) and load it."""
+    if not any(p.get("provider") == provider for p in litellm.custom_provider_map):
+        litellm.custom_provider_map = [
+            *litellm.custom_provider_map,
+            {"provider": provider, "custom_handler": handler},
+        ]
+        custom_llm_setup()  # type: ignore[no-untyped-call]
+
+
+# What tokenwire calls, and the parameters it passes by name: the adapter test
+# checks that each exists and accepts them (``*`` marks a class or an object
+# whose presence alone is checked).
+INTERNALS: Final[dict[str, tuple[Callable[..., Any] | type | object, tuple[str, ...]]]] = {
+    "litellm.get_llm_provider": (
+        litellm.get_llm_provider,
+        ("model", "custom_llm_provider", "api_base", "api_key"),
+    ),
+    "litellm.token_counter": (litellm.token_counter, ("model", "messages", "text")),
+    "litellm.utils.get_optional_params": (
+        get_optional_params,
+        ("model", "custom_llm_provider", "stream", "stream_options", "messages"),
+    ),
+    "ProviderConfigManager.get_provider_chat_config": (
+        ProviderConfigManager.get_provider_chat_config,
+        ("model", "provider"),
+    ),
+    "BaseConfig.validate_environment": (
+        BaseConfig.validate_environment,
+        (
+            "headers",
+            "model",
+            "messages",
+            "optional_params",
+            "litellm_params",
+            "api_key",
+            "api_base",
+        ),
+    ),
+    "BaseConfig.get_complete_url": (
+        BaseConfig.get_complete_url,
+        ("api_base", "api_key", "model", "optional_params", "litellm_params", "stream"),
+    ),
+    "BaseConfig.transform_request": (
+        BaseConfig.transform_request,
+        ("model", "messages", "optional_params", "litellm_params", "headers"),
+    ),
+    "BaseConfig.sign_request": (
+        BaseConfig.sign_request,
+        ("headers", "optional_params", "request_data", "api_base", "api_key", "model", "stream"),
+    ),
+    "BaseConfig.get_error_class": (
+        BaseConfig.get_error_class,
+        ("error_message", "status_code", "headers"),
+    ),
+    "BaseConfig.get_model_response_iterator": (
+        BaseConfig.get_model_response_iterator,
+        ("streaming_response", "sync_stream", "json_mode"),
+    ),
+    "OpenAIChatCompletionStreamingHandler._extract_error_from_chunk": (
+        OpenAIChatCompletionStreamingHandler._extract_error_from_chunk,
+        ("chunk",),
+    ),
+    "exception_mapping_utils.exception_type": (
+        exception_type,
+        ("model", "original_exception", "custom_llm_provider"),
+    ),
+    "Router._update_kwargs_before_fallbacks": (
+        Router._update_kwargs_before_fallbacks,
+        ("model", "kwargs"),
+    ),
+    "Router.async_function_with_fallbacks": (Router.async_function_with_fallbacks, ()),
+    "Router.async_get_available_deployment": (
+        Router.async_get_available_deployment,
+        ("model", "messages", "request_kwargs"),
+    ),
+    "AsyncHTTPHandler.create_async_transport": (AsyncHTTPHandler.create_async_transport, ()),
+    "litellm.utils.custom_llm_setup": (custom_llm_setup, ()),
+    "litellm.custom_provider_map": (litellm.custom_provider_map, ("*",)),
+    "litellm.REPEATED_STREAMING_CHUNK_LIMIT": (
+        getattr(litellm, "REPEATED_STREAMING_CHUNK_LIMIT", None),
+        ("*",),
+    ),
+    "litellm.llms.custom_llm.CustomLLM.astreaming": (CustomLLM.astreaming, ()),
+    "litellm.types.utils.GenericStreamingChunk": (GenericStreamingChunk, ("*",)),
+    "litellm.types.router.RouterRateLimitError": (RouterRateLimitError, ("*",)),
+    "litellm.exceptions.MidStreamFallbackError": (errors.MidStreamFallbackError, ("*",)),
+}
