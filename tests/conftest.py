@@ -360,7 +360,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("--full"):
         for item in items:
             if "tests/hardening/" in item.nodeid:
-                item.add_marker(pytest.mark.timeout(2400))
+                item.add_marker(pytest.mark.timeout(2400), append=False)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
