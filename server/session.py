@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import secrets
-import struct
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -71,13 +70,6 @@ OVERLOAD_RETRY_MS: Final = 1000
 """When an ``overloaded`` client may try again."""
 MERGE_BACKLOG: Final = 64
 """Frames queued for a socket past which it counts as behind, so text merges."""
-
-
-def _long_header(first_byte: int, size: int) -> bytes:
-    """A server frame's header (unmasked) for a payload of 126 bytes or more."""
-    if size < 1 << 16:
-        return struct.pack("!BBH", first_byte, 126, size)
-    return struct.pack("!BBQ", first_byte, 127, size)
 
 
 def _resolve(waiter: asyncio.Future[None] | None) -> None:
@@ -399,8 +391,10 @@ class Session:
     async def _write_loop(self) -> None:
         """Write the outbox until the connection closes or a close is requested.
 
-        While the transport has room, a frame is written to it whole, at once
-        (websockets' ``send()`` would add ≈20 µs a frame). Once the peer falls
+        While the transport has room, websockets' sans-I/O protocol makes the
+        frame (``send_text``/``send_binary``, then ``data_to_send()``) and it
+        is written to the transport at once: ``send()``'s locking and
+        draining would add ≈20 µs a frame. Once the peer falls
         behind (the transport is over its high-water mark), frames go through
         ``send()``, which waits for room; it waits with no deadline (docs/traps.md),
         so the deadline is ours: ``_send_started`` marks a send in progress,
@@ -415,13 +409,14 @@ class Session:
         text = self._codec.encoding.is_text
         frames_sent = self.server.metrics.frames_sent
         clock = asyncio.get_running_loop().time
-        # Frames go straight to the transport while it has room, the
-        # connection is open and no extension (compression) must see them;
-        # otherwise through send(), which waits for room (the watchdog's part).
+        # While the transport has room and the connection is open, a frame is
+        # made by websockets' sans-I/O protocol (framing, and compression
+        # where negotiated) and written to the transport at once; otherwise
+        # it goes through send(), which waits for room (the watchdog's part).
         protocol = ws.protocol
         transport = ws.transport
-        direct = not protocol.extensions
-        first_byte = 0x81 if text else 0x82  # FIN + text or binary opcode
+        frame = protocol.send_text if text else protocol.send_binary
+        data_to_send = protocol.data_to_send
         sent = 0
         try:
             while True:
@@ -440,15 +435,11 @@ class Session:
                     self._writer_idle = None
                     continue
                 data = encode(outbox.popleft())
-                if direct and not ws.paused and protocol.state is OPEN:
-                    # The transport takes it now: the frame is written whole,
-                    # without websockets' send() machinery (≈20 µs a frame).
-                    size = len(data)
-                    header = (
-                        bytes((first_byte, size)) if size < 126 else _long_header(first_byte, size)
-                    )
-                    transport.write(header + data)
-                    self._written += len(header) + size
+                if not ws.paused and protocol.state is OPEN:
+                    frame(data)
+                    for chunk in data_to_send():
+                        transport.write(chunk)
+                        self._written += len(chunk)
                     sent += 1
                     continue
                 self._send_started = clock()

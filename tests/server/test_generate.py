@@ -195,3 +195,17 @@ async def test_demo_model_calls_the_first_tool_with_arguments_fitting_its_schema
     args = json.loads(call.arguments)
     assert isinstance(args["city"], str) and isinstance(args["days"], int) and args["days"] >= 1
     assert args["unit"] in ("celsius", "fahrenheit") and isinstance(args["hourly"], bool)
+
+
+async def test_a_compressed_session_streams_every_frame(start_server, connect):
+    # permessage-deflate negotiated: the write path makes its frames through
+    # websockets' protocol, which compresses them.
+    async with (
+        start_server(compression=True) as handle,
+        connect(handle, compression="deflate") as client,
+    ):
+        assert client.ws.protocol.extensions  # negotiated
+        await client.generate("z", messages=say(tokens=200))
+        result = await client.result("z")
+    assert result.reason == "stop"
+    assert result.content == "".join(f"tok{i} " for i in range(200))
