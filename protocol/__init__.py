@@ -10,7 +10,13 @@ clients feed this package data and act on what it returns.
 - ``result``: frames in, the finished result out (checking the invariants).
 """
 
-from .assembler import Delta, FrameAssembler, ToolCallDelta, normalize_finish_reason
+from .assembler import (
+    Delta,
+    FrameAssembler,
+    ToolCallDelta,
+    error_frame,
+    normalize_finish_reason,
+)
 from .codec import ENCODING_BY_SUBPROTOCOL, SUBPROTOCOL_BY_ENCODING, Codec, Encoding
 from .errors import (
     BadMessage,
@@ -83,6 +89,7 @@ __all__ = [
     "ToolCallComplete",
     "ToolCallDelta",
     "Usage",
+    "error_frame",
     "json_schema",
     "normalize_finish_reason",
 ]

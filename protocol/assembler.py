@@ -31,6 +31,28 @@ from .messages import (
 from .sanitize import TextJoiner, replace_surrogates
 
 
+def error_frame(
+    generation_id: str | None,
+    code: ErrorCode,
+    message: str,
+    *,
+    seq: int = 0,
+    retry_after_ms: int | None = None,
+) -> Error:
+    """An ``error`` frame: a generation's terminal one (with its ``id`` and
+    ``seq``; 0 for a ``generate`` refused before it started), or one about a
+    message that could not be taken (``generation_id`` None, no ``seq``).
+    Every error frame tokenwire sends is made here."""
+    return Error(
+        id=generation_id,
+        seq=seq if generation_id is not None else None,
+        code=code.value,
+        message=message,
+        retryable=code.retryable,
+        retry_after_ms=retry_after_ms,
+    )
+
+
 class ToolCallDelta(Struct, frozen=True, kw_only=True):
     """A fragment of tool call ``index`` as a provider streams it."""
 
@@ -293,15 +315,10 @@ class FrameAssembler:
         """Held text, then the generation's terminal ``error`` frame."""
         frames = self.flush()
         self._end()
-        error = Error(
-            id=self.generation_id,
-            seq=self._next_seq(),
-            code=code.value,
-            message=message,
-            retryable=code.retryable,
-            retry_after_ms=retry_after_ms,
-        )
-        frames.append(error)
+        frames.append(
+            error_frame(self.generation_id, code, message, seq=self._next_seq(),
+                        retry_after_ms=retry_after_ms)
+        )  # fmt: skip
         return frames
 
     def _next_seq(self) -> int:

@@ -137,6 +137,14 @@ class ToolCall(Struct, frozen=True, kw_only=True):
     name: str | None
     arguments: str
 
+    def to_openai(self) -> dict[str, Any]:
+        """The call as an OpenAI assistant message's ``tool_calls`` entry."""
+        return {
+            "id": self.call_id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
 
 class PromptTokensDetails(Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What the provider said of the prompt's tokens (OpenAI's field names)."""

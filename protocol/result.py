@@ -52,14 +52,7 @@ class Result(Struct, frozen=True, kw_only=True):
         """
         message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
         if self.tool_calls:
-            message["tool_calls"] = [
-                {
-                    "id": call.call_id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
-                }
-                for call in self.tool_calls
-            ]
+            message["tool_calls"] = [call.to_openai() for call in self.tool_calls]
         if self.reasoning:
             message["reasoning_content"] = self.reasoning
         reason = "stop" if self.reason in (None, "cancelled") else self.reason

@@ -28,6 +28,7 @@ from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
 
 from . import web
 from .config import ServerSettings
+from .errors import CLOSE_REASONS, CloseCode
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
 from .session import CLOSE_TIMEOUT, Session
@@ -135,11 +136,6 @@ class TokenwireServer:
         await asyncio.gather(*(session.shutdown() for session in list(self.sessions)))
         log.info("drained")
 
-    @property
-    def overloaded(self) -> bool:
-        """Whether new generations are shed: the loop runs later than ``max_loop_lag``."""
-        return self.loop_lag.lag > self.settings.max_loop_lag
-
     def generation_started(self) -> None:
         self.active_generations += 1
         self.metrics.generations_active.inc()
@@ -156,7 +152,8 @@ class TokenwireServer:
     async def _handle(self, connection: ServerConnection) -> None:
         if len(self.sessions) >= self.settings.max_sessions:
             # A handshake raced past the check in _process_request.
-            await connection.close(1013, "server full")
+            code = CloseCode.TRY_AGAIN_LATER
+            await connection.close(code, CLOSE_REASONS[code])
             return
         encoding = ENCODING_BY_SUBPROTOCOL.get(connection.subprotocol or "", Encoding.JSON)
         session = Session(self, connection, self._codecs[encoding])

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from .errors import ServerError
+
 ENV_PREFIX: Final = "os.environ/"
 
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -27,7 +29,7 @@ FastPath = Literal["auto", "off"]
 FAST_PATH_VALUES: Final = ("auto", "off")
 
 
-class ConfigError(Exception):
+class ConfigError(ServerError):
     """A configuration that cannot be used; ``str()`` is one line naming the key."""
 
 

@@ -21,6 +21,7 @@ import openai
 
 from tokenwire.protocol import ErrorCode
 
+from .errors import ServerError
 from .litellm_adapter import RouterRateLimitError
 from .litellm_adapter import errors as llm
 
@@ -28,7 +29,7 @@ _REPEATED_MARK: Final = "repeating the same chunk"
 STREAM_FAILED: Final = "the provider failed or the connection to it was cut"
 
 
-class UpstreamFailure(Exception):
+class UpstreamFailure(ServerError):
     """A generation's failure, already in the contract's terms."""
 
     def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None) -> None:

@@ -1,0 +1,43 @@
+"""The server's close codes and the root of its own exceptions.
+
+Exception tree::
+
+    ServerError                    anything tokenwire.server raises on purpose
+    ├── ConfigError                a configuration that cannot be used (config.py)
+    ├── UpstreamFailure            a generation's failure, in the contract's terms (failures.py)
+    └── IllegalTransition          a lifecycle move the state machine refuses (core.py): a bug
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    """The WebSocket close codes the server sends."""
+
+    GOING_AWAY = 1001
+    """The server is shutting down (after draining)."""
+    INVALID_DATA = 1007
+    MESSAGE_TOO_BIG = 1009
+    """A client message larger than ``max_message_bytes`` (sent by websockets)."""
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    """A handshake raced past the ``max_sessions`` check."""
+    SLOW_READER = 4008
+    """The client took nothing for ``send_timeout``, or let ``max_queued_frames`` pile up."""
+
+
+CLOSE_REASONS: dict[CloseCode, str] = {
+    CloseCode.GOING_AWAY: "server shutting down",
+    CloseCode.TRY_AGAIN_LATER: "server full",
+    CloseCode.SLOW_READER: "slow reader",
+}
+
+
+class ServerError(Exception):
+    """Root of the exceptions ``tokenwire.server`` raises on purpose."""
+
+
+class IllegalTransition(ServerError):
+    """A generation or session was asked to move where its state machine forbids."""
