@@ -93,14 +93,15 @@ def classify(exc: BaseException) -> UpstreamFailure:
     return UpstreamFailure(ErrorCode.INTERNAL, "internal error")
 
 
-GUARD_FAILURE: Final[contextvars.ContextVar[UpstreamFailure | None]] = contextvars.ContextVar(
+GUARD_FAILURE: Final[contextvars.ContextVar[list[UpstreamFailure] | None]] = contextvars.ContextVar(
     "tokenwire_guard_failure", default=None
 )
-"""The failure a bound of ``guard`` raised in this generation's task.
+"""Where a bound of ``guard`` leaves its failure for this generation.
 
 LiteLLM and the provider SDKs re-raise a transport's exception as their own,
-not always chained to it; the guard leaves its failure here, in the task's
-context (each generation is a task of its own), for ``classify`` to find."""
+not always chained to it; the guard appends its failure to the list this
+variable holds (``Upstream.stream`` sets one per generation: tasks it starts
+share the list, as they copy the context), for ``classify`` to find."""
 
 
 def _guard_failure(exc: BaseException) -> UpstreamFailure | None:
@@ -113,7 +114,8 @@ def _guard_failure(exc: BaseException) -> UpstreamFailure | None:
         if isinstance(failure, UpstreamFailure):
             return failure
         cause = cause.__cause__ or cause.__context__
-    return GUARD_FAILURE.get()
+    box = GUARD_FAILURE.get()
+    return box[-1] if box else None
 
 
 def _status_of(exc: BaseException) -> int | None:

@@ -52,7 +52,8 @@ class GuardError(httpx.TransportError):
     def __init__(self, failure: UpstreamFailure) -> None:
         super().__init__(failure.message)
         self.failure = failure
-        GUARD_FAILURE.set(failure)
+        if (box := GUARD_FAILURE.get()) is not None:
+            box.append(failure)
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):

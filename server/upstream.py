@@ -30,6 +30,7 @@ from tokenwire.protocol import Delta, Params, Usage, sanitize
 
 from . import demo, guard, native
 from .config import Config
+from .failures import GUARD_FAILURE
 from .litellm_adapter import (
     Router,
     fallback_kwargs,
@@ -217,6 +218,7 @@ class Upstream:
         params: Params | None = None,
     ) -> AsyncIterator[AsyncIterator[Sequence[Delta]]]:
         """Open a stream of delta batches; the context closes the upstream request on exit."""
+        GUARD_FAILURE.set([])  # this generation's (its task's context)
         kwargs: dict[str, Any] = params.to_dict() if params is not None else {}
         if tools:
             kwargs["tools"] = tools
