@@ -17,7 +17,7 @@ newest LiteLLM in a scratch environment before the pin moves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
 from typing import Any, Final
 
 import litellm
@@ -113,24 +113,31 @@ def register_custom_provider(provider: str, handler: CustomLLM) -> None:
 
 
 # What tokenwire calls, and the parameters it passes by name: the adapter test
-# checks that each exists and accepts them (``*`` marks a class or an object
-# whose presence alone is checked).
-INTERNALS: Final[dict[str, tuple[Callable[..., Any] | type | object, tuple[str, ...]]]] = {
+# looks each up (so one that moved is named, not an import failing) and checks
+# that it accepts them (``*``: its presence alone is checked).
+_utils = sys.modules[get_optional_params.__module__]
+_mapping = sys.modules[exception_type.__module__]
+INTERNALS: Final[dict[str, tuple[object, str, tuple[str, ...]]]] = {
     "litellm.get_llm_provider": (
-        litellm.get_llm_provider,
+        litellm,
+        "get_llm_provider",
         ("model", "custom_llm_provider", "api_base", "api_key"),
     ),
-    "litellm.token_counter": (litellm.token_counter, ("model", "messages", "text")),
+    "litellm.token_counter": (litellm, "token_counter", ("model", "messages", "text")),
     "litellm.utils.get_optional_params": (
-        get_optional_params,
+        _utils,
+        "get_optional_params",
         ("model", "custom_llm_provider", "stream", "stream_options", "messages"),
     ),
+    "litellm.utils.custom_llm_setup": (_utils, "custom_llm_setup", ()),
     "ProviderConfigManager.get_provider_chat_config": (
-        ProviderConfigManager.get_provider_chat_config,
+        ProviderConfigManager,
+        "get_provider_chat_config",
         ("model", "provider"),
     ),
     "BaseConfig.validate_environment": (
-        BaseConfig.validate_environment,
+        BaseConfig,
+        "validate_environment",
         (
             "headers",
             "model",
@@ -142,51 +149,54 @@ INTERNALS: Final[dict[str, tuple[Callable[..., Any] | type | object, tuple[str, 
         ),
     ),
     "BaseConfig.get_complete_url": (
-        BaseConfig.get_complete_url,
+        BaseConfig,
+        "get_complete_url",
         ("api_base", "api_key", "model", "optional_params", "litellm_params", "stream"),
     ),
     "BaseConfig.transform_request": (
-        BaseConfig.transform_request,
+        BaseConfig,
+        "transform_request",
         ("model", "messages", "optional_params", "litellm_params", "headers"),
     ),
     "BaseConfig.sign_request": (
-        BaseConfig.sign_request,
+        BaseConfig,
+        "sign_request",
         ("headers", "optional_params", "request_data", "api_base", "api_key", "model", "stream"),
     ),
     "BaseConfig.get_error_class": (
-        BaseConfig.get_error_class,
+        BaseConfig,
+        "get_error_class",
         ("error_message", "status_code", "headers"),
     ),
     "BaseConfig.get_model_response_iterator": (
-        BaseConfig.get_model_response_iterator,
+        BaseConfig,
+        "get_model_response_iterator",
         ("streaming_response", "sync_stream", "json_mode"),
     ),
     "OpenAIChatCompletionStreamingHandler._extract_error_from_chunk": (
-        OpenAIChatCompletionStreamingHandler._extract_error_from_chunk,
+        OpenAIChatCompletionStreamingHandler,
+        "_extract_error_from_chunk",
         ("chunk",),
     ),
     "exception_mapping_utils.exception_type": (
-        exception_type,
+        _mapping,
+        "exception_type",
         ("model", "original_exception", "custom_llm_provider"),
     ),
     "Router._update_kwargs_before_fallbacks": (
-        Router._update_kwargs_before_fallbacks,
+        Router,
+        "_update_kwargs_before_fallbacks",
         ("model", "kwargs"),
     ),
-    "Router.async_function_with_fallbacks": (Router.async_function_with_fallbacks, ()),
+    "Router.async_function_with_fallbacks": (Router, "async_function_with_fallbacks", ()),
     "Router.async_get_available_deployment": (
-        Router.async_get_available_deployment,
+        Router,
+        "async_get_available_deployment",
         ("model", "messages", "request_kwargs"),
     ),
-    "AsyncHTTPHandler.create_async_transport": (AsyncHTTPHandler.create_async_transport, ()),
-    "litellm.utils.custom_llm_setup": (custom_llm_setup, ()),
-    "litellm.custom_provider_map": (litellm.custom_provider_map, ("*",)),
-    "litellm.REPEATED_STREAMING_CHUNK_LIMIT": (
-        getattr(litellm, "REPEATED_STREAMING_CHUNK_LIMIT", None),
-        ("*",),
-    ),
-    "litellm.llms.custom_llm.CustomLLM.astreaming": (CustomLLM.astreaming, ()),
-    "litellm.types.utils.GenericStreamingChunk": (GenericStreamingChunk, ("*",)),
-    "litellm.types.router.RouterRateLimitError": (RouterRateLimitError, ("*",)),
-    "litellm.exceptions.MidStreamFallbackError": (errors.MidStreamFallbackError, ("*",)),
+    "AsyncHTTPHandler.create_async_transport": (AsyncHTTPHandler, "create_async_transport", ()),
+    "litellm.custom_provider_map": (litellm, "custom_provider_map", ("*",)),
+    "litellm.REPEATED_STREAMING_CHUNK_LIMIT": (litellm, "REPEATED_STREAMING_CHUNK_LIMIT", ("*",)),
+    "CustomLLM.astreaming": (CustomLLM, "astreaming", ()),
+    "litellm.exceptions.MidStreamFallbackError": (errors, "MidStreamFallbackError", ("*",)),
 }

@@ -21,8 +21,9 @@ SERVER = Path(litellm_adapter.__file__).parent
 
 @pytest.mark.parametrize("name", sorted(litellm_adapter.INTERNALS))
 def test_each_internal_exists_with_the_parameters_tokenwire_passes(name):
-    target, parameters = litellm_adapter.INTERNALS[name]
-    assert target is not None, f"LiteLLM no longer has {name}"
+    owner, attribute, parameters = litellm_adapter.INTERNALS[name]
+    assert hasattr(owner, attribute), f"LiteLLM no longer has {name}"
+    target = getattr(owner, attribute)
     if parameters == ("*",):
         return
     assert callable(target), f"{name} is no longer callable"
