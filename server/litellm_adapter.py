@@ -18,6 +18,7 @@ newest LiteLLM in a scratch environment before the pin moves.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Final
 
 import litellm
@@ -42,6 +43,7 @@ __all__ = [
     "OpenAIChatCompletionStreamingHandler",
     "Router",
     "RouterRateLimitError",
+    "deployments",
     "errors",
     "exception_type",
     "extract_stream_error",
@@ -81,6 +83,15 @@ def fallback_kwargs(router: Router, model: str, kwargs: dict[str, Any]) -> None:
     """Fill ``kwargs`` as ``Router.acompletion`` does before its fallbacks, so
     that ``async_function_with_fallbacks`` applies the configured retries."""
     router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)
+
+
+def deployments(router: Router) -> list[dict[str, Any]]:
+    """The Router's deployments, as dicts (``model_name``, ``litellm_params``,
+    ``model_info``). LiteLLM 1.109 deprecates ``Router.model_list`` for
+    ``Router.registry()``; the list is still kept, and read here quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return list(router.model_list)
 
 
 def stream_chunks(response: Any) -> list[Any]:

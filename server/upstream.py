@@ -39,6 +39,9 @@ from .litellm_adapter import (
     stream_chunks,
     token_counter,
 )
+from .litellm_adapter import (
+    deployments as router_deployments,
+)
 
 DEMO_MODEL: Final = "demo"
 EXACT_CHARS: Final = 32_768
@@ -97,7 +100,7 @@ class Upstream:
         model they fall back to, must have a native route."""
         off = {e.model_name for e in config.model_list if e.fast_path == "off"}
         groups: dict[str, list[dict[str, Any]]] = {}
-        for deployment in self.router.model_list:
+        for deployment in router_deployments(self.router):
             name = deployment["model_name"]
             groups.setdefault(name, []).append(deployment)
             route = None if name in off else native.native_route(deployment["litellm_params"])
