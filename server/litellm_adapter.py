@@ -53,6 +53,7 @@ __all__ = [
     "provider_chat_config",
     "raise_repeated_chunk_limit",
     "register_custom_provider",
+    "router_setting",
     "set_module_settings",
     "stream_chunks",
     "token_counter",
@@ -92,6 +93,15 @@ def deployments(router: Router) -> list[dict[str, Any]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return list(router.model_list)
+
+
+def router_setting(router: Router, name: str) -> Any:
+    """One of the Router's settings (``fallbacks``, ``num_retries``). LiteLLM
+    1.109 deprecates the attributes for ``Router.settings()``; they are still
+    kept, and read here quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return getattr(router, name)
 
 
 def stream_chunks(response: Any) -> list[Any]:

@@ -35,6 +35,7 @@ from .litellm_adapter import (
     Router,
     fallback_kwargs,
     raise_repeated_chunk_limit,
+    router_setting,
     set_module_settings,
     stream_chunks,
     token_counter,
@@ -111,7 +112,7 @@ class Upstream:
             for name, deployments in groups.items()
         }
         fallbacks: dict[str, list[str]] = {}
-        for entry in self.router.fallbacks or ():
+        for entry in router_setting(self.router, "fallbacks") or ():
             for name, targets in dict(entry).items():
                 fallbacks.setdefault(name, []).extend(targets)
 
@@ -127,7 +128,9 @@ class Upstream:
         # A model of one plain deployment, with no retries, fallbacks or rate
         # limits: the Router would choose nothing and add ≈0.5 ms to every
         # request's first token, so it is skipped.
-        if not (self.router.num_retries or self.router.fallbacks):
+        if not (
+            router_setting(self.router, "num_retries") or router_setting(self.router, "fallbacks")
+        ):
             for name, deployments in groups.items():
                 params = deployments[0]["litellm_params"]
                 if (
