@@ -16,6 +16,9 @@ from parts import hostile_upstream, report, room_for_descriptors, server_config,
 
 HANDSHAKE_P99 = 0.25
 """Seconds a normal client's handshake may take at the 99th percentile under a flood."""
+CHURN_P99 = 0.5
+"""The same while 20 clients connect and close in a loop, in this process (their own
+handshakes are the ones measured, each competing with nineteen others)."""
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +133,7 @@ async def test_connection_churn_leaks_nothing(server, full):
     fds_after = await _settle(server, fds_before)
     report(
         f"{cycles} connect/close cycles: handshake p99",
-        f"≤ {HANDSHAKE_P99 * 1000:.0f} ms",
+        f"≤ {CHURN_P99 * 1000:.0f} ms",
         f"{_p99(times) * 1000:.1f} ms",
     )
     report(
@@ -138,5 +141,5 @@ async def test_connection_churn_leaks_nothing(server, full):
         "back to before ± 5",
         f"{fds_before} → {fds_after}",
     )
-    assert _p99(times) < HANDSHAKE_P99
+    assert _p99(times) < CHURN_P99
     assert fds_after <= fds_before + 5
