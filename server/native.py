@@ -29,7 +29,7 @@ import functools
 import io
 import json
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -317,16 +317,10 @@ class NativeStream:
 
     async def _reads(self) -> AsyncIterator[bytes]:
         """The body's bytes, read by read and inflated within bounds; ``b""`` at its end."""
-        content = self.response.content
         inflate = _inflater(self.response)
         try:
-            while data := await content.read(READ_BYTES):
-                if inflate is None:
-                    yield data
-                    continue
-                for piece in inflate(data):
-                    yield piece
-                    await asyncio.sleep(0)
+            async for data in _body(self.response, inflate):
+                yield data
         except aiohttp.ClientError as exc:  # cut mid-stream
             raise self._mid_stream(exc) from exc
         yield b""
@@ -369,6 +363,21 @@ class NativeStream:
 
 def _inflater(response: aiohttp.ClientResponse) -> Callable[[bytes], Iterator[bytes]] | None:
     return inflater(response.headers.get(hdrs.CONTENT_ENCODING, "identity"))
+
+
+async def _body(
+    response: aiohttp.ClientResponse, inflate: Callable[[bytes], Iterator[bytes]] | None
+) -> AsyncGenerator[bytes]:
+    """A response's body, read by read (``READ_BYTES`` at most), inflated with
+    ``inflate`` where the provider compressed it, a turn to the loop after
+    each inflated piece (inflating never waits on the network)."""
+    while data := await response.content.read(READ_BYTES):
+        if inflate is None:
+            yield data
+            continue
+        for piece in inflate(data):
+            yield piece
+            await asyncio.sleep(0)
 
 
 def inflater(encoding: str) -> Callable[[bytes], Iterator[bytes]] | None:
@@ -416,11 +425,8 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_
     inflate = _inflater(response)
     body = b""
     try:
-        while len(body) < limit and (data := await response.content.read(READ_BYTES)):
-            if inflate is None:
-                body += data
-                continue
-            for piece in inflate(data):
+        async with contextlib.aclosing(_body(response, inflate)) as pieces:
+            async for piece in pieces:
                 body += piece
                 if len(body) >= limit:
                     break
