@@ -354,7 +354,8 @@ class Session:
             self._holding.discard(generation)
         if generation.entry.state is GenerationState.ENDED:
             return
-        answer = generation.assistant_message() if isinstance(terminal, Finish) else None
+        keeps_history = generation.entry.history is not None and isinstance(terminal, Finish)
+        answer = generation.assistant_message() if keeps_history else None
         self.context.history_bytes += self.core.ended(generation.entry, terminal, answer)
         if self.generations.get(generation.id) is generation:
             del self.generations[generation.id]
