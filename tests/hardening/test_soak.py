@@ -156,7 +156,11 @@ def _slope(samples: list[tuple[float, float]]) -> float:
 async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp_path, full):
     room_for_descriptors()
     seconds = FULL_SECONDS if full else QUICK_SECONDS
-    sessions = int(os.environ.get("SOAK_SESSIONS", 50 if full else 20))
+    # Quick mode (CI) loads the 2-core machine below saturation: with LiteLLM
+    # 1.108 at 20 sessions the server, the fake and this load generator
+    # together saturated it and one run measured the load generator's own
+    # lateness (cancel p99 119 ms, p50 18.6 ms); --full keeps 50.
+    sessions = int(os.environ.get("SOAK_SESSIONS", 50 if full else 12))
     async with (
         hostile_upstream(tmp_path) as (base_url, _),
         serving(tmp_path, server_config(base_url, send_timeout=5)) as server,
