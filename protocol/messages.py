@@ -73,7 +73,19 @@ class Reset(_ClientMessage, tag="reset", frozen=True, kw_only=True):
     """Cancel every active generation and forget every conversation."""
 
 
-ClientMessage: TypeAlias = Generate | Cancel | Reset
+class Resume(_ClientMessage, tag="resume", frozen=True, kw_only=True):
+    """Take up a session after a dropped connection: valid as the first message.
+
+    ``token`` is the ``resume_token`` of the session's ``ready``;
+    ``generations`` maps each generation the client wants continued to the
+    last ``seq`` it received (-1: none of its frames).
+    """
+
+    token: Annotated[str, Meta(min_length=1, max_length=128)]
+    generations: dict[GenerationId, Annotated[int, Meta(ge=-1)]] = {}
+
+
+ClientMessage: TypeAlias = Generate | Cancel | Reset | Resume
 
 # --------------------------------------------------------------------------
 # server → client
@@ -95,6 +107,11 @@ class Ready(_Frame, tag="ready", frozen=True, kw_only=True):
     protocol: str = PROTOCOL
     models: list[str]
     limits: Limits
+    resume_token: str | None = None
+    """Send it in a ``resume`` to take up this session after a drop; None:
+    resume is off (or its store is down)."""
+    resume_ttl: int | None = None
+    """Seconds after a drop during which the session can be resumed."""
 
 
 class Token(_Frame, tag="token", frozen=True, kw_only=True):
@@ -201,8 +218,37 @@ class ResetDone(_Frame, tag="reset_done", frozen=True, kw_only=True):
     cancelled: list[str]
 
 
+ResumeFailure: TypeAlias = Literal["unknown", "expired", "gap"]
+
+
+class Resumed(_Frame, tag="resumed", frozen=True, kw_only=True):
+    """A ``resume`` taken: ``id`` null for the session itself (its conversations
+    came back, the token stays valid); for a generation, its frames after
+    ``after_seq`` follow, then its live frames."""
+
+    id: str | None
+    after_seq: int | None = None
+
+
+class ResumeFailed(_Frame, tag="resume_failed", frozen=True, kw_only=True):
+    """A ``resume`` not taken: ``id`` null for the session (the connection goes
+    on as the new session its ``ready`` announced), else for that generation."""
+
+    id: str | None
+    reason: ResumeFailure
+
+
 ServerFrame: TypeAlias = (
-    Ready | Token | Reasoning | ToolCallChunk | ToolCallComplete | Finish | Error | ResetDone
+    Ready
+    | Token
+    | Reasoning
+    | ToolCallChunk
+    | ToolCallComplete
+    | Finish
+    | Error
+    | ResetDone
+    | Resumed
+    | ResumeFailed
 )
 GenerationFrame: TypeAlias = Token | Reasoning | ToolCallChunk | ToolCallComplete | Finish | Error
 """The frames that belong to one generation (they carry its ``id`` and ``seq``)."""

@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import time
 from collections.abc import AsyncIterator, Sequence
 from http import HTTPStatus
 from typing import Final
@@ -24,14 +25,30 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from tokenwire.protocol import ENCODING_BY_SUBPROTOCOL, Codec, Encoding
+from tokenwire.protocol import (
+    ENCODING_BY_SUBPROTOCOL,
+    Codec,
+    Encoding,
+    Error,
+    Finish,
+    GenerationFrame,
+    Resume,
+    Resumed,
+    ResumeFailed,
+    ResumeFailure,
+    ServerFrame,
+)
 
 from . import web
 from .config import ServerSettings
+from .core import SessionLife, StopReason
 from .errors import CLOSE_REASONS, CloseCode
+from .link import CLOSE_TIMEOUT, Link
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
-from .session import CLOSE_TIMEOUT, Session
+from .redis_store import Record, RedisStore
+from .resume import GAP, MemoryLogs, key_hash, same_key, seq_of, token_hash
+from .session import Session
 from .upstream import Upstream
 
 log = structlog.get_logger("tokenwire.server")
@@ -45,6 +62,10 @@ RECEIVE_QUEUE: Final = 4
 """Client messages buffered before the server stops reading the socket; with
 ``max_message_bytes`` it bounds what one session can make the server hold."""
 SERVER_HEADER: Final = "tokenwire"
+SKIP_ALL: Final = 1 << 62
+"""A seq past every frame: the live frames of a generation whose resume failed are not sent."""
+EXPIRED_KEPT: Final = 65_536
+"""Tokens of expired sessions remembered, so that a late resume hears ``expired``."""
 
 
 class TokenwireServer:
@@ -55,10 +76,24 @@ class TokenwireServer:
         self.model_set = frozenset(self.models)
         self.metrics = Metrics()
         self.draining = False
-        self.sessions: set[Session] = set()
+        self.connections: set[Link] = set()
         self.no_sessions = asyncio.Event()
-        """Set while no session is open."""
+        """Set while no connection is open."""
         self.no_sessions.set()
+        self.sessions: dict[str, Session] = {}
+        """Every session, attached or DETACHED, by its token's hash."""
+        self._expired: dict[str, str] = {}
+        """Token hash → key hash of sessions ended by ``resume_ttl`` (the newest few)."""
+        self.memory_logs = (
+            MemoryLogs(settings.resume_generation_bytes, settings.resume_total_bytes)
+            if settings.resume == "memory"
+            else None
+        )
+        self.redis = (
+            RedisStore(settings.redis_url or "", settings, self.metrics)
+            if settings.resume == "redis"
+            else None
+        )
         self.active_generations = 0
         self.loop_lag = LoopLag()
         self.history_bytes = 0
@@ -95,14 +130,27 @@ class TokenwireServer:
         )
         watchdog = asyncio.create_task(self._watch_sends(), name="send watchdog")
         lag = asyncio.create_task(self.loop_lag.run(), name="loop lag")
+        sweeper = asyncio.create_task(self._sweep(), name="orphan sweeper")
+        background = [watchdog, lag, sweeper]
+        if self.redis is not None:
+            await self.redis.start()
+            self.redis.on_cancel = self._cancelled_elsewhere
+            background.append(asyncio.create_task(self.redis.listen(), name="cancel listener"))
+            background.append(asyncio.create_task(self._renew(), name="lease renewal"))
         try:
             bound = self._server.sockets[0].getsockname()
             yield bound[0], bound[1]
         finally:
             self._server.close()
             await self._server.wait_closed()
-            watchdog.cancel()
-            lag.cancel()
+            # Detached sessions' generations end before the upstream closes.
+            await asyncio.gather(
+                *(s.end(StopReason.DISCONNECT) for s in list(self.sessions.values()))
+            )
+            for task in background:
+                task.cancel()
+            if self.redis is not None:
+                await self.redis.close()
             await self.upstream.close()
 
     async def _watch_sends(self) -> None:
@@ -118,8 +166,29 @@ class TokenwireServer:
         while True:
             await asyncio.sleep(period)
             now = clock()
-            for session in self.sessions:
-                session.check_send(now, timeout)
+            for link in self.connections:
+                link.check_send(now, timeout)
+
+    async def _sweep(self) -> None:
+        """Cancel the generations of sessions DETACHED for ``orphan_timeout``,
+        and forget those DETACHED for ``resume_ttl``."""
+        settings = self.settings
+        clock = asyncio.get_running_loop().time
+        period = min(1.0, settings.orphan_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = clock()
+            for session in list(self.sessions.values()):
+                orphaned = session.orphaned_for(now)
+                if not orphaned:
+                    continue
+                if orphaned >= settings.orphan_timeout and session.core.active:
+                    await self._orphan(session)
+                if orphaned >= settings.resume_ttl:
+                    self._expired[session.token_hash] = session.key_hash
+                    while len(self._expired) > EXPIRED_KEPT:
+                        del self._expired[next(iter(self._expired))]
+                    await session.end(StopReason.DISCONNECT)
 
     async def drain(self) -> None:
         """Stop taking work, let generations finish for ``drain_timeout``, end the rest."""
@@ -133,7 +202,7 @@ class TokenwireServer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.drain_timeout):
                 await self._idle.wait()
-        await asyncio.gather(*(session.shutdown() for session in list(self.sessions)))
+        await asyncio.gather(*(session.shutdown() for session in list(self.sessions.values())))
         log.info("drained")
 
     def generation_started(self) -> None:
@@ -147,27 +216,176 @@ class TokenwireServer:
         if self.active_generations == 0:
             self._idle.set()
 
+    async def _orphan(self, session: Session) -> None:
+        """Cancel a DETACHED session's generations, except those another node
+        relays to the client that resumed there."""
+        ids = list(session.generations)
+        if self.redis is not None:
+            watched = await self.redis.watched((session.token_hash, gid) for gid in ids)
+            ids = [gid for gid in ids if (session.token_hash, gid) not in watched]
+            for gid in list(session.core.active):
+                if session.core.active[gid].remote:
+                    ids.append(gid)
+        stopped = [e for gid in ids if (e := session.core.stop(gid, StopReason.DISCONNECT))]
+        session.interrupt(stopped)
+
+    async def _renew(self) -> None:
+        """``resume: redis``: renew the leases on this node's running
+        generations (three times a lease) and take cancels asked by key."""
+        assert self.redis is not None
+        while True:
+            await asyncio.sleep(self.settings.resume_lease / 3)
+            await self._renew_once()
+
+    async def _renew_once(self) -> None:
+        assert self.redis is not None
+        running = [(h, gid) for h, s in self.sessions.items() for gid in s.generations]
+        for h, gid in await self.redis.renew(running):
+            self._cancelled_elsewhere(h, gid)
+
+    def _cancelled_elsewhere(self, h: str | None, gid: str | None) -> None:
+        """Another node asked to cancel one of this node's generations (None:
+        check every one, the listener having been away)."""
+        if h is None or gid is None:
+            asyncio.get_running_loop().create_task(self._renew_once())
+            return
+        session = self.sessions.get(h)
+        if session is not None and (entry := session.core.stop(gid, StopReason.CANCEL)):
+            session.interrupt([entry])
+
+    def session_ended(self, session: Session) -> None:
+        if self.sessions.get(session.token_hash) is session:
+            del self.sessions[session.token_hash]
+
     # -- connections ---------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        if len(self.sessions) >= self.settings.max_sessions:
+        if len(self.connections) >= self.settings.max_sessions:
             # A handshake raced past the check in _process_request.
             code = CloseCode.TRY_AGAIN_LATER
             await connection.close(code, CLOSE_REASONS[code])
             return
         encoding = ENCODING_BY_SUBPROTOCOL.get(connection.subprotocol or "", Encoding.JSON)
-        session = Session(self, connection, self._codecs[encoding])
-        self.sessions.add(session)
+        key = self._presented_key(connection.request.headers) if connection.request else None
+        session = Session(self, key_hash(key))
+        self._make_room()
+        self.sessions[session.token_hash] = session
+        link = Link(self, connection, self._codecs[encoding])
+        self.connections.add(link)
         self.no_sessions.clear()
         self.metrics.sessions.inc()
         self.metrics.sessions_opened.inc()
         try:
-            await session.run()
+            await link.run(session)
         finally:
-            self.sessions.discard(session)
-            if not self.sessions:
+            self.connections.discard(link)
+            if not self.connections:
                 self.no_sessions.set()
             self.metrics.sessions.dec()
+
+    def _make_room(self) -> None:
+        """Sessions are bounded by ``max_sessions`` in all, attached or not:
+        past it the session DETACHED longest ago is forgotten."""
+        excess = len(self.sessions) - self.settings.max_sessions
+        if excess < 0:
+            return
+        detached = sorted(
+            (s for s in self.sessions.values() if s.life is SessionLife.DETACHED),
+            key=lambda s: s.detached_at,
+        )
+        for session in detached[: excess + 1]:
+            self.session_ended(session)
+            asyncio.get_running_loop().create_task(session.end(StopReason.DISCONNECT))
+
+    async def resume(self, link: Link, message: Resume) -> None:
+        """A ``resume``, the first message on ``link``: attach the session it
+        names, and replay what each listed generation missed."""
+        fresh = link.session
+        assert fresh is not None
+        wanted = token_hash(message.token)
+        session = record = None
+        if wanted != fresh.token_hash:  # its own new token: nothing to resume
+            session = self.sessions.get(wanted)
+            if self.redis is not None:
+                record = await self.redis.load(wanted)
+        failure = self._resume_failure(fresh.key_hash, wanted, session, record)
+        if failure is not None:
+            self.metrics.resumes.labels(failure).inc()
+            link.send([ResumeFailed(id=None, reason=failure)])
+            link.send([ResumeFailed(id=gid, reason=failure) for gid in message.generations])
+            return
+        if session is None:  # known to Redis only: its generations ran elsewhere
+            assert record is not None
+            session = Session(self, record.key_hash, token=message.token)
+            session.generated = True
+            self.sessions[wanted] = session
+        self.session_ended(fresh)
+        fresh.link = None
+        await fresh.end(StopReason.DISCONNECT)
+        if record is not None:
+            for name, messages in record.conversations.items():
+                self.history_bytes += session.core.restore(name, messages)
+        session.attach(link)
+        self.metrics.resumes.labels("resumed").inc()
+        log.info("session resumed", session=session.id, generations=len(message.generations))
+        link.send([Resumed(id=None)])
+        if self.redis is None:
+            for gid, last_seq in message.generations.items():
+                link.send(self._replay(session, gid, last_seq))
+            return
+        await self.redis.set_deadline(wanted, 0)
+        session.park(message.generations)
+        for gid, last_seq in message.generations.items():
+            if session.link is not link:
+                return  # another resume took the session meanwhile
+            await self._replay_stored(session, record, gid, last_seq)
+
+    def _resume_failure(
+        self, key: str, wanted: str, session: Session | None, record: Record | None
+    ) -> ResumeFailure | None:
+        """Why a resume of ``wanted`` presented with ``key`` fails, or None."""
+        if session is not None:
+            return None if same_key(session.key_hash, key) and session.resumable else "unknown"
+        if record is not None:
+            if not same_key(record.key_hash, key):
+                return "unknown"
+            return "expired" if record.expired(time.time()) else None
+        expired = self._expired.get(wanted)
+        return "expired" if expired is not None and same_key(expired, key) else "unknown"
+
+    def _replay(self, session: Session, gid: str, last_seq: int) -> list[ServerFrame]:
+        """``resume: memory``: the frames after ``last_seq``, from the node's memory."""
+        frame_log = session.logs.get(gid)
+        if frame_log is None:
+            return [ResumeFailed(id=gid, reason="unknown")]
+        frames: list[GenerationFrame] | str = frame_log.after(last_seq)
+        if frames == GAP or isinstance(frames, str):
+            return [ResumeFailed(id=gid, reason="gap")]
+        return [Resumed(id=gid, after_seq=last_seq), *frames]
+
+    async def _replay_stored(
+        self, session: Session, record: Record | None, gid: str, last_seq: int
+    ) -> None:
+        """``resume: redis``: the frames after ``last_seq`` from Redis, then the
+        live ones: from this node's generation, or relayed from the node
+        running it (``Session.relay``)."""
+        assert self.redis is not None and session.link is not None
+        link = session.link
+        frames = await self.redis.replay(session.token_hash, gid, last_seq)
+        local = gid in session.generations or gid in session.owners
+        known = local or (record is not None and gid in record.requests)
+        if frames == "unknown":  # nothing stored after last_seq
+            frames = [] if known else "unknown"
+        if isinstance(frames, str):
+            link.send([ResumeFailed(id=gid, reason=frames)])
+            session.unpark(gid, SKIP_ALL)
+            return
+        link.send([Resumed(id=gid, after_seq=last_seq), *frames])
+        last = seq_of(frames[-1]) if frames else last_seq
+        ended = bool(frames) and isinstance(frames[-1], Finish | Error)
+        if not ended and not local and record is not None:
+            session.relay(record.requests[gid], record.owners.get(gid, ""), last)
+        session.unpark(gid, last)
 
     def _select_subprotocol(
         self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
@@ -214,6 +432,10 @@ class TokenwireServer:
         return connection.respond(status, text + "\n")
 
     def _authenticated(self, headers: Headers) -> bool:
+        return self._presented_key(headers) is not None
+
+    def _presented_key(self, headers: Headers) -> bytes | None:
+        """The configured key the handshake presented (None: none, or no keys)."""
         presented = [
             value[len("Bearer ") :].strip().encode()
             for value in headers.get_all("Authorization")
@@ -225,7 +447,12 @@ class TokenwireServer:
                 if not prefix and encoded and (key := _decode_key(encoded)) is not None:
                     presented.append(key)
         # Compare against every key, in constant time for each.
-        return any(hmac.compare_digest(p, k) for p in presented for k in self._keys)
+        found = None
+        for k in self._keys:
+            for p in presented:
+                if hmac.compare_digest(p, k):
+                    found = k
+        return found
 
 
 def _decode_key(encoded: str) -> bytes | None:

@@ -26,6 +26,7 @@ ENV_PREFIX: Final = "os.environ/"
 PositiveInt = Annotated[int, Meta(gt=0)]
 Seconds = Annotated[float, Meta(gt=0)]
 FastPath = Literal["auto", "off"]
+ResumeMode = Literal["off", "memory", "redis"]
 FAST_PATH_VALUES: Final = ("auto", "off")
 
 
@@ -79,6 +80,28 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Seconds the event loop may run late before new generations are shed with
     ``overloaded`` (retryable): when more work arrives than the process can
     carry, the work already streaming keeps its pace and its prompt cancels."""
+    resume: ResumeMode = "memory"
+    """Sessions that survive a dropped connection (``resume`` message): ``memory``
+    keeps them on this node; ``redis`` keeps them in Redis (``redis_url``), so
+    any node behind a load balancer resumes them; ``off``: a drop cancels."""
+    redis_url: str | None = None
+    """``redis://host:port/db`` for ``resume: redis`` (required there)."""
+    resume_ttl: PositiveInt = 300
+    """Seconds after a drop during which the session (its conversations and
+    the frames of its generations) can be resumed."""
+    orphan_timeout: Seconds = 30.0
+    """Seconds a dropped session's generations run on, waiting for a resume,
+    before they are cancelled and their upstream requests closed."""
+    resume_lease: Seconds = 3.0
+    """Seconds a node's lease on its running generations lasts (renewed three
+    times a lease): a resume on another node ends a generation whose owner
+    died with a retryable ``upstream_error`` within the lease + 1 s."""
+    resume_generation_bytes: PositiveInt = 8 * 1_048_576
+    """Bytes of one generation's frames kept for a resume; past it the oldest
+    go, and a resume that needs them gets ``resume_failed`` ``gap``."""
+    resume_total_bytes: PositiveInt = 256 * 1_048_576
+    """Bytes of frames the node keeps for resumes (``memory``); past it the
+    oldest finished generations are evicted first."""
     fast_path: FastPath = "auto"
     """``auto``: models whose provider streams plain OpenAI SSE skip LiteLLM's
     per-chunk code (``tokenwire.server.native``); ``off``: every model goes
@@ -165,6 +188,14 @@ def parse(raw: Any, *, source: str = "config", environ: Mapping[str, str] | None
         config = msgspec.convert(resolved, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from None
+    if config.server.resume == "redis" and not config.server.redis_url:
+        raise ConfigError(f"{source}: server.redis_url: required when server.resume is redis")
+    if (url := config.server.redis_url) is not None and not url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            f"{source}: server.redis_url: must start with redis://, rediss:// or unix://"
+        )
     for i, entry in enumerate(config.model_list):
         model = entry.litellm_params.get("model")
         if not isinstance(model, str) or not model:

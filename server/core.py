@@ -17,9 +17,14 @@ websockets' ``State`` and h11's table do::
     generation: PENDING ──► STREAMING ──► STOPPING ──► ENDED
                    │  └───────────┬───────────┘          ▲
                    └──────────────┴──────────────────────┘
-    session:    OPEN ──► CLOSING (flush, then close) ──► CLOSED
+    connection: OPEN ──► CLOSING (flush, then close) ──► CLOSED
                   │  └─► ABORTING (write nothing more) ──┘
                   └────► GONE (the peer went away) ───────┘
+    session:    ATTACHED ◄──► DETACHED (dropped, resumable) ──► ENDED
+                   └──────────────────────────────────────────────┘
+
+A session outlives its connections when resume is on: ``SessionState``
+is one connection's, ``SessionLife`` the session's own.
 
 Every terminal path of a generation (finish, upstream error, cancel, reset,
 shutdown, disconnect, slow reader) reaches ENDED exactly once, through
@@ -90,8 +95,32 @@ _SESSION_MOVES: Final[Mapping[SessionState, frozenset[SessionState]]] = {
 
 
 def advance_session(state: SessionState, to: SessionState) -> SessionState:
-    """The session's one transition function: ``to``, or ``IllegalTransition``."""
+    """A connection's one transition function: ``to``, or ``IllegalTransition``."""
     if to not in _SESSION_MOVES[state]:
+        raise IllegalTransition(f"session: {state.value} → {to.value}")
+    return to
+
+
+class SessionLife(enum.Enum):
+    ATTACHED = "attached"
+    """A connection serves it."""
+    DETACHED = "detached"
+    """Its connection dropped: its generations run on for ``orphan_timeout``,
+    and a ``resume`` may attach a new connection until ``resume_ttl``."""
+    ENDED = "ended"
+
+
+_LIFE_MOVES: Final[Mapping[SessionLife, frozenset[SessionLife]]] = {
+    SessionLife.ATTACHED: frozenset({SessionLife.ATTACHED, SessionLife.DETACHED}),
+    SessionLife.DETACHED: frozenset({SessionLife.ATTACHED, SessionLife.ENDED}),
+    SessionLife.ENDED: frozenset(),
+}
+
+
+def advance_life(state: SessionLife, to: SessionLife) -> SessionLife:
+    """The session's one transition function (ATTACHED → ATTACHED: a resume
+    takes the session from a connection that has not noticed it is dead)."""
+    if to not in _LIFE_MOVES[state]:
         raise IllegalTransition(f"session: {state.value} → {to.value}")
     return to
 
@@ -120,6 +149,8 @@ class Entry:
     history: Conversation | None
     state: GenerationState = GenerationState.PENDING
     stop_reason: StopReason | None = None
+    remote: bool = False
+    """Running on another node: this one relays its stored frames."""
 
     @property
     def id(self) -> str:
@@ -299,6 +330,25 @@ class SessionCore:
         to stop now, and the bytes of history freed."""
         entries = list(self.active.values())
         return entries, self.stop_all(StopReason.CANCEL), self.forget()
+
+    def adopt(self, request: Generate) -> Entry:
+        """A generation running elsewhere (another node, a resumed session),
+        now tracked here so that admission and ``reset`` count it."""
+        history = None
+        if (name := request.conversation) is not None:
+            history = self.conversations.setdefault(name, Conversation())
+        entry = self.active[request.id] = Entry(request, history, remote=True)
+        return entry
+
+    def restore(self, name: str, messages: list[dict[str, Any]]) -> int:
+        """Conversation ``name`` as the store holds it; the change in bytes kept."""
+        conversation = self.conversations.setdefault(name, Conversation())
+        size = json_size(messages)
+        delta = size - conversation.size
+        conversation.messages = messages
+        conversation.size = size
+        self.history_bytes += delta
+        return delta
 
     def forget(self) -> int:
         """Forget every conversation; the bytes of history freed."""

@@ -26,12 +26,15 @@ class CloseCode(enum.IntEnum):
     """A handshake raced past the ``max_sessions`` check."""
     SLOW_READER = 4008
     """The client took nothing for ``send_timeout``, or let ``max_queued_frames`` pile up."""
+    RESUMED_ELSEWHERE = 4009
+    """A ``resume`` on another connection took the session over."""
 
 
 CLOSE_REASONS: dict[CloseCode, str] = {
     CloseCode.GOING_AWAY: "server shutting down",
     CloseCode.TRY_AGAIN_LATER: "server full",
     CloseCode.SLOW_READER: "slow reader",
+    CloseCode.RESUMED_ELSEWHERE: "session resumed elsewhere",
 }
 
 

@@ -63,6 +63,17 @@ class Metrics:
         self.errors = Counter(
             "tokenwire_errors", "Error frames sent, by code.", ["code"], registry=registry
         )
+        self.resumes = Counter(
+            "tokenwire_resumes",
+            "Resume messages, by outcome (resumed, unknown, expired).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.store_outages = Counter(
+            "tokenwire_resume_store_outages",
+            "Times the resume store (Redis) became unreachable.",
+            registry=registry,
+        )
         self.time_to_first_token = Histogram(
             "tokenwire_time_to_first_token_seconds",
             "From generate read to the first output chunk relayed.",

@@ -1,69 +1,65 @@
-"""One WebSocket connection is one session.
+"""A session: the generations and conversations a client started.
 
-The session task (the connection handler) owns everything the connection
-started: a reader task that takes client messages, and one task per active
-generation, all in one ``TaskGroup``, so nothing outlives the connection. It
-is also the only writer to the socket: generations put frames in the
-session's outbox and the session task writes them, in order, each write with
-a deadline (``send_timeout``).
+One WebSocket connection (a ``Link``) serves a session. The session owns
+one task per active generation; generations hand their frames to the session
+(``send``), which keeps them for a resume where resume is on (``resume.py``)
+and passes them to the attached link, whose task alone writes the socket.
 
 A generation ends in exactly one terminal frame, whatever stops it: the
 upstream finishing or failing, a ``cancel`` or ``reset``, the server
-draining, or the connection going away (then the frame is not sent, but the
-upstream request is closed all the same).
+draining, or the connection going away (then the frame reaches no client
+now, but is kept for a resume; the upstream request is closed all the same).
+
+With resume off, a dropped connection cancels the session's generations at
+once and the session ends. With resume on, the session is DETACHED: its
+generations run on for ``orphan_timeout``, then are cancelled; a ``resume``
+within ``resume_ttl`` attaches a new connection, which gets the frames the
+client missed and then the live ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import deque
+import time
 from collections.abc import Iterable
-from typing import Final, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 import structlog
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
+from redis.exceptions import RedisError
 
 from tokenwire.protocol import (
-    BadMessage,
     Cancel,
-    Codec,
     Error,
-    ErrorCode,
     Finish,
     Generate,
+    GenerationFrame,
     Limits,
     Ready,
     Reset,
     ResetDone,
+    ResumeFailed,
     ServerFrame,
-    error_frame,
 )
 
 from . import core
 from .config import ServerSettings
-from .core import Entry, GenerationState, ServerView, SessionCore, SessionState, StopReason
-from .errors import CLOSE_REASONS, CloseCode
+from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason
+from .errors import CloseCode
 from .generation import Generation
 from .loop_lag import LoopLag
 from .metrics import Metrics
+from .redis_store import COALESCE, Kept, Started, orphan_error
+from .resume import FrameLog, MemoryLogs, new_token, seq_of, token_hash
 from .upstream import Upstream
 
+if TYPE_CHECKING:
+    from tokenwire.protocol import Resume
+
+    from .link import Link
+    from .redis_store import RedisStore
+
 log = structlog.get_logger("tokenwire.session")
-
-OPEN: Final = State.OPEN
-CLOSE_TIMEOUT: Final = 2.0
-"""Seconds the closing handshake may take before the TCP connection is aborted."""
-LARGE_MESSAGE: Final = 64 * 1024
-MERGE_BACKLOG: Final = 64
-"""Frames queued for a socket past which it counts as behind, so text merges."""
-
-
-def _resolve(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 class SessionContext(Protocol):
@@ -77,20 +73,32 @@ class SessionContext(Protocol):
     loop_lag: LoopLag
     draining: bool
     history_bytes: int
+    memory_logs: MemoryLogs | None
+    redis: RedisStore | None
 
     def generation_started(self) -> None: ...
 
     def generation_ended(self) -> None: ...
 
+    def session_ended(self, session: Session) -> None: ...
+
+    async def resume(self, link: Link, message: Resume) -> None: ...
+
 
 class Session:
-    """A WebSocket connection's state: generations, conversations, the outbox."""
+    """A client's generations and conversations; served by one link at a time."""
 
-    def __init__(self, context: SessionContext, connection: ServerConnection, codec: Codec):
+    def __init__(self, context: SessionContext, key_hash: str, token: str | None = None) -> None:
         self.id = secrets.token_urlsafe(12)
         self.context = context
         self.settings = settings = context.settings
-        self.state = SessionState.OPEN
+        self.key_hash = key_hash
+        """The API key this session was opened with (hashed): a resume must present it."""
+        self.token = token or new_token()
+        self.token_hash = token_hash(self.token)
+        self.resumable = settings.resume != "off"
+        self.life = SessionLife.ATTACHED
+        self.link: Link | None = None
         self.core = SessionCore(
             core.Limits(
                 max_generations=settings.max_generations,
@@ -102,256 +110,222 @@ class Session:
             context.model_set,
         )
         self.generations: dict[str, Generation] = {}
-        """The running side of the core's active entries, by id."""
-        self._ws = connection
-        self._codec = codec
-        self._outbox: deque[ServerFrame] = deque()
-        self._max_queued = settings.max_queued_frames
-        # Waiters are futures made when someone waits, not Events: an idle
-        # session is most sessions, and an Event costs ≈0.8 KB.
-        self._holding: set[Generation] | None = None
-        self._caught_up: asyncio.Future[None] | None = None
-        self._send_started = 0.0
-        self._written = 0  # bytes handed to the transport
-        self._delivered = 0  # of those, bytes the transport had passed on at the last check
-        self._stuck_since = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self._writer_idle: asyncio.Future[None] | None = None
-        self._task_group: asyncio.TaskGroup | None = None
-        self._on_closed: asyncio.Future[None] | None = None
+        """The running side of the core's active local entries, by id."""
+        self.logs: dict[str, FrameLog] = {}
+        """Each generation's frames, kept for a resume (``resume: memory``)."""
+        self._memory = context.memory_logs if self.resumable else None
+        self._redis = context.redis if settings.resume == "redis" else None
+        self._unstored: list[object] = []
+        """Frames (and start markers) waiting to be stored in Redis, in order."""
+        self._storing: asyncio.Task[None] | None = None
+        self.stored: dict[str, Kept] = {}
+        """The bytes each running generation has in Redis (``resume_generation_bytes``)."""
+        self._conversation_of: dict[str, str] = {}
+        self.owners: dict[str, str] = {}
+        """The node running each generation relayed from another node."""
+        self._relays: dict[str, asyncio.Task[None]] = {}
+        self.generated = False
+        """Whether a generation was ever admitted (else there is nothing to resume)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.detached_at = 0.0
+        """Loop time the last link dropped (DETACHED)."""
+        self._parked: dict[str, list[GenerationFrame]] | None = None
+        self.delivered: dict[str, int] = {}
+        """While a resume replays: the last seq sent to the link, per generation."""
 
-    def _move(self, to: SessionState) -> None:
-        """The session's state moves (``core.advance_session`` refuses an illegal move)."""
-        self.state = core.advance_session(self.state, to)
+    def _live(self, to: SessionLife) -> None:
+        self.life = core.advance_life(self.life, to)
 
-    # -- the session task ---------------------------------------------------
+    # -- links ------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve the connection until it closes; the caller's task is the session task."""
-        structlog.contextvars.bind_contextvars(session=self.id)
-        self._task = asyncio.current_task()
-        log.info("session open", encoding=self._codec.encoding.value)
-        self.send(
-            [
-                Ready(
-                    session=self.id,
-                    models=self.context.models,
-                    limits=Limits(
-                        max_generations=self.settings.max_generations,
-                        max_message_bytes=self.settings.max_message_bytes,
-                    ),
-                )
-            ]
+    def attach(self, link: Link, *, announce: bool = False) -> None:
+        """``link`` serves the session from now on (a fresh one is greeted with ``ready``)."""
+        previous = self.link
+        if previous is not None and previous is not link:
+            previous.release_held()  # its held text is kept before the move
+        self._live(SessionLife.ATTACHED)
+        self.link = link
+        link.session = self
+        if announce:
+            structlog.contextvars.bind_contextvars(session=self.id)
+            log.info("session open", encoding=link.encoding)
+            link.send([self.ready()])
+        if previous is not None and previous is not link:
+            # The old connection has not noticed it is dead (or the client
+            # resumed from a second one): it is closed, the session moves.
+            previous.session = None
+            asyncio.get_running_loop().create_task(previous.close(CloseCode.RESUMED_ELSEWHERE))
+
+    def ready(self) -> Ready:
+        settings = self.settings
+        resumable = self.resumable and (self.context.redis is None or self.context.redis.up)
+        return Ready(
+            session=self.id,
+            models=self.context.models,
+            limits=Limits(
+                max_generations=settings.max_generations,
+                max_message_bytes=settings.max_message_bytes,
+            ),
+            resume_token=self.token if resumable else None,
+            resume_ttl=settings.resume_ttl if resumable else None,
         )
-        try:
-            async with asyncio.TaskGroup() as task_group:
-                self._task_group = task_group
-                reader = task_group.create_task(self._read_loop())
-                try:
-                    await self._write_loop()
-                finally:
-                    reader.cancel()
-                    self._interrupt(self.core.stop_all(StopReason.DISCONNECT))
-            await self._close()
-        finally:
-            # A generation whose task never ran (the task group was torn down
-            # before its first step) still ends, and leaves the server's count.
-            for generation in list(self.generations.values()):
-                self.generation_ended(generation, None)
+
+    async def detach(self, link: Link, *, end: bool = False) -> None:
+        """``link`` closed. Without resume (or with ``end``) the session ends:
+        its generations are cancelled and their upstream requests closed
+        before this returns."""
+        if self.link is not link:
+            return
+        self.link = None
+        self.delivered.clear()
+        self._parked = None
+        if self.life is SessionLife.ATTACHED:
+            self._live(SessionLife.DETACHED)
+        self.detached_at = asyncio.get_running_loop().time()
+        nothing_to_resume = not (self.generated or self.core.active or self.core.conversations)
+        if end or not self.resumable or self.context.draining or nothing_to_resume:
+            await self.end(StopReason.DISCONNECT)
+        elif self._redis is not None:
+            deadline = time.time() + self.settings.resume_ttl
+            await self._redis.set_deadline(self.token_hash, deadline)
+
+    def orphaned_for(self, now: float) -> float:
+        """Seconds the session has been DETACHED (0 while attached)."""
+        return now - self.detached_at if self.life is SessionLife.DETACHED else 0.0
+
+    async def end(self, reason: StopReason) -> None:
+        """Stop every generation (their terminal frames are kept), then forget the session."""
+        self.interrupt(self.core.stop_all(reason))
+        await self.settled()
+        if self._storing is not None:
+            await asyncio.wait([self._storing])
+        if self.life is SessionLife.ATTACHED and self.link is not None:
+            return  # a resume attached a link meanwhile
+        if self.life is not SessionLife.ENDED:
+            if self.life is SessionLife.ATTACHED:
+                self._live(SessionLife.DETACHED)
+            self._live(SessionLife.ENDED)
             self.context.history_bytes -= self.core.forget()
-            self._move(SessionState.CLOSED)
-            _resolve(self._on_closed)
-            log.info("session closed", code=self._ws.close_code)
+            if self._memory is not None:
+                for frame_log in self.logs.values():
+                    self._memory.release(frame_log)
+            self.logs.clear()
+            self.context.session_ended(self)
 
-    async def _read_loop(self) -> None:
+    async def settled(self) -> None:
+        """Wait until every generation task has ended."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def shutdown(self) -> None:
+        """End the remaining generations with ``shutting_down``, then close with 1001."""
+        self.interrupt(self.core.stop_all(StopReason.SHUTDOWN))
+        await self.settled()
+        if self.link is not None:
+            await self.link.close(CloseCode.GOING_AWAY)
+
+    # -- frames -------------------------------------------------------------------
+
+    def send(self, frames: Iterable[ServerFrame]) -> None:
+        """Keep a generation's frames for a resume, and pass them to the link
+        (with Redis: once stored)."""
+        frames = list(frames)
+        if not frames:
+            return
+        if self._redis is not None:
+            self._unstored.extend(frames)
+            if self._storing is None:
+                self._storing = asyncio.get_running_loop().create_task(self._store())
+            return
+        if self._memory is not None:
+            first = frames[0]
+            gid = getattr(first, "id", None)
+            if gid is not None and (frame_log := self.logs.get(gid)) is not None:
+                self._memory.append(frame_log, frames)  # type: ignore[arg-type]
+        self.deliver(frames)
+
+    async def _store(self) -> None:
+        """Store what is queued, coalesced over ``COALESCE``, then deliver it."""
+        assert self._redis is not None
         try:
-            async for data in self._ws:
-                try:
-                    self._handle(data)
-                except Exception:  # a bug must not take the session down
-                    log.exception("message handling failed")
-                    self._refuse(error_frame(None, ErrorCode.INTERNAL, "internal error"))
-                if len(data) > LARGE_MESSAGE:
-                    # Decoding and checking it took a while (≈40 ms a MB): let
-                    # other sessions have the loop before the next one, which
-                    # websockets may already hold.
-                    await asyncio.sleep(0)
-        except ConnectionClosed:
-            pass
-        # The peer closed (or the connection failed): the writer stops too.
-        if self.state in (SessionState.OPEN, SessionState.CLOSING, SessionState.ABORTING):
-            self._move(SessionState.GONE)
-        self._wake_writer()
-
-    async def _write_loop(self) -> None:
-        """Write the outbox until the connection closes or a close is requested.
-
-        While the transport has room, websockets' sans-I/O protocol makes the
-        frame (``send_text``/``send_binary``, then ``data_to_send()``) and it
-        is written to the transport at once: ``send()``'s locking and
-        draining would add ≈20 µs a frame. Once the peer falls
-        behind (the transport is over its high-water mark), frames go through
-        ``send()``, which waits for room; it waits with no deadline (docs/traps.md),
-        so the deadline is ours: ``_send_started`` marks a send in progress,
-        and the server's watchdog (``check_send``) stops one that has lasted
-        ``send_timeout``. That costs a clock read per frame, where an
-        ``asyncio.timeout`` per send would cost a timer (≈6 µs). Meanwhile
-        generations merge their text (``behind``, ``hold``).
-        """
-        ws = self._ws
-        outbox = self._outbox
-        encode = self._codec.encode
-        text = self._codec.encoding.is_text
-        frames_sent = self.context.metrics.frames_sent
-        clock = asyncio.get_running_loop().time
-        # While the transport has room and the connection is open, a frame is
-        # made by websockets' sans-I/O protocol (framing, and compression
-        # where negotiated) and written to the transport at once; otherwise
-        # it goes through send(), which waits for room (the watchdog's part).
-        protocol = ws.protocol
-        transport = ws.transport
-        frame = protocol.send_text if text else protocol.send_binary
-        data_to_send = protocol.data_to_send
-        sent = 0
-        try:
-            while True:
-                if self.state in (SessionState.GONE, SessionState.ABORTING):
-                    return
-                if not outbox:
-                    if self._holding:  # caught up: the held text goes out, merged
-                        self._release_held()
-                        continue
-                    if self.state is SessionState.CLOSING:  # all written: now the close
-                        return
-                    frames_sent.inc(sent)
-                    sent = 0
-                    self._writer_idle = waiter = asyncio.get_running_loop().create_future()
-                    await waiter
-                    self._writer_idle = None
-                    continue
-                data = encode(outbox.popleft())
-                if not ws.paused and protocol.state is OPEN:
-                    frame(data)
-                    for chunk in data_to_send():
-                        transport.write(chunk)
-                        self._written += len(chunk)
-                    sent += 1
-                    continue
-                self._send_started = clock()
-                await ws.send(data, text=text)
-                self._send_started = 0.0
-                self._written += len(data) + 2
-                sent += 1
-                if self._holding and not ws.paused and len(outbox) < MERGE_BACKLOG:
-                    self._release_held()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self.state is not SessionState.ABORTING or task is None:
-                raise
-            task.uncancel()
-            log.warning("slow reader", queued=len(outbox))
-        except ConnectionClosed:
-            pass
+            await asyncio.sleep(COALESCE)
+            while self._unstored:
+                batch, self._unstored = self._unstored, []
+                await self._redis.write(self, batch)
+                self.deliver([f for f in batch if not isinstance(f, Started)])  # type: ignore[misc]
         finally:
-            self._send_started = 0.0
-            frames_sent.inc(sent)
+            self._storing = None
 
-    def check_send(self, now: float, timeout: float) -> None:
-        """The watchdog's call: close a reader that took nothing for ``timeout``.
+    def conversation_of(self, gid: str) -> tuple[str, list[dict[str, Any]]] | None:
+        """The conversation generation ``gid`` (now ended) belonged to, as kept now."""
+        name = self._conversation_of.pop(gid, None)
+        if name is None or (conversation := self.core.conversations.get(name)) is None:
+            return None
+        return name, conversation.messages
 
-        Either a ``send()`` has been blocked that long, or bytes already
-        written have sat in the transport's buffer that long without any of
-        them reaching the socket: a reader that stops after the last frame
-        of an answer blocks no write, but never takes those bytes either.
-        """
-        if 0.0 < self._send_started < now - timeout:
-            self._stall()
+    def deliver(self, frames: list[ServerFrame]) -> None:
+        link = self.link
+        if link is None:
             return
-        transport = self._ws.transport
-        buffered = transport.get_write_buffer_size() if transport is not None else 0
-        delivered = self._written - buffered
-        if buffered == 0 or delivered != self._delivered:
-            self._delivered = delivered
-            self._stuck_since = now if buffered else 0.0
-        elif self._stuck_since and now - self._stuck_since >= timeout:
-            log.warning("slow reader", buffered=buffered)
-            self._stall()
+        if self._parked is not None or self.delivered:
+            frames = self._filter(frames)
+        if frames:
+            link.send(frames)
 
-    def _stall(self) -> None:
-        """Give up on the reader: close with 4008, interrupting a blocked send."""
-        if self.state not in (SessionState.OPEN, SessionState.CLOSING):
-            return
-        self._move(SessionState.ABORTING)
-        self._wake_writer()
-        if self._send_started and self._task is not None:
-            self._task.cancel()  # the writer turns it into the close (see _write_loop)
+    def _filter(self, frames: list[ServerFrame]) -> list[ServerFrame]:
+        """During and after a replay, each generation's frames go out once, in
+        order: frames a replay already sent are skipped; frames made while
+        it reads the store wait for it (``park``)."""
+        out: list[ServerFrame] = []
+        for frame in frames:
+            gid = getattr(frame, "id", None)
+            seq = getattr(frame, "seq", None)
+            if gid is None or seq is None:
+                out.append(frame)
+                continue
+            if self._parked is not None and gid in self._parked:
+                self._parked[gid].append(frame)  # type: ignore[arg-type]
+                continue
+            last = self.delivered.get(gid)
+            if last is None or seq > last:
+                out.append(frame)
+                if last is not None:
+                    self.delivered[gid] = seq
+        return out
 
-    def _release_held(self) -> None:
-        for generation in self._holding or ():
-            self._outbox.extend(generation.assembler.flush())
-        self._holding = None
-        _resolve(self._caught_up)
-        self._caught_up = None
+    def park(self, ids: Iterable[str]) -> None:
+        """Hold the live frames of ``ids`` while their stored frames are read."""
+        self._parked = {gid: [] for gid in ids}
 
-    async def _close(self) -> None:
-        """The closing handshake asked for (4008 or 1001), aborted after ``CLOSE_TIMEOUT``."""
-        if self.state is SessionState.ABORTING:
-            code = CloseCode.SLOW_READER
-        elif self.state is SessionState.CLOSING:
-            code = CloseCode.GOING_AWAY
-        else:  # the peer went away, or the connection closed under the writer
-            return
-        reason = CLOSE_REASONS[code]
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self._ws.close(code, reason)
-        except TimeoutError:
-            self._ws.transport.abort()
-
-    # -- called from other tasks ----------------------------------------------
-
-    def _wake_writer(self) -> None:
-        _resolve(self._writer_idle)
+    def unpark(self, gid: str, last_seq: int) -> None:
+        """``gid``'s stored frames up to ``last_seq`` were sent: the parked ones follow."""
+        parked = self._parked.pop(gid, []) if self._parked is not None else []
+        self.delivered[gid] = last_seq
+        if not self._parked:
+            self._parked = None
+        self.deliver(list(parked))
 
     @property
     def behind(self) -> bool:
-        """Whether the socket is behind: the peer is not reading as fast as we
-        write (the transport is over its high-water mark), or frames are piling
-        up faster than the session task writes them."""
-        return self._ws.paused or len(self._outbox) >= MERGE_BACKLOG
-
-    def send(self, frames: Iterable[ServerFrame]) -> None:
-        """Queue frames for the session task to write, in order."""
-        outbox = self._outbox
-        outbox.extend(frames)
-        self._wake_writer()
-        if len(outbox) > self._max_queued:
-            # Text merges while the socket is behind, so only a reader that
-            # has stopped (or nearly) lets this many frames pile up.
-            log.warning("too many queued frames", max_queued_frames=self._max_queued)
-            self._stall()
+        return self.link is not None and self.link.behind
 
     def hold(self, generation: Generation) -> None:
-        """``generation`` holds text to merge; it goes out when the socket catches up."""
-        if self._holding is None:
-            self._holding = set()
-        self._holding.add(generation)
-        # An idle writer sends it at once (and waits for room while the text
-        # after it merges): held text never waits for a frame to follow it.
-        self._wake_writer()
+        if self.link is not None:
+            self.link.hold(generation)
+        else:  # nobody to merge for: the text is kept as it is
+            self.send(generation.assembler.flush())
 
     async def caught_up(self) -> None:
-        """Wait until the held text has gone out (see ``hold``)."""
-        if self._holding:
-            if self._caught_up is None:
-                self._caught_up = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._caught_up)
+        if self.link is not None:
+            await self.link.caught_up()
+
+    # -- generations ----------------------------------------------------------------
 
     def generation_ended(self, generation: Generation, terminal: Finish | Error | None) -> None:
-        """``generation`` ended with ``terminal`` (None: by the session's
-        teardown). The one way to the core's ENDED state; a second call does nothing."""
-        if self._holding:
-            self._holding.discard(generation)
+        """``generation`` ended with ``terminal`` (None: by the server's teardown).
+        The one way to the core's ENDED state; a second call does nothing."""
+        if self.link is not None:
+            self.link.unhold(generation)
         if generation.entry.state is GenerationState.ENDED:
             return
         keeps_history = generation.entry.history is not None and isinstance(terminal, Finish)
@@ -361,42 +335,89 @@ class Session:
             del self.generations[generation.id]
         self.context.generation_ended()
 
-    def _interrupt(self, entries: Iterable[Entry]) -> None:
+    def interrupt(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
             if (generation := self.generations.get(entry.id)) is not None:
                 generation.interrupt()
+            elif entry.remote and self._redis is not None:
+                if entry.stop_reason is StopReason.SHUTDOWN:
+                    # This node goes; the generation runs on for a resume elsewhere.
+                    if (relay := self._relays.get(entry.id)) is not None:
+                        relay.cancel()
+                    continue
+                # Its node is told; the relay passes on the terminal frame it stores.
+                owner = self.owners.get(entry.id, "")
+                self._spawn(self._redis.cancel(self.token_hash, entry.id, owner), "cancel")
 
-    async def shutdown(self) -> None:
-        """End the remaining generations with ``shutting_down``, then close with 1001."""
-        self._interrupt(self.core.stop_all(StopReason.SHUTDOWN))
-        tasks = [g.task for g in self.generations.values() if g.task is not None]
-        if tasks:
-            await asyncio.wait(tasks)
-        if self.state is SessionState.OPEN:
-            self._move(SessionState.CLOSING)
-        self._wake_writer()
-        if self.state is not SessionState.CLOSED:
-            if self._on_closed is None:
-                self._on_closed = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._on_closed)
+    def relay(self, request: Generate, owner: str, after_seq: int) -> None:
+        """Relay generation ``request``, running on node ``owner``, from Redis."""
+        entry = self.core.adopt(request)
+        self.owners[request.id] = owner
+        self.generated = True
+        self.context.generation_started()
+        relay = self._spawn(self._relay(entry, after_seq), f"relay {request.id}")
+        self._relays[request.id] = relay
+        relay.add_done_callback(lambda _: self._relays.pop(request.id, None))
 
-    # -- client messages --------------------------------------------------------
-
-    def _handle(self, data: str | bytes) -> None:
+    async def _relay(self, entry: Entry, after_seq: int) -> None:
+        """Pass on the frames another node stores for ``entry``; if that node
+        stops renewing its lease, end the generation with a retryable
+        ``upstream_error`` (stored first, so every node tells the same end)."""
+        store = self._redis
+        assert store is not None
+        gid = entry.id
+        h = self.token_hash
+        block_ms = max(50, int(self.settings.resume_lease * 1000 / 3))
+        last = after_seq
+        terminal: Finish | Error | None = None
         try:
-            message = self._codec.decode_client(data)
-        except BadMessage as exc:
-            generation_id = exc.generation_id
-            if generation_id in self.core.active:  # not that generation's frame to send
-                generation_id = None
-            self._refuse(error_frame(generation_id, ErrorCode.BAD_MESSAGE, exc.message))
-            return
+            while terminal is None:
+                try:
+                    await store.watching(h, gid)
+                    frames = await store.read(h, gid, last, block_ms)
+                    if frames is None and not await store.alive(h, gid):
+                        frame = orphan_error(gid, last + 1)
+                        if not await store.end_orphan(h, frame):
+                            continue  # its node stored a frame meanwhile: read it
+                        frames = [frame]
+                except (RedisError, OSError, TimeoutError) as exc:
+                    store.failed(exc)
+                    frames = [orphan_error(gid, last + 1)]
+                if frames is None:
+                    continue
+                if frames == "gap":
+                    self.deliver([ResumeFailed(id=gid, reason="gap")])
+                    return
+                self.deliver(list(frames))
+                last = seq_of(frames[-1])
+                if isinstance(frames[-1], Finish | Error):
+                    terminal = frames[-1]
+        finally:
+            self.core.ended(entry, terminal)  # its history is the owner's: restored below
+            self.context.generation_ended()
+            name = entry.request.conversation
+            if isinstance(terminal, Finish) and name is not None:
+                record = await store.load(h)
+                if record is not None and name in record.conversations:
+                    self.context.history_bytes += self.core.restore(
+                        name, record.conversations[name]
+                    )
+
+    def _spawn(self, coroutine: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- client messages ------------------------------------------------------------
+
+    def handle(self, message: Generate | Cancel | Reset) -> None:
         match message:
             case Generate():
                 self._start(message)
             case Cancel(id=generation_id):
                 if (entry := self.core.stop(generation_id, StopReason.CANCEL)) is not None:
-                    self._interrupt([entry])
+                    self.interrupt([entry])
             case Reset():
                 self._reset()
             case _:
@@ -411,26 +432,35 @@ class Session:
         )
         admitted = self.core.admit(request, view)
         if isinstance(admitted, Error):
-            self._refuse(admitted)
+            self.refuse(admitted)
             return
+        self.generated = True
+        if self._memory is not None:
+            if (old := self.logs.get(request.id)) is not None:
+                self._memory.release(old)
+            self.logs[request.id] = FrameLog()
+        elif self._redis is not None:
+            if request.conversation is not None:
+                self._conversation_of[request.id] = request.conversation
+            self.send([Started(request)])  # type: ignore[list-item]
         generation = Generation(self, admitted)
         self.generations[request.id] = generation
         context.generation_started()
-        assert self._task_group is not None
-        generation.task = self._task_group.create_task(
-            generation.run(), name=f"generation {request.id}"
-        )
+        generation.task = self._spawn(generation.run(), f"generation {request.id}")
 
     def _reset(self) -> None:
         entries, stopped, freed = self.core.reset()
         self.context.history_bytes -= freed
-        self._interrupt(stopped)
+        self.interrupt(stopped)
+        if self._redis is not None:
+            self._spawn(self._redis.forget_conversations(self.token_hash), "forget")
         ids = [e.id for e in entries]
         tasks = [
             task
             for e in entries
             if (g := self.generations.get(e.id)) is not None and (task := g.task) is not None
         ]
+        tasks += [relay for i in ids if (relay := self._relays.get(i)) is not None]
         if not tasks:
             self.send([ResetDone(cancelled=ids)])
             return
@@ -439,10 +469,9 @@ class Session:
             await asyncio.wait(tasks)
             self.send([ResetDone(cancelled=ids)])
 
-        assert self._task_group is not None
-        self._task_group.create_task(reset_done(), name="reset")
+        self._spawn(reset_done(), "reset")
 
-    def _refuse(self, frame: Error) -> None:
+    def refuse(self, frame: Error) -> None:
         """Send an ``error`` frame for a message not taken (or a generate refused)."""
-        self.context.metrics.errors.labels(frame.code).inc()
-        self.send([frame])
+        if self.link is not None:
+            self.link.refuse(frame)

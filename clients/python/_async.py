@@ -37,6 +37,8 @@ from tokenwire.protocol import (
     Reset,
     ResetDone,
     Result,
+    Resumed,
+    ResumeFailed,
 )
 
 from ._common import (
@@ -246,7 +248,7 @@ class AsyncClient:
                     case ResetDone(cancelled=ids):
                         if self._resets:
                             self._resets.popleft().set_result(ids)
-                    case None | Ready() | Error(id=None):
+                    case None | Ready() | Error(id=None) | Resumed() | ResumeFailed():
                         # A frame type from a later version, or an error about
                         # a message the server could not take (this client
                         # checks its messages before sending them).

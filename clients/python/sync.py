@@ -41,6 +41,8 @@ from tokenwire.protocol import (
     Reset,
     ResetDone,
     Result,
+    Resumed,
+    ResumeFailed,
 )
 
 from ._common import (
@@ -251,7 +253,7 @@ class Client:
                             waiter = self._resets.popleft() if self._resets else None
                         if waiter is not None:
                             waiter.put(ids)
-                    case None | Ready() | Error(id=None):
+                    case None | Ready() | Error(id=None) | Resumed() | ResumeFailed():
                         pass  # a later version's frame, or about a message not taken
                     case _:
                         self._route(frame)

@@ -104,7 +104,7 @@ async def test_a_reader_that_leaves_bytes_in_the_transport_is_closed(start_serve
         mark = fake.mark()
         stalled = await _stalled_client(handle.url, "g", {"tokens": 0})  # a warm-up answer
         await fake.request_after(mark, TIMEOUT)
-        (session,) = handle.server.sessions
+        (session,) = handle.server.connections
         # Every write now stays under the high-water mark: none ever blocks.
         session._ws.transport.set_write_buffer_limits(high=1 << 30)
         word = "w" * 1000

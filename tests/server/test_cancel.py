@@ -141,33 +141,60 @@ async def test_reset_with_nothing_active(server, connect):
         assert isinstance(done, ResetDone) and done.cancelled == []
 
 
-async def test_disconnect_closes_every_upstream_request(server, connect, fake):
-    async with connect(server) as client:
+async def test_disconnect_closes_every_upstream_request(start_server, connect, fake):
+    async with start_server(resume="off") as server, connect(server) as client:
         for gid in ("d1", "d2"):
             await client.generate(gid, messages=say(**SLOW))
         for gid in ("d1", "d2"):
             await client.first_frame(gid)
         records = fake.requests[-2:]
         await client.ws.close()
-    for record in records:
+        for record in records:
+            await record.wait_ended(PROMPT_CLOSE_S)
+            assert record.disconnected
+
+
+async def test_an_abrupt_disconnect_closes_the_upstream_request_too(start_server, fake):
+    async with start_server(resume="off") as server:
+        ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
+        await ws.recv()  # ready
+        await ws.send(
+            '{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}"
+        )
+        await ws.recv()  # first token
+        record = fake.requests[-1]
+        ws.transport.abort()  # no close frame: the TCP connection just goes
         await record.wait_ended(PROMPT_CLOSE_S)
         assert record.disconnected
+        async with asyncio.timeout(TIMEOUT):
+            await server.server.no_sessions.wait()
+        assert server.server.active_generations == 0
 
 
-async def test_an_abrupt_disconnect_closes_the_upstream_request_too(server, fake):
-    ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
-    await ws.recv()  # ready
-    await ws.send(
-        '{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}"
-    )
-    await ws.recv()  # first token
-    record = fake.requests[-1]
-    ws.transport.abort()  # no close frame: the TCP connection just goes
-    await record.wait_ended(PROMPT_CLOSE_S)
-    assert record.disconnected
-    async with asyncio.timeout(TIMEOUT):
-        await server.server.no_sessions.wait()
-    assert server.server.active_generations == 0
+async def test_with_resume_on_a_dropped_generation_runs_for_orphan_timeout_then_is_cancelled(
+    start_server, fake
+):
+    orphan_timeout = 1.0
+    async with start_server(resume="memory", orphan_timeout=orphan_timeout) as server:
+        ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
+        await ws.recv()  # ready
+        await ws.send(
+            '{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}"
+        )
+        await ws.recv()  # first token
+        record = fake.requests[-1]
+        dropped = asyncio.get_running_loop().time()
+        ws.transport.abort()
+        # It waits for a resume: still streaming well after the drop ...
+        await asyncio.sleep(orphan_timeout / 2)
+        assert not record.ended.is_set()
+        assert server.server.active_generations == 1
+        # ... and is cancelled, its upstream request closed, once orphan_timeout passed.
+        await record.wait_ended(orphan_timeout + 0.25 + PROMPT_CLOSE_S)
+        waited = asyncio.get_running_loop().time() - dropped
+        assert record.disconnected
+        assert orphan_timeout <= waited <= orphan_timeout + 0.25 + PROMPT_CLOSE_S
+        assert server.server.active_generations == 0
 
 
 def _tool(name: str) -> dict:

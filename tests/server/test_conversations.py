@@ -130,7 +130,8 @@ async def test_a_conversation_holds_at_most_max_history_bytes(start_server, conn
 
 
 async def test_all_sessions_together_hold_at_most_max_total_history_bytes(start_server, connect):
-    async with start_server(max_total_history_bytes=200) as handle:
+    # resume off: a closed session is forgotten at once (with resume on, at resume_ttl).
+    async with start_server(max_total_history_bytes=200, resume="off") as handle:
         async with connect(handle) as first, connect(handle) as second:
             await first.generate("t1", messages=say(tokens=20), conversation="c")
             assert (await first.result("t1")).reason == "stop"

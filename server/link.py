@@ -1,0 +1,340 @@
+"""One WebSocket connection: the link between a client and its session.
+
+The link's task (the connection handler) runs a reader, which hands client
+messages to the session, and the writer, which alone writes the socket:
+frames are queued in the link's outbox and written in order, each write with
+a deadline (``send_timeout``, kept by the server's watchdog). A session
+outlives its links when resume is on: a dropped connection detaches it, and
+a ``resume`` on a new connection attaches that link instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from tokenwire.protocol import BadMessage, Codec, ErrorCode, Resume, ServerFrame, error_frame
+
+from . import core
+from .core import SessionState
+from .errors import CLOSE_REASONS, CloseCode
+
+if TYPE_CHECKING:
+    from .generation import Generation
+    from .session import Session, SessionContext
+
+log = structlog.get_logger("tokenwire.session")
+
+OPEN: Final = State.OPEN
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds the closing handshake may take before the TCP connection is aborted."""
+LARGE_MESSAGE: Final = 64 * 1024
+MERGE_BACKLOG: Final = 64
+"""Frames queued for a socket past which it counts as behind, so text merges."""
+
+
+def resolve(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+class Link:
+    """A WebSocket connection attached to a session: its reader, writer and outbox."""
+
+    def __init__(self, context: SessionContext, connection: ServerConnection, codec: Codec):
+        self.context = context
+        self.session: Session | None = None
+        self.state = SessionState.OPEN
+        self._ws = connection
+        self._codec = codec
+        self._outbox: deque[ServerFrame] = deque()
+        self._max_queued = context.settings.max_queued_frames
+        # Waiters are futures made when someone waits, not Events: an idle
+        # session is most sessions, and an Event costs ≈0.8 KB.
+        self._holding: set[Generation] | None = None
+        self._caught_up: asyncio.Future[None] | None = None
+        self._send_started = 0.0
+        self._written = 0  # bytes handed to the transport
+        self._delivered = 0  # of those, bytes the transport had passed on at the last check
+        self._stuck_since = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._writer_idle: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._first = True
+
+    @property
+    def encoding(self) -> str:
+        return self._codec.encoding.value
+
+    def _move(self, to: SessionState) -> None:
+        """The connection's state moves (``core.advance_session`` refuses an illegal move)."""
+        self.state = core.advance_session(self.state, to)
+
+    # -- the link's task ------------------------------------------------------
+
+    async def run(self, session: Session) -> None:
+        """Serve the connection until it closes; the caller's task is the link's task."""
+        self._task = asyncio.current_task()
+        session.attach(self, announce=True)
+        try:
+            async with asyncio.TaskGroup() as task_group:
+                reader = task_group.create_task(self._read_loop())
+                try:
+                    await self._write_loop()
+                finally:
+                    reader.cancel()
+            await self._leave()
+            await self._close()
+        finally:
+            await self._leave()
+            self._move(SessionState.CLOSED)
+            resolve(self._closed)
+            log.info("connection closed", code=self._ws.close_code)
+
+    async def _leave(self) -> None:
+        """Detach from the session (once), before the closing handshake."""
+        self.release_held()
+        if (session := self.session) is not None:
+            self.session = None
+            # A reader closed for taking nothing (4008) is not a dropped
+            # connection: its session ends, resume or not.
+            await session.detach(self, end=self.state is SessionState.ABORTING)
+
+    async def _read_loop(self) -> None:
+        try:
+            async for data in self._ws:
+                try:
+                    await self._handle(data)
+                except Exception:  # a bug must not take the session down
+                    log.exception("message handling failed")
+                    self.refuse(error_frame(None, ErrorCode.INTERNAL, "internal error"))
+                if len(data) > LARGE_MESSAGE:
+                    # Decoding and checking it took a while (≈40 ms a MB): let
+                    # other sessions have the loop before the next one, which
+                    # websockets may already hold.
+                    await asyncio.sleep(0)
+        except ConnectionClosed:
+            pass
+        # The peer closed (or the connection failed): the writer stops too.
+        if self.state in (SessionState.OPEN, SessionState.CLOSING, SessionState.ABORTING):
+            self._move(SessionState.GONE)
+        self._wake_writer()
+
+    async def _handle(self, data: str | bytes) -> None:
+        session = self.session
+        assert session is not None
+        first, self._first = self._first, False
+        try:
+            message = self._codec.decode_client(data)
+        except BadMessage as exc:
+            generation_id = exc.generation_id
+            if generation_id in session.core.active:  # not that generation's frame to send
+                generation_id = None
+            self.refuse(error_frame(generation_id, ErrorCode.BAD_MESSAGE, exc.message))
+            return
+        if isinstance(message, Resume):
+            if not first:
+                self.refuse(
+                    error_frame(
+                        None,
+                        ErrorCode.BAD_MESSAGE,
+                        "resume is only valid as the first message of a connection",
+                    )
+                )
+                return
+            await self.context.resume(self, message)
+            return
+        session.handle(message)
+
+    async def _write_loop(self) -> None:
+        """Write the outbox until the connection closes or a close is requested.
+
+        While the transport has room, websockets' sans-I/O protocol makes the
+        frame (``send_text``/``send_binary``, then ``data_to_send()``) and it
+        is written to the transport at once: ``send()``'s locking and
+        draining would add ≈20 µs a frame. Once the peer falls
+        behind (the transport is over its high-water mark), frames go through
+        ``send()``, which waits for room; it waits with no deadline (docs/traps.md),
+        so the deadline is ours: ``_send_started`` marks a send in progress,
+        and the server's watchdog (``check_send``) stops one that has lasted
+        ``send_timeout``. That costs a clock read per frame, where an
+        ``asyncio.timeout`` per send would cost a timer (≈6 µs). Meanwhile
+        generations merge their text (``behind``, ``hold``).
+        """
+        ws = self._ws
+        outbox = self._outbox
+        encode = self._codec.encode
+        text = self._codec.encoding.is_text
+        frames_sent = self.context.metrics.frames_sent
+        clock = asyncio.get_running_loop().time
+        protocol = ws.protocol
+        transport = ws.transport
+        frame = protocol.send_text if text else protocol.send_binary
+        data_to_send = protocol.data_to_send
+        sent = 0
+        try:
+            while True:
+                if self.state in (SessionState.GONE, SessionState.ABORTING):
+                    return
+                if not outbox:
+                    if self._holding:  # caught up: the held text goes out, merged
+                        self.release_held()
+                        continue
+                    if self.state is SessionState.CLOSING:  # all written: now the close
+                        return
+                    frames_sent.inc(sent)
+                    sent = 0
+                    self._writer_idle = waiter = asyncio.get_running_loop().create_future()
+                    await waiter
+                    self._writer_idle = None
+                    continue
+                data = encode(outbox.popleft())
+                if not ws.paused and protocol.state is OPEN:
+                    frame(data)
+                    for chunk in data_to_send():
+                        transport.write(chunk)
+                        self._written += len(chunk)
+                    sent += 1
+                    continue
+                self._send_started = clock()
+                await ws.send(data, text=text)
+                self._send_started = 0.0
+                self._written += len(data) + 2
+                sent += 1
+                if self._holding and not ws.paused and len(outbox) < MERGE_BACKLOG:
+                    self.release_held()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.state is not SessionState.ABORTING or task is None:
+                raise
+            task.uncancel()
+            log.warning("slow reader", queued=len(outbox))
+        except ConnectionClosed:
+            pass
+        finally:
+            self._send_started = 0.0
+            frames_sent.inc(sent)
+
+    def check_send(self, now: float, timeout: float) -> None:
+        """The watchdog's call: close a reader that took nothing for ``timeout``.
+
+        Either a ``send()`` has been blocked that long, or bytes already
+        written have sat in the transport's buffer that long without any of
+        them reaching the socket: a reader that stops after the last frame
+        of an answer blocks no write, but never takes those bytes either.
+        """
+        if 0.0 < self._send_started < now - timeout:
+            self._stall()
+            return
+        transport = self._ws.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        delivered = self._written - buffered
+        if buffered == 0 or delivered != self._delivered:
+            self._delivered = delivered
+            self._stuck_since = now if buffered else 0.0
+        elif self._stuck_since and now - self._stuck_since >= timeout:
+            log.warning("slow reader", buffered=buffered)
+            self._stall()
+
+    def _stall(self) -> None:
+        """Give up on the reader: close with 4008, interrupting a blocked send."""
+        if self.state not in (SessionState.OPEN, SessionState.CLOSING):
+            return
+        self._move(SessionState.ABORTING)
+        self._wake_writer()
+        if self._send_started and self._task is not None:
+            self._task.cancel()  # the writer turns it into the close (see _write_loop)
+
+    def release_held(self) -> None:
+        """Held text goes to the session (and so, when attached, to this outbox)."""
+        holding, self._holding = self._holding, None
+        if holding and self.session is not None:
+            for generation in holding:
+                self.session.send(generation.assembler.flush())
+        resolve(self._caught_up)
+        self._caught_up = None
+
+    async def _close(self) -> None:
+        """The closing handshake asked for (4008 or 1001), aborted after ``CLOSE_TIMEOUT``."""
+        if self.state is SessionState.ABORTING:
+            code = CloseCode.SLOW_READER
+        elif self.state is SessionState.CLOSING:
+            code = self._close_code
+        else:  # the peer went away, or the connection closed under the writer
+            return
+        reason = CLOSE_REASONS[code]
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            self._ws.transport.abort()
+
+    # -- called from other tasks ----------------------------------------------
+
+    def _wake_writer(self) -> None:
+        resolve(self._writer_idle)
+
+    @property
+    def behind(self) -> bool:
+        """Whether the socket is behind: the peer is not reading as fast as we
+        write (the transport is over its high-water mark), or frames are piling
+        up faster than the link's task writes them."""
+        return self._ws.paused or len(self._outbox) >= MERGE_BACKLOG
+
+    def send(self, frames: Iterable[ServerFrame]) -> None:
+        """Queue frames for the link's task to write, in order."""
+        outbox = self._outbox
+        outbox.extend(frames)
+        self._wake_writer()
+        if len(outbox) > self._max_queued:
+            # Text merges while the socket is behind, so only a reader that
+            # has stopped (or nearly) lets this many frames pile up.
+            log.warning("too many queued frames", max_queued_frames=self._max_queued)
+            self._stall()
+
+    def refuse(self, frame: ServerFrame) -> None:
+        """Send an ``error`` frame for a message not taken (or a generate refused)."""
+        code = getattr(frame, "code", None)
+        if code is not None:
+            self.context.metrics.errors.labels(code).inc()
+        self.send([frame])
+
+    def hold(self, generation: Generation) -> None:
+        """``generation`` holds text to merge; it goes out when the socket catches up."""
+        if self._holding is None:
+            self._holding = set()
+        self._holding.add(generation)
+        # An idle writer sends it at once (and waits for room while the text
+        # after it merges): held text never waits for a frame to follow it.
+        self._wake_writer()
+
+    def unhold(self, generation: Generation) -> None:
+        if self._holding:
+            self._holding.discard(generation)
+
+    async def caught_up(self) -> None:
+        """Wait until the held text has gone out (see ``hold``)."""
+        if self._holding:
+            if self._caught_up is None:
+                self._caught_up = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._caught_up)
+
+    _close_code = CloseCode.GOING_AWAY
+
+    async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """Write what is queued, close with ``code``, and wait until the link is closed."""
+        if self.state is SessionState.OPEN:
+            self._close_code = code
+            self._move(SessionState.CLOSING)
+        self._wake_writer()
+        if self.state is not SessionState.CLOSED:
+            if self._closed is None:
+                self._closed = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._closed)

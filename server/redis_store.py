@@ -1,0 +1,455 @@
+"""``resume: redis``: sessions that any node can resume, kept in Redis.
+
+Keys, for a session named by its token's hash ``h`` (the token itself is
+never stored), all expiring ``resume_ttl`` + ``orphan_timeout`` + 60 s after
+their last write (refreshed while the session lives)::
+
+    tw:{h}:s          hash   key (the API key's hash), id, deadline (when a
+                             resume stops being possible; 0 while attached),
+                             g:{gid} (owner node), r:{gid} (the generate)
+    tw:{h}:c          hash   conversation name → its messages (JSON)
+    tw:{h}:g:{gid}    stream one entry per stored batch of a generation's
+                             frames (MessagePack), id 0-{last seq + 1}: ids
+                             grow with seq, so a duplicate write is refused
+    tw:{h}:l:{gid}    string the owner node's lease on a running generation
+    tw:{h}:x:{gid}    string a cancel asked from another node
+    tw:{h}:w:{gid}    string another node relays the generation to its client
+    tw:node:{node}    channel cancels for that node's generations
+
+A frame reaches the client only once stored. Batches are coalesced for
+``COALESCE`` seconds, and each is one pipelined round trip (XADD with
+MAXLEN, then EXPIRE). When Redis cannot be reached, frames go to the client
+unstored, the outage is logged and counted once, ``ready`` says resume is
+off, and a probe brings it back; a resume that would need the missing frames
+gets ``gap`` (replays check that seqs are contiguous).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT
+
+from tokenwire.protocol import (
+    Error,
+    ErrorCode,
+    Finish,
+    Generate,
+    GenerationFrame,
+    Reasoning,
+    Token,
+    ToolCallChunk,
+    ToolCallComplete,
+    error_frame,
+)
+
+from .config import ServerSettings
+from .metrics import Metrics
+from .resume import contiguous, seq_of
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = structlog.get_logger("tokenwire.resume")
+
+COALESCE: Final = 0.002
+"""Seconds frames wait to be stored together (one XADD per generation per batch)."""
+MAX_ENTRIES: Final = 100_000
+"""MAXLEN of a generation's stream (entries are batches, so frames are more)."""
+TIMEOUT: Final = 1.0
+"""Seconds any Redis command may take before the store counts as down."""
+PROBE: Final = 1.0
+"""Seconds between attempts to reach Redis while it is down."""
+
+_frames = msgspec.msgpack.Encoder()
+_decode_frames = msgspec.msgpack.Decoder(list[GenerationFrame])
+_decode_request = msgspec.msgpack.Decoder(Generate)
+_json = msgspec.json.Encoder()
+_decode_json = msgspec.json.Decoder(list[dict[str, Any]])
+
+Replay = list[GenerationFrame] | Literal["gap", "unknown"]
+GENERATION_FRAMES: Final = (Token, Reasoning, ToolCallChunk, ToolCallComplete, Finish, Error)
+
+
+@dataclass(slots=True)
+class Started:
+    """A marker in a session's queue: generation ``request`` started here."""
+
+    request: Generate
+
+
+class Kept:
+    """The entries of one generation's stream, as its node wrote them: their
+    bytes are bounded by ``resume_generation_bytes``, the oldest trimmed first."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, int]] = deque()  # (last seq, bytes)
+        self.size = 0
+
+    def add(self, last_seq: int, size: int, limit: int) -> str | None:
+        """Count an entry; the MINID to trim the stream to, when past ``limit``."""
+        self.entries.append((last_seq, size))
+        self.size += size
+        trimmed = False
+        while self.size > limit and len(self.entries) > 1:
+            _, dropped = self.entries.popleft()
+            self.size -= dropped
+            trimmed = True
+        return _entry_id(self.entries[0][0]) if trimmed else None
+
+
+@dataclass(slots=True)
+class Record:
+    """A session as Redis holds it."""
+
+    key_hash: str
+    deadline: float
+    conversations: dict[str, list[dict[str, Any]]]
+    owners: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, Generate] = field(default_factory=dict)
+
+    def expired(self, now: float) -> bool:
+        return 0 < self.deadline < now
+
+
+def _session(h: str) -> str:
+    return f"tw:{h}:s"
+
+
+def _conversations(h: str) -> str:
+    return f"tw:{h}:c"
+
+
+def _stream(h: str, gid: str) -> str:
+    return f"tw:{h}:g:{gid}"
+
+
+def _lease(h: str, gid: str) -> str:
+    return f"tw:{h}:l:{gid}"
+
+
+def _cancel(h: str, gid: str) -> str:
+    return f"tw:{h}:x:{gid}"
+
+
+def _watch(h: str, gid: str) -> str:
+    return f"tw:{h}:w:{gid}"
+
+
+def _channel(node: str) -> str:
+    return f"tw:node:{node}"
+
+
+def _entry_id(last_seq: int) -> str:
+    return f"0-{last_seq + 1}"
+
+
+class RedisStore:
+    """One node's connection to the shared Redis."""
+
+    def __init__(self, url: str, settings: ServerSettings, metrics: Metrics) -> None:
+        self.url = url
+        self.settings = settings
+        self.metrics = metrics
+        self.node = secrets.token_hex(8)
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        )
+        self.up = True
+        self._probe: asyncio.Task[None] | None = None
+        self.ttl = int(settings.resume_ttl + settings.orphan_timeout + 60)
+        self.lease_ms = int(settings.resume_lease * 1000)
+        self.on_cancel: Any = None
+        """Called with (session hash, generation id) when another node cancels one of ours."""
+
+    # -- health ---------------------------------------------------------------
+
+    def failed(self, exc: BaseException) -> None:
+        """Redis could not be reached: said once per outage, never per frame."""
+        if self.up:
+            self.up = False
+            self.metrics.store_outages.inc()
+            log.error("resume store unreachable", url=_safe(self.url), error=repr(exc))
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self.client.ping()
+                self.up = True
+                log.warning("resume store back", url=_safe(self.url))
+                return
+
+    async def start(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        await self.client.aclose()
+
+    # -- writing ------------------------------------------------------------------
+
+    async def write(self, session: Session, batch: Sequence[object]) -> None:
+        """Store a session's queued frames (and start markers) in one round trip."""
+        if not self.up:
+            return
+        h = session.token_hash
+        ttl = self.ttl
+        pipe = self.client.pipeline(transaction=False)
+        by_generation: dict[str, list[GenerationFrame]] = {}
+        record: dict[FieldT, EncodableT] = {}
+        for item in batch:
+            if isinstance(item, Started):
+                gid = item.request.id
+                record[f"g:{gid}"] = self.node
+                record[f"r:{gid}"] = _frames.encode(item.request)
+                by_generation.setdefault(gid, [])
+            elif isinstance(item, GENERATION_FRAMES):
+                by_generation.setdefault(item.id or "", []).append(item)
+        if record:
+            record["key"] = session.key_hash
+            record["id"] = session.id
+            pipe.hset(_session(h), mapping=record)
+            pipe.expire(_session(h), ttl)
+            for name in record:
+                if isinstance(name, str) and name.startswith("g:"):
+                    pipe.set(_lease(h, name[2:]), self.node, px=self.lease_ms)
+        ended: list[GenerationFrame] = []
+        for gid, frames in by_generation.items():
+            if not frames:
+                continue
+            key = _stream(h, gid)
+            data = _frames.encode(frames)
+            last_seq = seq_of(frames[-1])
+            kept = session.stored.setdefault(gid, Kept())
+            minid = kept.add(last_seq, len(data), self.settings.resume_generation_bytes)
+            if minid is None:
+                pipe.xadd(key, {"f": data}, id=_entry_id(last_seq), maxlen=MAX_ENTRIES)
+            else:  # past resume_generation_bytes: the oldest entries go
+                pipe.xadd(key, {"f": data}, id=_entry_id(last_seq), minid=minid, approximate=False)
+            pipe.expire(key, ttl)
+            if isinstance(frames[-1], Finish | Error):
+                ended.append(frames[-1])
+                del session.stored[gid]
+        for terminal in ended:
+            gid = terminal.id or ""
+            conversation = session.conversation_of(gid)
+            if conversation is not None:
+                name, messages = conversation
+                pipe.hset(_conversations(h), name, _json.encode(messages))
+                pipe.expire(_conversations(h), ttl)
+            pipe.delete(_lease(h, gid))
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+            return
+        for result in results:
+            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                log.warning("resume store refused a write", error=str(result))
+
+    async def forget_conversations(self, h: str) -> None:
+        await self._quietly(self.client.delete(_conversations(h)))
+
+    async def set_deadline(self, h: str, deadline: float) -> None:
+        """The session detached (a deadline) or attached again (0)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(_session(h), "deadline", repr(deadline))
+        pipe.expire(_session(h), self.ttl)
+        pipe.expire(_conversations(h), self.ttl)
+        await self._quietly(pipe.execute())
+
+    async def _quietly(self, awaitable: Any) -> Any:
+        if not self.up:
+            return None
+        try:
+            return await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+            return None
+
+    # -- reading ------------------------------------------------------------------
+
+    async def load(self, h: str) -> Record | None:
+        """The session's record, or None (unknown, or Redis down)."""
+        if not self.up:
+            return None
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(_session(h))
+            pipe.hgetall(_conversations(h))
+            raw, conversations = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+            return None
+        if not raw:
+            return None
+        fields = {k.decode(): v for k, v in raw.items()}
+        record = Record(
+            key_hash=fields.get("key", b"").decode(),
+            deadline=float(fields.get("deadline", b"0") or 0),
+            conversations={
+                name.decode(): _decode_json.decode(value) for name, value in conversations.items()
+            },
+        )
+        for name, value in fields.items():
+            if name.startswith("g:"):
+                record.owners[name[2:]] = value.decode()
+            elif name.startswith("r:"):
+                record.requests[name[2:]] = _decode_request.decode(value)
+        return record
+
+    async def replay(self, h: str, gid: str, after_seq: int) -> Replay:
+        """The stored frames after ``after_seq``: ``gap`` when one is missing."""
+        try:
+            entries: Any = await self.client.xrange(_stream(h, gid), min=f"({_entry_id(after_seq)}")
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+            return "gap"
+        return _frames_after(entries, after_seq)
+
+    async def read(
+        self, h: str, gid: str, after_seq: int, block_ms: int
+    ) -> list[GenerationFrame] | Literal["gap"] | None:
+        """Frames stored after ``after_seq``, waiting up to ``block_ms`` (None: none came)."""
+        response: Any = await self.client.xread(
+            {_stream(h, gid): _entry_id(after_seq)}, block=block_ms
+        )
+        if not response:
+            return None
+        entries = response[0][1]
+        frames = _frames_after(entries, after_seq)
+        return frames if frames != "unknown" else None
+
+    async def alive(self, h: str, gid: str) -> bool:
+        """Whether a node holds the lease on the generation (it is running)."""
+        return bool(await self.client.exists(_lease(h, gid)))
+
+    async def watching(self, h: str, gid: str) -> None:
+        """This node relays ``gid`` to its client: its owner must not orphan it."""
+        await self.client.set(_watch(h, gid), self.node, px=self.lease_ms)
+
+    async def end_orphan(self, h: str, frame: Error) -> bool:
+        """Store the terminal frame of a generation whose owner died; False if
+        the owner stored another frame first (read again)."""
+        gid = frame.id or ""
+        try:
+            await self.client.xadd(
+                _stream(h, gid), {"f": _frames.encode([frame])}, id=_entry_id(frame.seq or 0)
+            )
+        except ResponseError:
+            return False
+        return True
+
+    # -- cancels across nodes -------------------------------------------------------
+
+    async def cancel(self, h: str, gid: str, owner: str) -> None:
+        """Ask ``owner`` to cancel its generation: a key (seen at its next lease
+        renewal) and a publish (seen at once)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(_cancel(h, gid), "1", ex=self.ttl)
+        pipe.publish(_channel(owner), f"{h} {gid}")
+        await self._quietly(pipe.execute())
+
+    async def renew(self, running: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Renew this node's leases on ``running`` (session hash, id) and
+        return those another node asked to cancel."""
+        running = list(running)
+        if not running or not self.up:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for h, gid in running:
+            pipe.set(_lease(h, gid), self.node, px=self.lease_ms)
+            pipe.exists(_cancel(h, gid))
+            pipe.expire(_session(h), self.ttl)
+        results = await self._quietly(pipe.execute())
+        if results is None:
+            return []
+        return [pair for pair, asked in zip(running, results[1::3], strict=True) if asked]
+
+    async def watched(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of (session hash, id) another node relays now."""
+        pairs = list(pairs)
+        if not pairs or not self.up:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for h, gid in pairs:
+            pipe.exists(_watch(h, gid))
+        results = await self._quietly(pipe.execute())
+        return {pair for pair, seen in zip(pairs, results or (), strict=False) if seen}
+
+    async def listen(self) -> None:
+        """Take cancels published to this node, reconnecting when the
+        connection is lost (a restart, ``CLIENT KILL``); after each
+        (re)subscription, cancels asked meanwhile come from the keys."""
+        listener = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=TIMEOUT, socket_keepalive=True
+        )
+        try:
+            while True:
+                try:
+                    async with listener.pubsub() as pubsub:
+                        await pubsub.subscribe(_channel(self.node))
+                        if self.on_cancel is not None:
+                            self.on_cancel(None, None)  # check the keys
+                        async for message in pubsub.listen():
+                            if message.get("type") != "message":
+                                continue
+                            h, _, gid = message["data"].decode().partition(" ")
+                            if self.on_cancel is not None:
+                                self.on_cancel(h, gid)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("cancel listener reconnecting", error=repr(exc))
+                    await asyncio.sleep(0.2)
+        finally:
+            await listener.aclose()
+
+
+def _frames_after(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], after_seq: int) -> Replay:
+    frames: list[GenerationFrame] = []
+    for _, fields in entries:
+        frames.extend(f for f in _decode_frames.decode(fields[b"f"]) if seq_of(f) > after_seq)
+    if not entries:
+        return "unknown"
+    return frames if contiguous(frames, after_seq) else "gap"
+
+
+def orphan_error(gid: str, seq: int) -> Error:
+    """The terminal frame of a generation whose node stopped mid-answer."""
+    return error_frame(
+        gid,
+        ErrorCode.UPSTREAM_ERROR,
+        "the node streaming this generation stopped; retry it",
+        seq=seq,
+    )
+
+
+def _safe(url: str) -> str:
+    """The URL without a password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,233 @@
+"""Resume after a dropped connection: exact replay, no gap, no duplicate.
+
+Each test runs on both stores: ``memory`` (one node) and ``redis`` (a real
+``redis-server`` the tests start on an ephemeral port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import TIMEOUT, say
+from resume_parts import RawSession, resume_settings
+
+from tokenwire.protocol import (
+    Error,
+    Finish,
+    ResultBuilder,
+    Resumed,
+    ResumeFailed,
+    Token,
+)
+
+STORES = ["memory", "redis"]
+TOOL = {"name": "lookup", "arguments": '{"q": "weather"}', "fragment_chars": 4}
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def redis_url(store: str, request: pytest.FixtureRequest) -> str | None:
+    """A fresh database of the tests' redis-server, for the redis store only."""
+    if store != "redis":
+        return None
+    server = request.getfixturevalue("redis")
+    server.cli("FLUSHALL")
+    return str(server.url)
+
+
+async def test_a_resume_from_every_seq_yields_exactly_the_frames_after_it(
+    start_server, store, redis_url
+):
+    settings = resume_settings(store, redis_url)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        await first.generate("g", say(tokens=12, tool_calls=[TOOL]))
+        reference = await first.until_terminal("g")
+        n = reference[-1].seq
+        assert n > 12
+        await first.drop()
+        for k in range(-1, n):  # n is the terminal frame's seq
+            again = await RawSession.open(handle.url)
+            replies = await again.resume(first.token, {"g": k})
+            assert replies[0] == Resumed(id=None)
+            assert replies[1] == Resumed(id="g", after_seq=k)
+            assert await again.until_terminal("g") == reference[k + 1 :], f"after seq {k}"
+            await again.drop()
+
+
+async def test_a_dropped_stream_resumed_mid_answer_is_whole(start_server, store, redis_url):
+    settings = resume_settings(store, redis_url)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        await first.generate("g", say(tokens=60, interval=0.01))
+        seen = await first.frames_until("g", seq=9)
+        await first.drop()
+        await asyncio.sleep(0.2)  # it streams on while nobody listens
+        again = await RawSession.open(handle.url)
+        replies = await again.resume(first.token, {"g": 9})
+        assert replies == [Resumed(id=None), Resumed(id="g", after_seq=9)]
+        rest = await again.until_terminal("g")
+        builder = ResultBuilder("g")
+        for frame in [*seen, *rest]:
+            builder.add(frame)  # invariants 1-4: no gap, no duplicate
+        result = builder.result()
+        assert result.reason == "stop"
+        assert result.content == "".join(f"tok{i} " for i in range(60))
+
+
+async def test_a_token_presented_with_another_api_key_is_unknown(start_server, store, redis_url):
+    settings = resume_settings(store, redis_url, api_keys=["key-a", "key-b"])
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url, key="key-a")
+        await first.generate("g", say(tokens=3))
+        await first.until_terminal("g")
+        await first.drop()
+        thief = await RawSession.open(handle.url, key="key-b")
+        replies = await thief.resume(first.token, {"g": -1})
+        assert replies == [
+            ResumeFailed(id=None, reason="unknown"),
+            ResumeFailed(id="g", reason="unknown"),
+        ]
+        # The session lives on for its own key.
+        owner = await RawSession.open(handle.url, key="key-a")
+        assert (await owner.resume(first.token, {"g": 2}))[0] == Resumed(id=None)
+
+
+async def test_unknown_tokens_and_generations_and_a_late_resume_fail_clearly(
+    start_server, store, redis_url
+):
+    settings = resume_settings(store, redis_url)
+    async with start_server(**settings) as handle:
+        stranger = await RawSession.open(handle.url)
+        replies = await stranger.resume("no-such-token", {"g": 0})
+        assert replies == [
+            ResumeFailed(id=None, reason="unknown"),
+            ResumeFailed(id="g", reason="unknown"),
+        ]
+        # The connection goes on as its own new session.
+        await stranger.generate("mine", say(tokens=2))
+        assert isinstance((await stranger.until_terminal("mine"))[-1], Finish)
+
+        first = await RawSession.open(handle.url)
+        await first.generate("g", say(tokens=2))
+        await first.until_terminal("g")
+        await first.drop()
+        again = await RawSession.open(handle.url)
+        replies = await again.resume(first.token, {"never-sent": -1})
+        assert replies == [Resumed(id=None), ResumeFailed(id="never-sent", reason="unknown")]
+        # resume is only valid first
+        await again.send({"type": "resume", "token": first.token, "generations": {}})
+        error = await again.next_untagged()
+        assert isinstance(error, Error) and error.code == "bad_message"
+        assert "first message" in error.message
+
+
+async def test_a_resume_after_resume_ttl_is_expired(start_server, store, redis_url):
+    settings = resume_settings(store, redis_url, resume_ttl=1, orphan_timeout=0.5)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        await first.generate("g", say(tokens=2))
+        await first.until_terminal("g")
+        await first.drop()
+        await asyncio.sleep(2.5)
+        again = await RawSession.open(handle.url)
+        replies = await again.resume(first.token, {"g": 0})
+        assert replies == [
+            ResumeFailed(id=None, reason="expired"),
+            ResumeFailed(id="g", reason="expired"),
+        ]
+
+
+async def test_frames_past_resume_generation_bytes_are_a_gap_never_a_hole(
+    start_server, store, redis_url
+):
+    settings = resume_settings(store, redis_url, resume_generation_bytes=6000)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        await first.generate("g", say(tokens=400))
+        reference = await first.until_terminal("g")
+        await first.drop()
+        again = await RawSession.open(handle.url)
+        replies = await again.resume(first.token, {"g": 0})
+        assert replies == [Resumed(id=None), ResumeFailed(id="g", reason="gap")]
+        # The last frames are still kept.
+        late = await RawSession.open(handle.url)
+        last = reference[-1].seq
+        replies = await late.resume(first.token, {"g": last - 2})
+        assert replies[1] == Resumed(id="g", after_seq=last - 2)
+        assert await late.until_terminal("g") == reference[-2:]
+
+
+async def test_conversations_come_back_with_the_session(start_server, store, redis_url, fake):
+    settings = resume_settings(store, redis_url)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        await first.generate("t1", say(tokens=3), conversation="c")
+        await first.until_terminal("t1")
+        await first.drop()
+        again = await RawSession.open(handle.url)
+        await again.resume(first.token, {})
+        mark = fake.mark()
+        await again.generate("t2", [{"role": "user", "content": "and then?"}], conversation="c")
+        await again.until_terminal("t2")
+        record = await fake.request_after(mark, TIMEOUT)
+        sent = record.body["messages"]
+        assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+        assert sent[1]["content"] == "tok0 tok1 tok2 "
+
+
+async def test_a_resume_takes_the_session_from_a_connection_that_is_still_open(
+    start_server, store, redis_url
+):
+    settings = resume_settings(store, redis_url)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        await first.generate("g", say(tokens=40, interval=0.02))
+        seen = await first.frames_until("g", seq=4)
+        # The client believes the first connection dead (it is not yet).
+        again = await RawSession.open(handle.url)
+        replies = await again.resume(first.token, {"g": seen[-1].seq})
+        assert replies[1] == Resumed(id="g", after_seq=4)
+        rest = await again.until_terminal("g")
+        assert rest[0].seq == 5 and isinstance(rest[-1], Finish)
+        code, _ = await first.closed()
+        assert code == 4009
+
+
+async def test_cancel_and_reset_reach_a_resumed_generation(start_server, store, redis_url, fake):
+    settings = resume_settings(store, redis_url)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        mark = fake.mark()
+        await first.generate("g", say(tokens=500, interval=0.02))
+        record = await fake.request_after(mark, TIMEOUT)
+        seen = await first.frames_until("g", seq=2)
+        await first.drop()
+        again = await RawSession.open(handle.url)
+        await again.resume(first.token, {"g": seen[-1].seq})
+        await again.send({"type": "cancel", "id": "g"})
+        frames = await again.until_terminal("g")
+        assert isinstance(frames[-1], Finish) and frames[-1].reason == "cancelled"
+        await record.wait_ended(TIMEOUT)
+        assert record.disconnected
+
+
+async def test_text_sent_while_nobody_listens_is_not_lost(start_server, store, redis_url):
+    # The answer finishes while the client is away: all of it is replayed.
+    settings = resume_settings(store, redis_url)
+    async with start_server(**settings) as handle:
+        first = await RawSession.open(handle.url)
+        await first.generate("g", say(tokens=30, interval=0.005))
+        await first.frames_until("g", seq=0)
+        await first.drop()
+        await asyncio.sleep(0.6)
+        again = await RawSession.open(handle.url)
+        await again.resume(first.token, {"g": 0})
+        rest = await again.until_terminal("g")
+        tokens = [f.text for f in rest if isinstance(f, Token)]
+        assert "tok0 " + "".join(tokens) == "".join(f"tok{i} " for i in range(30))
