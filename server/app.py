@@ -316,7 +316,7 @@ class TokenwireServer:
             return
         if session is None:  # known to Redis only: its generations ran elsewhere
             assert record is not None
-            session = Session(self, record.key_hash, token=message.token)
+            session = Session(self, record.key_hash, message.token, record.session_id)
             session.generated = True
             self.sessions[wanted] = session
         self.session_ended(fresh)

@@ -46,6 +46,10 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     word: str = "tok"
     text: list[str] | None = None
     """Explicit content chunks, instead of ``tokens``."""
+    echo_roles: bool = False
+    """The content is the roles of the request's messages, a chunk each
+    (``"user "``, ``"assistant "``, ...): what history a request carried,
+    seen from another process."""
     reasoning: int = 0
     """Reasoning chunks (``delta.reasoning_content``) before the content."""
     reasoning_field: str = "reasoning_content"
@@ -180,7 +184,11 @@ class FakeUpstream:
                 texts = [p.get("text") for p in content if isinstance(p, dict)]
                 content = next((t for t in reversed(texts) if isinstance(t, str)), None)
             if isinstance(content, str) and content.startswith(SCENARIO_PREFIX):
-                return msgspec.json.decode(content[len(SCENARIO_PREFIX) :], type=Scenario)
+                scenario = msgspec.json.decode(content[len(SCENARIO_PREFIX) :], type=Scenario)
+                if scenario.echo_roles:
+                    roles = [f"{m.get('role')} " for m in body.get("messages") or []]
+                    scenario = msgspec.structs.replace(scenario, text=roles)
+                return scenario
             break
         return self.default
 

@@ -116,6 +116,7 @@ class Record:
     """A session as Redis holds it."""
 
     key_hash: str
+    session_id: str
     deadline: float
     conversations: dict[str, list[dict[str, Any]]]
     owners: dict[str, str] = field(default_factory=dict)
@@ -306,6 +307,7 @@ class RedisStore:
         fields = {k.decode(): v for k, v in raw.items()}
         record = Record(
             key_hash=fields.get("key", b"").decode(),
+            session_id=fields.get("id", b"").decode(),
             deadline=float(fields.get("deadline", b"0") or 0),
             conversations={
                 name.decode(): _decode_json.decode(value) for name, value in conversations.items()

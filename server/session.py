@@ -88,8 +88,14 @@ class SessionContext(Protocol):
 class Session:
     """A client's generations and conversations; served by one link at a time."""
 
-    def __init__(self, context: SessionContext, key_hash: str, token: str | None = None) -> None:
-        self.id = secrets.token_urlsafe(12)
+    def __init__(
+        self,
+        context: SessionContext,
+        key_hash: str,
+        token: str | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = session_id or secrets.token_urlsafe(12)
         self.context = context
         self.settings = settings = context.settings
         self.key_hash = key_hash

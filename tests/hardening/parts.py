@@ -16,18 +16,11 @@ adds its figures to one table, printed at the end of the run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import re
-import signal
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from conftest import REPORT, TIMEOUT, TOKENWIRE
+from conftest import REPORT
+from processes import Served, hostile_upstream, serving
 
 ENGINES = ("native", "litellm")
 FIRST_TOKEN_TIMEOUT = 2.0
@@ -37,77 +30,6 @@ IDLE_TIMEOUT = 2.0
 def report(test: str, bound: str, measured: str) -> None:
     """A row of the figures table printed at the end of the run."""
     REPORT.append((test, bound, measured))
-
-
-@dataclass
-class Served:
-    """A ``tokenwire serve`` process."""
-
-    process: asyncio.subprocess.Process
-    url: str
-    http: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def rss_mb(self) -> float:
-        return _status_kb(self.pid, "VmRSS") / 1024
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def log_lines(self) -> list[str]:
-        return self.log.read_text(errors="replace").splitlines()
-
-
-def _status_kb(pid: int, field: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    assert match, field
-    return int(match.group(1))
-
-
-async def _start_process(*args: str, log: Path) -> asyncio.subprocess.Process:
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    with log.open("wb") as out:
-        return await asyncio.create_subprocess_exec(
-            TOKENWIRE, *args, stdout=out, stderr=out, env=env, start_new_session=True
-        )
-
-
-async def _wait_for(log: Path, pattern: str, process: asyncio.subprocess.Process) -> re.Match[str]:
-    async with asyncio.timeout(6 * TIMEOUT):
-        while True:
-            text = _read(log)
-            if (match := re.search(pattern, text)) is not None:
-                return match
-            assert process.returncode is None, text[-2000:]
-            await asyncio.sleep(0.05)
-
-
-def _read(log: Path) -> str:
-    return log.read_text(errors="replace")
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-
-
-@contextlib.asynccontextmanager
-async def hostile_upstream(tmp: Path, name: str = "upstream") -> AsyncIterator[tuple[str, Any]]:
-    """``tokenwire fake-upstream`` in its own process: its base URL and process."""
-    log = tmp / f"{name}.log"
-    process = await _start_process("fake-upstream", "--port", "0", log=log)
-    try:
-        match = await _wait_for(log, r"(http://\S+)", process)
-        yield match.group(1), process
-    finally:
-        await _stop(process)
 
 
 def server_config(base_url: str, **server: Any) -> dict[str, Any]:
@@ -124,24 +46,6 @@ def server_config(base_url: str, **server: Any) -> dict[str, Any]:
             **server,
         },
     }
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp: Path, config: dict[str, Any], name: str = "server") -> AsyncIterator[Served]:
-    """``tokenwire serve --config`` on a free port, its log in a file."""
-    path = tmp / f"{name}.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    log = tmp / f"{name}.log"
-    process = await _start_process(
-        "serve", "--port", "0", "--config", str(path), "--log-format", "json",
-        "--log-level", "info", log=log,
-    )  # fmt: skip
-    try:
-        match = await _wait_for(log, r'"url": ?"(ws://[^"]+)"', process)
-        url = match.group(1)
-        yield Served(process, url, url.replace("ws://", "http://").removesuffix("/v1/ws"), log)
-    finally:
-        await _stop(process)
 
 
 async def healthz_latency(http: str, stop: asyncio.Event) -> float:
@@ -167,3 +71,6 @@ def room_for_descriptors() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+__all__ = ["Served", "hostile_upstream", "serving"]
