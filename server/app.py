@@ -48,7 +48,7 @@ from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
 from .redis_store import Record, RedisStore
 from .resume import GAP, MemoryLogs, key_hash, same_key, seq_of, token_hash
-from .session import Session
+from .session import SKIP_ALL, Session
 from .upstream import Upstream
 
 log = structlog.get_logger("tokenwire.server")
@@ -62,8 +62,6 @@ RECEIVE_QUEUE: Final = 4
 """Client messages buffered before the server stops reading the socket; with
 ``max_message_bytes`` it bounds what one session can make the server hold."""
 SERVER_HEADER: Final = "tokenwire"
-SKIP_ALL: Final = 1 << 62
-"""A seq past every frame: the live frames of a generation whose resume failed are not sent."""
 EXPIRED_KEPT: Final = 65_536
 """Tokens of expired sessions remembered, so that a late resume hears ``expired``."""
 
@@ -333,7 +331,7 @@ class TokenwireServer:
             for gid, last_seq in message.generations.items():
                 link.send(self._replay(session, gid, last_seq))
             return
-        await self.redis.set_deadline(wanted, 0)
+        await self.redis.set_deadline(session, 0)
         session.park(message.generations)
         for gid, last_seq in message.generations.items():
             if session.link is not link:
@@ -371,11 +369,19 @@ class TokenwireServer:
         running it (``Session.relay``)."""
         assert self.redis is not None and session.link is not None
         link = session.link
-        frames = await self.redis.replay(session.token_hash, gid, last_seq)
-        local = gid in session.generations or gid in session.owners
-        known = local or (record is not None and gid in record.requests)
-        if frames == "unknown":  # nothing stored after last_seq
-            frames = [] if known else "unknown"
+        stored = await self.redis.replay(session.token_hash, gid, last_seq)
+        here = gid in session.generations or gid in session.owners  # live frames come
+        ended_here = gid in session.known and not here
+        elsewhere = None if here or ended_here or record is None else record.requests.get(gid)
+        live = here or elsewhere is not None
+        frames: list[GenerationFrame] | ResumeFailure = stored
+        if stored == "unknown":  # nothing stored after last_seq
+            frames = [] if live else "gap" if gid in session.known else "unknown"
+        elif isinstance(stored, list) and not live:
+            # Ended without a stored terminal frame: what follows was lost
+            # with Redis's data.
+            ended = bool(stored) and isinstance(stored[-1], Finish | Error)
+            frames = stored if ended else "gap"
         if isinstance(frames, str):
             link.send([ResumeFailed(id=gid, reason=frames)])
             session.unpark(gid, SKIP_ALL)
@@ -383,8 +389,8 @@ class TokenwireServer:
         link.send([Resumed(id=gid, after_seq=last_seq), *frames])
         last = seq_of(frames[-1]) if frames else last_seq
         ended = bool(frames) and isinstance(frames[-1], Finish | Error)
-        if not ended and not local and record is not None:
-            session.relay(record.requests[gid], record.owners.get(gid, ""), last)
+        if not ended and elsewhere is not None and record is not None:
+            session.relay(elsewhere, record.owners.get(gid, ""), last)
         session.unpark(gid, last)
 
     def _select_subprotocol(

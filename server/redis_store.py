@@ -271,10 +271,12 @@ class RedisStore:
     async def forget_conversations(self, h: str) -> None:
         await self._quietly(self.client.delete(_conversations(h)))
 
-    async def set_deadline(self, h: str, deadline: float) -> None:
+    async def set_deadline(self, session: Session, deadline: float) -> None:
         """The session detached (a deadline) or attached again (0)."""
+        h = session.token_hash
+        fields = {"key": session.key_hash, "id": session.id, "deadline": repr(deadline)}
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(_session(h), "deadline", repr(deadline))
+        pipe.hset(_session(h), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(_session(h), self.ttl)
         pipe.expire(_conversations(h), self.ttl)
         await self._quietly(pipe.execute())

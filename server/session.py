@@ -23,7 +23,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Final, Protocol, assert_never
 
 import structlog
 from redis.exceptions import RedisError
@@ -60,6 +60,11 @@ if TYPE_CHECKING:
     from .redis_store import RedisStore
 
 log = structlog.get_logger("tokenwire.session")
+
+SKIP_ALL: Final = 1 << 62
+"""A seq past every frame: no more of that generation's frames are sent."""
+KNOWN_GENERATIONS: Final = 4096
+"""Generations a session remembers for a resume (the oldest are forgotten first)."""
 
 
 class SessionContext(Protocol):
@@ -130,6 +135,9 @@ class Session:
         self.owners: dict[str, str] = {}
         """The node running each generation relayed from another node."""
         self._relays: dict[str, asyncio.Task[None]] = {}
+        self.known: dict[str, None] = {}
+        """The ids of the last ``KNOWN_GENERATIONS`` generations, oldest first:
+        a resume can name them (their frames may be lost: ``gap``)."""
         self.generated = False
         """Whether a generation was ever admitted (else there is nothing to resume)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -193,7 +201,7 @@ class Session:
             await self.end(StopReason.DISCONNECT)
         elif self._redis is not None:
             deadline = time.time() + self.settings.resume_ttl
-            await self._redis.set_deadline(self.token_hash, deadline)
+            await self._redis.set_deadline(self, deadline)
 
     def orphaned_for(self, now: float) -> float:
         """Seconds the session has been DETACHED (0 while attached)."""
@@ -293,10 +301,14 @@ class Session:
                 self._parked[gid].append(frame)  # type: ignore[arg-type]
                 continue
             last = self.delivered.get(gid)
-            if last is None or seq > last:
+            if last is None:
                 out.append(frame)
-                if last is not None:
-                    self.delivered[gid] = seq
+            elif seq == last + 1:
+                out.append(frame)
+                self.delivered[gid] = seq
+            elif seq > last + 1:  # frames the store lost: say so, send no more
+                out.append(ResumeFailed(id=gid, reason="gap"))
+                self.delivered[gid] = SKIP_ALL
         return out
 
     def park(self, ids: Iterable[str]) -> None:
@@ -441,6 +453,13 @@ class Session:
             self.refuse(admitted)
             return
         self.generated = True
+        self.known.pop(request.id, None)
+        self.known[request.id] = None
+        if len(self.known) > KNOWN_GENERATIONS:
+            forgotten = next(iter(self.known))
+            del self.known[forgotten]
+            if self._memory is not None and (old := self.logs.pop(forgotten, None)) is not None:
+                self._memory.release(old)
         if self._memory is not None:
             if (old := self.logs.get(request.id)) is not None:
                 self._memory.release(old)

@@ -1,0 +1,89 @@
+"""When Redis loses what it held, or goes away: streaming goes on, a resume
+that would need the lost frames fails (``resume_failed``), never a silent gap."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Callable
+
+from conftest import TIMEOUT, say
+from resume_parts import RawSession, redis_server
+
+from tokenwire.protocol import Finish, ResultBuilder, Resumed, ResumeFailed
+
+
+def _whole(frames: list, tokens: int) -> None:
+    builder = ResultBuilder("g")
+    for frame in frames:
+        builder.add(frame)
+    result = builder.result()
+    assert result.reason == "stop"
+    assert result.content == "".join(f"tok{i} " for i in range(tokens))
+
+
+async def test_redis_flushed_mid_stream_streaming_goes_on_and_a_resume_fails(start_server, redis):
+    redis.cli("FLUSHALL")
+    async with start_server(resume="redis", redis_url=redis.url) as handle:
+        client = await RawSession.open(handle.url)
+        await client.generate("g", say(tokens=60, interval=0.01))
+        seen = await client.frames_until("g", seq=20)
+        assert "OK" in redis.cli("FLUSHALL")
+        rest = await client.until_terminal("g")
+        _whole([*seen, *rest], 60)  # live streaming went on, whole
+        await client.drop()
+        again = await RawSession.open(handle.url)
+        replies = await again.resume(client.token, {"g": 10})
+        assert replies[0] == Resumed(id=None)  # the session is still on this node
+        assert replies[1] == ResumeFailed(id="g", reason="gap")
+        # After the flush, what was stored is whole again.
+        late = await RawSession.open(handle.url)
+        replies = await late.resume(client.token, {"g": rest[-2].seq})
+        assert replies[1] == Resumed(id="g", after_seq=rest[-2].seq)
+        assert await late.until_terminal("g") == rest[-1:]
+
+
+async def test_redis_down_streams_on_reports_resume_off_and_says_so_once(
+    start_server, tmp_path, caplog
+):
+    with redis_server(tmp_path) as redis:
+        async with start_server(resume="redis", redis_url=redis.url) as handle:
+            client = await RawSession.open(handle.url)
+            assert client.ready.resume_token is not None
+            await client.generate("g", say(tokens=80, interval=0.01))
+            seen = await client.frames_until("g", seq=10)
+            redis.stop()
+            rest = await client.until_terminal("g")
+            _whole([*seen, *rest], 80)
+            # New sessions and generations run, with resume reported off.
+            other = await RawSession.open(handle.url)
+            assert other.ready.resume_token is None and other.ready.resume_ttl is None
+            await other.generate("h", say(tokens=30, interval=0.005))
+            frames = await other.until_terminal("h")
+            assert isinstance(frames[-1], Finish) and frames[-1].reason == "stop"
+            metrics = await asyncio.to_thread(_get, handle.http + "/metrics")
+            assert "tokenwire_resume_store_outages_total 1.0" in metrics
+            # Back: resume is on again; what was streamed during the outage is a gap.
+            redis.start()
+            await _until(lambda: handle.server.redis.up)
+            back = await RawSession.open(handle.url)
+            assert back.ready.resume_token is not None
+            await client.drop()
+            again = await RawSession.open(handle.url)
+            replies = await again.resume(client.token, {"g": 5})
+            assert replies[1] == ResumeFailed(id="g", reason="gap")
+            metrics = await asyncio.to_thread(_get, handle.http + "/metrics")
+            assert "tokenwire_resume_store_outages_total 1.0" in metrics
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (a flag the server sets; nothing to await)."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        return response.read().decode()
