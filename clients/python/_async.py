@@ -9,6 +9,13 @@
 One connection, many generations at once; each ``AsyncGeneration`` is
 independent. A reader task owns the socket's receiving side and routes every
 frame to its generation.
+
+With ``reconnect=True``, a dropped connection is resumed: the client
+reconnects (backoff with jitter) and sends ``resume`` with the last ``seq``
+of each generation in flight; their frames go on where they stopped, so an
+iteration sees one unbroken stream, and the session's conversations come
+back too. A generation the server cannot resume ends with ``ConnectionLost``
+saying why.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from tokenwire.protocol import (
     Reset,
     ResetDone,
     Result,
+    Resume,
     Resumed,
     ResumeFailed,
 )
@@ -44,6 +52,7 @@ from tokenwire.protocol import (
 from ._common import (
     CONNECT_ERRORS,
     MAX_FRAME_BYTES,
+    NO_RESUME_CODES,
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
     RECONNECT_TIMEOUT,
@@ -142,6 +151,12 @@ class AsyncClient:
         self._resets: deque[asyncio.Future[list[str]]] = deque()
         self._connecting = asyncio.Lock()
         self._closed = False
+        self._token: str | None = None
+        """The session's resume token (None: the server offers no resume)."""
+        self._session: str | None = None
+        self._recovering: asyncio.Task[None] | None = None
+        self.resumes = 0
+        """Connections resumed after a drop."""
         self.stray_frames = 0
         """Frames for a generation that is not active here: each breaks invariant 1."""
 
@@ -154,7 +169,8 @@ class AsyncClient:
 
     @property
     def session(self) -> str | None:
-        return self._ready.session if self._ready else None
+        """The session's id (it stays the same across resumes)."""
+        return self._session
 
     @property
     def limits(self) -> Limits | None:
@@ -177,6 +193,10 @@ class AsyncClient:
     async def close(self) -> None:
         """Close the connection; pending generations end with ``ConnectionLost``."""
         self._closed = True
+        if self._recovering is not None:
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
@@ -230,6 +250,14 @@ class AsyncClient:
         if not isinstance(ready, Ready):
             await ws.close()
             raise ConnectionLost("the server's first frame was not ready")
+        if self._token is not None:
+            # Take the session up where it stopped: each generation in flight
+            # from the frame after the last one it got.
+            positions = {gid: g._core.builder.next_seq - 1 for gid, g in self._generations.items()}
+            resume = self._codec.encode(Resume(token=self._token, generations=positions))
+            await ws.send(resume, text=self.encoding.is_text)
+        else:
+            self._token, self._session = ready.resume_token, ready.session
         self._ws, self._ready = ws, ready
         self._reader = asyncio.create_task(self._read(ws), name="tokenwire reader")
         return ws
@@ -248,7 +276,9 @@ class AsyncClient:
                     case ResetDone(cancelled=ids):
                         if self._resets:
                             self._resets.popleft().set_result(ids)
-                    case None | Ready() | Error(id=None) | Resumed() | ResumeFailed():
+                    case Resumed() | ResumeFailed():
+                        self._resume_answer(frame)
+                    case None | Ready() | Error(id=None):
                         # A frame type from a later version, or an error about
                         # a message the server could not take (this client
                         # checks its messages before sending them).
@@ -260,11 +290,39 @@ class AsyncClient:
         finally:
             if lost is None:
                 lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
-            for generation in self._generations.values():
-                generation._lose(lost)
-            self._generations.clear()
             while self._resets:
                 self._resets.popleft().set_exception(lost)
+            resumable = lost.code not in NO_RESUME_CODES and type(lost) is ConnectionLost
+            if self.reconnect and not self._closed and self._token is not None and resumable:
+                if self._generations:  # resume now: their frames are waiting
+                    self._recovering = asyncio.create_task(self._recover(), name="tokenwire resume")
+            else:
+                self._lose_all(lost)
+
+    def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
+        """The server's answer to this client's ``resume``."""
+        if isinstance(frame, Resumed):
+            self.resumes += frame.id is None
+        elif frame.id is None:  # the session is gone: this connection's is the new one
+            self._lose_all(ConnectionLost(f"the session could not be resumed ({frame.reason})"))
+            assert self._ready is not None
+            self._token, self._session = self._ready.resume_token, self._ready.session
+        elif (generation := self._generations.pop(frame.id, None)) is not None:
+            generation._lose(ConnectionLost(f"{frame.id} could not be resumed ({frame.reason})"))
+
+    async def _recover(self) -> None:
+        """Reconnect and resume after a drop; the generations in flight end
+        with ``ConnectionLost`` if that fails."""
+        try:
+            await self._connection()
+        except (ConnectionLost, ConnectFailed) as exc:
+            lost = exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc))
+            self._lose_all(lost)
+
+    def _lose_all(self, lost: ConnectionLost) -> None:
+        for generation in self._generations.values():
+            generation._lose(lost)
+        self._generations.clear()
 
     def _route(self, frame: GenerationFrame) -> None:
         gid = frame.id
@@ -280,6 +338,8 @@ class AsyncClient:
         ws = self._ws
         if ws is None:
             raise ConnectionLost("not connected")
+        if self.reconnect and (self._reader is None or self._reader.done()):
+            ws = await self._connection()  # a cancel while resuming waits for it
         data = self._codec.encode(message)
         try:
             if self.encoding.is_text:
@@ -352,10 +412,12 @@ def connect(
     """A client for ``url``; use it as ``async with connect(url) as client``.
 
     ``encoding`` is ``"json"`` (text frames) or ``"msgpack"`` (binary frames).
-    With ``reconnect=True``, a generation started after the connection dropped
-    reconnects first, with exponential backoff and jitter, for up to
-    ``reconnect_timeout`` seconds; generations in flight at the drop always end
-    with ``ConnectionLost``.
+    With ``reconnect=True``, a dropped connection is reconnected, with
+    exponential backoff and jitter, for up to ``reconnect_timeout`` seconds,
+    and resumed where the server offers it (``ready.resume_token``): the
+    generations in flight go on with no gap and no duplicate, and the
+    session's conversations come back. Without resume, or if it fails, the
+    generations in flight end with ``ConnectionLost``.
     """
     return AsyncClient(
         url,

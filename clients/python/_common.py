@@ -45,6 +45,10 @@ RECONNECT_ERRORS: Final = (
     websockets.ConnectionClosed,
 )
 """What a failed reconnection attempt raises; the next attempt follows."""
+NO_RESUME_CODES: Final = frozenset({1002, 4008, 4009})
+"""Close codes after which a session is not resumed: a protocol error, a
+reader closed for being slow (its session ended), and the session resumed on
+another connection."""
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 

@@ -41,6 +41,7 @@ from tokenwire.protocol import (
     Reset,
     ResetDone,
     Result,
+    Resume,
     Resumed,
     ResumeFailed,
 )
@@ -48,6 +49,7 @@ from tokenwire.protocol import (
 from ._common import (
     CONNECT_ERRORS,
     MAX_FRAME_BYTES,
+    NO_RESUME_CODES,
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
     RECONNECT_TIMEOUT,
@@ -146,6 +148,11 @@ class Client:
         self._resets: deque[queue.SimpleQueue[list[str] | ConnectionLost]] = deque()
         self._lock = threading.Lock()  # guards the connection and the tables
         self._closed = False
+        self._token: str | None = None
+        """The session's resume token (None: the server offers no resume)."""
+        self._session: str | None = None
+        self.resumes = 0
+        """Connections resumed after a drop."""
         self.stray_frames = 0
         """Frames for a generation that is not active here: each breaks invariant 1."""
 
@@ -156,7 +163,8 @@ class Client:
 
     @property
     def session(self) -> str | None:
-        return self._ready.session if self._ready else None
+        """The session's id (it stays the same across resumes)."""
+        return self._session
 
     @property
     def limits(self) -> Limits | None:
@@ -230,6 +238,13 @@ class Client:
         if not isinstance(ready, Ready):
             ws.close()
             raise ConnectionLost("the server's first frame was not ready")
+        if self._token is not None:
+            # Take the session up where it stopped (the lock is held).
+            positions = {gid: g._core.builder.next_seq - 1 for gid, g in self._generations.items()}
+            resume = self._codec.encode(Resume(token=self._token, generations=positions))
+            ws.send(resume, text=self.encoding.is_text)
+        else:
+            self._token, self._session = ready.resume_token, ready.session
         self._ws, self._ready = ws, ready
         self._reader = threading.Thread(
             target=self._read, args=(ws,), name="tokenwire reader", daemon=True
@@ -253,7 +268,9 @@ class Client:
                             waiter = self._resets.popleft() if self._resets else None
                         if waiter is not None:
                             waiter.put(ids)
-                    case None | Ready() | Error(id=None) | Resumed() | ResumeFailed():
+                    case Resumed() | ResumeFailed():
+                        self._resume_answer(frame)
+                    case None | Ready() | Error(id=None):
                         pass  # a later version's frame, or about a message not taken
                     case _:
                         self._route(frame)
@@ -263,14 +280,55 @@ class Client:
             if lost is None:
                 lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
             with self._lock:
-                generations = list(self._generations.values())
-                self._generations.clear()
                 resets = list(self._resets)
                 self._resets.clear()
-            for generation in generations:
-                generation._lose(lost)
+                pending = bool(self._generations)
             for waiter in resets:
                 waiter.put(lost)
+            resumable = lost.code not in NO_RESUME_CODES and type(lost) is ConnectionLost
+            if self.reconnect and not self._closed and self._token is not None and resumable:
+                if pending:  # resume now: their frames are waiting
+                    threading.Thread(
+                        target=self._recover,
+                        args=(threading.current_thread(),),
+                        name="tokenwire resume",
+                        daemon=True,
+                    ).start()
+            else:
+                self._lose_all(lost)
+
+    def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
+        """The server's answer to this client's ``resume``."""
+        if isinstance(frame, Resumed):
+            self.resumes += frame.id is None
+        elif frame.id is None:  # the session is gone: this connection's is the new one
+            self._lose_all(ConnectionLost(f"the session could not be resumed ({frame.reason})"))
+            assert self._ready is not None
+            self._token, self._session = self._ready.resume_token, self._ready.session
+        else:
+            with self._lock:
+                generation = self._generations.pop(frame.id, None)
+            if generation is not None:
+                generation._lose(
+                    ConnectionLost(f"{frame.id} could not be resumed ({frame.reason})")
+                )
+
+    def _recover(self, reader: threading.Thread) -> None:
+        """Reconnect and resume after a drop (once ``reader``, the dropped
+        connection's thread, has ended); the generations in flight end with
+        ``ConnectionLost`` if that fails."""
+        reader.join()
+        try:
+            self._connection()
+        except (ConnectionLost, ConnectFailed) as exc:
+            self._lose_all(exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc)))
+
+    def _lose_all(self, lost: ConnectionLost) -> None:
+        with self._lock:
+            generations = list(self._generations.values())
+            self._generations.clear()
+        for generation in generations:
+            generation._lose(lost)
 
     def _route(self, frame: GenerationFrame) -> None:
         gid = frame.id
@@ -288,6 +346,8 @@ class Client:
         ws = self._ws
         if ws is None:
             raise ConnectionLost("not connected")
+        if self.reconnect and (self._reader is None or not self._reader.is_alive()):
+            ws = self._connection()  # a cancel while resuming waits for it
         data = self._codec.encode(message)
         try:
             if self.encoding.is_text:

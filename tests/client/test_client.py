@@ -261,12 +261,72 @@ async def test_reconnect_serves_generations_started_after_the_drop(flavour, upst
         mark = fake.mark()
         inflight = await client.generate(model="fake", messages=say(tokens=500, interval=0.02))
         await fake.request_after(mark, TIMEOUT)  # in flight
-    with pytest.raises(ConnectionLost):
-        await asyncio.wait_for(inflight.result(), TIMEOUT)
+    # A restarted server does not know the session: the generation in
+    # flight cannot be resumed, and says so; new ones are served.
     second = TokenwireServer(ServerSettings(), upstream)
     async with second.listen(host, port):
+        with pytest.raises(ConnectionLost, match=r"could not be resumed \(unknown\)"):
+            await asyncio.wait_for(inflight.result(), TIMEOUT)
         gen = await asyncio.wait_for(client.generate(model="fake", messages=say(tokens=2)), TIMEOUT)
         assert (await gen.result()).content == "tok0 tok1 "
+        await client.close()
+
+
+async def _until(condition: Any) -> None:
+    """Poll ``condition`` (what a client has received so far)."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def _cut(handle: Any) -> None:
+    """The server's side of every connection just goes (no close frame)."""
+    for link in list(handle.server.connections):
+        link._ws.transport.abort()
+
+
+async def test_a_dropped_connection_is_resumed_and_the_stream_is_unbroken(
+    flavour, start_server, fake
+):
+    async with start_server() as handle:
+        client = await flavour.connect(handle.url, reconnect=True)
+        gen = await client.generate(model="fake", messages=say(tokens=60, interval=0.01))
+        reading = asyncio.create_task(gen.events())
+        await _until(lambda: gen.text.count("tok") >= 10)
+        _cut(handle)
+        texts = [e.text for e in await asyncio.wait_for(reading, TIMEOUT)]
+        assert "".join(texts) == "".join(f"tok{i} " for i in range(60))
+        assert (await gen.result()).content == "".join(texts)
+        assert client.raw.resumes == 1
+        await client.close()
+
+
+async def test_a_conversation_survives_a_drop_between_turns(flavour, start_server, fake):
+    async with start_server() as handle:
+        client = await flavour.connect(handle.url, reconnect=True)
+        first = await client.generate(model="fake", messages=say(tokens=2), conversation="c")
+        await first.result()
+        session = client.raw.session
+        _cut(handle)
+        await asyncio.sleep(0.1)
+        mark = fake.mark()
+        second = await client.generate(model="fake", messages=user("and?"), conversation="c")
+        await second.result()
+        record = await fake.request_after(mark, TIMEOUT)
+        assert [m["role"] for m in record.body["messages"]] == ["user", "assistant", "user"]
+        assert client.raw.session == session
+        await client.close()
+
+
+async def test_without_reconnect_a_drop_still_ends_the_generation(flavour, start_server, fake):
+    async with start_server() as handle:
+        client = await flavour.connect(handle.url)
+        gen = await client.generate(model="fake", messages=say(tokens=60, interval=0.01))
+        await _until(lambda: gen.text.count("tok") >= 2)
+        _cut(handle)
+        with pytest.raises(ConnectionLost):
+            await asyncio.wait_for(gen.result(), TIMEOUT)
         await client.close()
 
 
