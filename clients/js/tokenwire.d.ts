@@ -66,6 +66,8 @@ export declare class Generation implements AsyncIterable<StreamEvent> {
   readonly text: string;
   readonly reasoning: string;
   readonly done: boolean;
+  /** The seq of the last frame received (-1: none): what a resume starts after. */
+  readonly lastSeq: number;
   result(): Promise<Result>;
   cancel(): Promise<void>;
   [Symbol.asyncIterator](): AsyncIterator<StreamEvent>;
@@ -79,6 +81,18 @@ export declare class Client extends EventTarget {
   readonly session: string | null;
   readonly limits: { max_generations: number; max_message_bytes: number } | null;
   readonly state: ConnectionState;
+  /** The session's resume token (null: the server offers no resume). */
+  readonly resumeToken: string | null;
+  /** Connections resumed after a drop. */
+  readonly resumes: number;
+  /**
+   * Take up a session after a page reload (before anything else is sent):
+   * `positions` maps generation ids to the last seq the page got.
+   */
+  resume(
+    token: string,
+    positions?: Record<string, number>,
+  ): Promise<{ resumed: boolean; generations: Map<string, Generation> }>;
   generate(options: GenerateOptions): Generation;
   reset(): Promise<string[]>;
   close(): void;
@@ -87,7 +101,8 @@ export declare class Client extends EventTarget {
 export interface ConnectOptions {
   /** An API key; sent as the subprotocol `tokenwire.bearer.<base64url>`. */
   token?: string | null;
-  /** Reconnect with backoff and jitter after a drop (default true). */
+  /** Reconnect with backoff and jitter after a drop, and resume the
+   * session where the server offers it (default true). */
   reconnect?: boolean;
 }
 

@@ -8,6 +8,12 @@
 //
 // Frames are parsed defensively: unknown frame types and fields are ignored; a
 // malformed frame is reported (the "protocolerror" event), never thrown into the page.
+//
+// After a dropped connection the client reconnects and resumes the session
+// (the server's resume_token): generations in flight go on from the frame
+// after the last one they got, so an iteration sees one unbroken stream. A
+// page can also take a session up after a reload: keep `client.resumeToken`
+// and each generation's `lastSeq`, then `client.resume(token, {id: lastSeq})`.
 
 const SUBPROTOCOL = "tokenwire.v1";
 const AUTH_PREFIX = "tokenwire.bearer.";
@@ -16,6 +22,9 @@ const BACKOFF_MAX_MS = 5000;
 const OPEN_TIMEOUT_MS = 10000;
 const STREAM_EVENTS = new Set(["token", "reasoning", "tool_call_chunk", "tool_call_complete"]);
 const GENERATION_FRAMES = new Set([...STREAM_EVENTS, "finish", "error"]);
+// Closes after which a session is not resumed: a protocol error, a reader
+// closed for being slow (its session ended), the session taken over elsewhere.
+const NO_RESUME_CODES = new Set([1002, 4008, 4009]);
 
 let idCounter = 0;
 
@@ -67,6 +76,11 @@ export class Generation {
     this._wake = null;
     this._outcome = null;
     this._settled = new Promise((resolve) => (this._settle = resolve));
+  }
+
+  /** The seq of the last frame received (-1: none), for a resume. */
+  get lastSeq() {
+    return this._nextSeq - 1;
   }
 
   /** The finished result; rejects with GenerationError or ConnectionLost. */
@@ -172,6 +186,32 @@ export class Client extends EventTarget {
     this._closed = false;
     this._backoff = BACKOFF_FIRST_MS;
     this._opened = null;
+    /** The session's resume token (null: the server offers no resume). */
+    this.resumeToken = null;
+    this.resumes = 0;
+    this._resuming = null;
+  }
+
+  /**
+   * Take up a session after a reload: `positions` maps each generation the
+   * page was showing to the last seq it got. Must come before anything else
+   * on this connection. Resolves with {resumed, generations}: a Generation
+   * per id, whose events go on from there (one the server cannot resume
+   * rejects with ConnectionLost).
+   */
+  resume(token, positions = {}) {
+    const generations = new Map();
+    for (const [id, lastSeq] of Object.entries(positions)) {
+      const generation = new Generation(this, id, "");
+      generation._nextSeq = lastSeq + 1;
+      this._generations.set(id, generation);
+      generations.set(id, generation);
+    }
+    return new Promise((resolve) => {
+      this._resuming = (resumed) => resolve({ resumed, generations });
+      this.resumeToken = token;
+      this._send({ type: "resume", token, generations: positions });
+    });
   }
 
   /** Start a generation; returns its Generation at once. */
@@ -243,22 +283,31 @@ export class Client extends EventTarget {
           clearTimeout(timer);
           this._ws = ws;
           this.models = Array.isArray(frame.models) ? frame.models.map(String) : [];
-          this.session = frame.session ?? null;
           this.limits = frame.limits ?? null;
           this._backoff = BACKOFF_FIRST_MS;
+          this._fresh = { token: frame.resume_token ?? null, session: frame.session ?? null };
+          if (this.resumeToken && this.reconnect) {
+            // A reconnection: take the session up where it stopped.
+            const positions = {};
+            for (const [id, generation] of this._generations) positions[id] = generation.lastSeq;
+            this._send({ type: "resume", token: this.resumeToken, generations: positions });
+          } else {
+            this.resumeToken = this._fresh.token;
+            this.session = this._fresh.session;
+          }
           this._setState("open");
           resolve(this);
           return;
         }
         this._dispatch(frame);
       };
-      ws.onclose = () => {
+      ws.onclose = (event) => {
         clearTimeout(timer);
         if (!ready) {
           reject(new ConnectionLost("could not connect"));
           return;
         }
-        this._lost();
+        this._lost(event.code);
       };
     });
   }
@@ -287,6 +336,10 @@ export class Client extends EventTarget {
   }
 
   _dispatch(frame) {
+    if (frame.type === "resumed" || frame.type === "resume_failed") {
+      this._resumeAnswer(frame);
+      return;
+    }
     if (frame.type === "reset_done") {
       const waiter = this._resets.shift();
       if (waiter) waiter.resolve(Array.isArray(frame.cancelled) ? frame.cancelled : []);
@@ -303,12 +356,40 @@ export class Client extends EventTarget {
     if (generation.done) this._generations.delete(frame.id);
   }
 
-  _lost() {
-    this._ws = null;
-    const lost = new ConnectionLost();
+  _resumeAnswer(frame) {
+    const ok = frame.type === "resumed";
+    if (typeof frame.id === "string") {
+      const generation = this._generations.get(frame.id);
+      if (!ok && generation) {
+        generation._end(new ConnectionLost(`${frame.id} could not be resumed (${frame.reason})`));
+        this._generations.delete(frame.id);
+      }
+      return;
+    }
+    if (ok) {
+      this.resumes += 1;
+    } else {
+      // The session is gone: this connection's new one stands.
+      this._loseAll(new ConnectionLost(`the session could not be resumed (${frame.reason})`));
+      this.resumeToken = this._fresh?.token ?? null;
+      this.session = this._fresh?.session ?? null;
+    }
+    const resuming = this._resuming;
+    this._resuming = null;
+    if (resuming) resuming(ok);
+  }
+
+  _loseAll(lost) {
     for (const generation of this._generations.values()) generation._end(lost);
     this._generations.clear();
+  }
+
+  _lost(code) {
+    this._ws = null;
+    const lost = new ConnectionLost();
     for (const waiter of this._resets.splice(0)) waiter.reject(lost);
+    const resumable = this.resumeToken && !NO_RESUME_CODES.has(code);
+    if (this._closed || !this.reconnect || !resumable) this._loseAll(lost);
     if (this._closed || !this.reconnect) {
       this._setState("closed");
       return;

@@ -119,6 +119,30 @@ async def test_a_drop_ends_pending_generations_with_connection_lost(page, start_
     assert await page.evaluate("window.client.state") == "closed"
 
 
+async def test_a_drop_is_resumed_and_the_stream_is_unbroken(page, start_server):
+    async with start_server() as handle:
+        await page.goto(handle.http + "/healthz")
+        await page.evaluate(
+            f"""async ([base, url, arg]) => {{ {IMPORT}
+            window.client = await tw.connect(url);
+            window.gen = window.client.generate({{model: "fake", messages: arg}});
+            window.texts = [];
+            window.outcome = (async () => {{
+              for await (const ev of window.gen) window.texts.push(ev.text);
+              return (await window.gen.result()).content;
+            }})();
+            }}""",
+            [handle.http, handle.url, say(tokens=60, interval=0.01)],
+        )
+        await page.wait_for_function("window.texts.length >= 10", timeout=TIMEOUT * 1000)
+        for link in list(handle.server.connections):
+            link._ws.transport.abort()  # the TCP connection just goes
+        content = await page.evaluate("window.outcome")
+        assert content == "".join(f"tok{i} " for i in range(60))
+        assert await page.evaluate("window.texts.join('')") == content
+        assert await page.evaluate("window.client.resumes") == 1
+
+
 async def test_unknown_frames_and_fields_are_ignored_and_malformed_ones_reported(page, server):
     """A hand-written server sends what a later (or broken) server might."""
 

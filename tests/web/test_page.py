@@ -145,3 +145,26 @@ async def test_the_page_reconnects_after_the_server_restarts(page, upstream, fak
         answer = page.locator(ASSISTANT).last
         await expect(answer).to_have_attribute("data-state", "done", timeout=MS)
         assert await answer.locator(".content").text_content() == "tok0 tok1 "
+
+
+async def test_the_page_survives_a_reload_mid_answer(page, server):
+    await open_chat(page, server)
+    await send(page, scripted(tokens=150, interval=0.02))
+    answer = page.locator(ASSISTANT).last
+    await expect(answer.locator(".content")).to_contain_text("tok20 ", timeout=MS)
+    await page.reload()
+    await expect(page.get_by_role("status")).to_have_text("connected", timeout=MS)
+    # The same answer goes on where it stopped, in the same place, whole.
+    answer = page.locator(ASSISTANT).last
+    await expect(page.locator(ASSISTANT)).to_have_count(1)
+    await expect(answer).to_have_attribute("data-state", "done", timeout=MS)
+    expected = "".join(f"tok{i} " for i in range(150))
+    assert await answer.locator(".content").text_content() == expected
+    assert await page.locator(".message.user").first.text_content() == scripted(
+        tokens=150, interval=0.02
+    )
+    # And the conversation came back with the session: the next turn carries it.
+    await send(page, scripted(echo_roles=True))
+    last = page.locator(ASSISTANT).last
+    await expect(last).to_have_attribute("data-state", "done", timeout=MS)
+    assert await last.locator(".content").text_content() == "user assistant user "
