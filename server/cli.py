@@ -108,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="seconds over which the sessions' first generations start, evenly (default 0)",
     )
+    load.add_argument(
+        "--disconnect-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="cut each session's connection R times a second on average; the client "
+        "resumes, and every frame is checked for holes and duplicates (default 0)",
+    )
     load.add_argument("--json", action="store_true", help="print one JSON object")
     load.set_defaults(run=_loadtest)
 

@@ -299,6 +299,14 @@ class AsyncClient:
             else:
                 self._lose_all(lost)
 
+    def _drop(self) -> bool:
+        """Cut the TCP connection as a network would (load tests); whether
+        there was one to cut."""
+        if self._ws is None or self._reader is None or self._reader.done():
+            return False
+        self._ws.transport.abort()
+        return True
+
     def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
         """The server's answer to this client's ``resume``."""
         if isinstance(frame, Resumed):

@@ -7,6 +7,10 @@ load generator is not the bottleneck. Every frame goes through the client's
 ``finish.content``, tool-call assembly); frames for a generation that already
 ended count too. Any violation makes the exit status 1.
 
+``--disconnect-rate R`` cuts each session's TCP connection at random, R
+times a second on average: the client resumes (``reconnect=True``) and the
+same checks run on every frame, so a hole or a duplicate is a violation.
+
 ``--json`` prints one object; its fields are documented in
 ``clients/python/README.md`` ("Load tests").
 """
@@ -17,6 +21,7 @@ import asyncio
 import json
 import multiprocessing
 import queue
+import random
 import resource
 import sys
 import time
@@ -61,6 +66,9 @@ class Options:
     """Sessions (over all processes) whose handshake must be over before any
     generation starts, so time to first token is not measured behind other
     sessions' handshakes; 0: no barrier."""
+    disconnect_rate: float = 0.0
+    """Times a second, on average, each session's connection is cut (the
+    client resumes it); 0: never."""
 
 
 @dataclass
@@ -79,6 +87,8 @@ class Samples:
     gaps: list[float] = field(default_factory=list)
     handshakes: list[float] = field(default_factory=list)
     cpu_s: float = 0.0
+    disconnects: int = 0
+    resumes: int = 0
 
     def merge(self, other: Samples) -> None:
         for name in (
@@ -88,6 +98,8 @@ class Samples:
             "tokens",
             "frames",
             "violations",
+            "disconnects",
+            "resumes",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
@@ -156,7 +168,12 @@ async def _session(
     options: Options, samples: Samples, counters: Any, go: asyncio.Event, delay: float = 0.0
 ) -> None:
     started = time.perf_counter()
-    client = AsyncClient(options.url, api_key=options.api_key, encoding=options.encoding)
+    client = AsyncClient(
+        options.url,
+        api_key=options.api_key,
+        encoding=options.encoding,
+        reconnect=options.disconnect_rate > 0,
+    )
     try:
         await client.__aenter__()
     except Exception:  # refused, timed out, unreachable: all count as failed sessions
@@ -180,11 +197,22 @@ async def _session(
                 samples.errors["connection_lost"] += 1
                 counters[ERRORS] += 1
 
+    async def cut() -> None:
+        """Drop the connection now and then; the client resumes it."""
+        while True:
+            await asyncio.sleep(random.expovariate(options.disconnect_rate))
+            if client._drop():
+                samples.disconnects += 1
+
+    cutter = asyncio.create_task(cut()) if options.disconnect_rate > 0 else None
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(max(1, options.concurrent)):
                 group.create_task(worker())
     finally:
+        if cutter is not None:
+            cutter.cancel()
+        samples.resumes += client.resumes
         if client.stray_frames:
             samples.violation(
                 f"{client.stray_frames} frames after their generation's terminal frame"
@@ -336,6 +364,8 @@ def report(samples: Samples, wall: float, options: Options, processes: int) -> d
         "inter_token_ms": percentiles(samples.gaps),
         "handshake_ms": percentiles(samples.handshakes),
         "client_cpu_s": round(samples.cpu_s, 3),
+        "disconnects": samples.disconnects,
+        "resumes": samples.resumes,
         "violations": samples.violations,
         "violation_examples": samples.violation_examples,
     }
@@ -358,6 +388,7 @@ def format_report(data: dict[str, Any]) -> str:
         f"between tokens  {pct('inter_token_ms')}",
         f"handshake       {pct('handshake_ms')}",
         f"client CPU      {data['client_cpu_s']:.2f} s over {data['processes']} process(es)",
+        f"disconnects     {data['disconnects']} cut, {data['resumes']} resumed",
         f"violations      {data['violations']}",
     ]
     lines += [f"  - {example}" for example in data["violation_examples"]]
@@ -377,6 +408,7 @@ def main(args: Any) -> int:
         api_key=args.api_key,
         deadline=args.deadline,
         ramp=args.ramp,
+        disconnect_rate=args.disconnect_rate,
     )
     data = run(options, args.processes, progress=None if not args.json else False)
     print(json.dumps(data) if args.json else format_report(data))

@@ -52,6 +52,20 @@ async def test_demo_and_failures_by_code(server):
     assert report["generations_failed"] == {"upstream_rate_limited": 2}
 
 
+async def test_sessions_that_drop_and_resume_lose_nothing(server):
+    prompt = "fake:" + json.dumps({"tokens": 100, "interval": 0.005})
+    status, report = await loadtest(
+        server.url, "--model", "fake", "--sessions", "8", "--generations", "3",
+        "--prompt", prompt, "--disconnect-rate", "3",
+    )  # fmt: skip
+    assert status == 0, report
+    assert report["disconnects"] > 0
+    assert 0 < report["resumes"] <= report["disconnects"]
+    assert report["violations"] == 0  # no hole, no duplicate, on every frame
+    assert report["generations_completed"] == 24 and report["generations_failed"] == {}
+    assert report["tokens"] == 24 * 100
+
+
 async def test_refused_sessions_count_as_failed(start_server):
     async with start_server(max_sessions=1) as handle:
         held = await websockets.connect(handle.url, open_timeout=TIMEOUT)
