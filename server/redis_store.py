@@ -16,9 +16,11 @@ their last write (refreshed while the session lives)::
     tw:{h}:w:{gid}    string another node relays the generation to its client
     tw:node:{node}    channel cancels for that node's generations
 
-A frame reaches the client only once stored. Batches are coalesced for
-``COALESCE`` seconds, and each is one pipelined round trip (XADD with
-MAXLEN, then EXPIRE). When Redis cannot be reached, frames go to the client
+A frame reaches the client only once stored. The frames of all of a
+node's sessions are coalesced for ``COALESCE`` seconds and stored in one
+pipelined round trip: one XADD (with MAXLEN) per generation with frames in
+the batch; a stream's EXPIRE goes with its first and last entries and with
+each lease renewal, not with every entry. When Redis cannot be reached, frames go to the client
 unstored, the outage is logged and counted once, ``ready`` says resume is
 off, and a probe brings it back; a resume that would need the missing frames
 gets ``gap`` (replays check that seqs are contiguous).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import time
 from collections import deque
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import msgspec
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from tokenwire.protocol import (
@@ -63,6 +66,27 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("tokenwire.resume")
 
+APPEND: Final = """
+local maxlen, ttl = ARGV[1], ARGV[2]
+for i, key in ipairs(KEYS) do
+  local at = 3 + (i - 1) * 4
+  local id, data, minid, expire = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  if minid == '' then
+    redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id, 'f', data)
+  else
+    redis.pcall('XADD', key, 'MINID', minid, id, 'f', data)
+  end
+  if expire == '1' then
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+return #KEYS
+"""
+"""One entry for each of several streams, in one call: the arguments are, per
+key, the entry id (an id not above the stream's last is refused, quietly: a
+duplicate write), the frames, a MINID to trim to (or none: MAXLEN) and
+whether to set the stream's expiry."""
+APPEND_SHA: Final = hashlib.sha1(APPEND.encode()).hexdigest()
 COALESCE: Final = 0.002
 """Seconds frames wait to be stored together (one XADD per generation per batch)."""
 MAX_ENTRIES: Final = 100_000
@@ -175,6 +199,10 @@ class RedisStore:
         self.lease_ms = int(settings.resume_lease * 1000)
         self.on_cancel: Any = None
         """Called with (session hash, generation id) when another node cancels one of ours."""
+        self._pending: dict[Session, list[object]] = {}
+        """Frames (and start markers) waiting to be stored, by session, in order."""
+        self._flushing: asyncio.Task[None] | None = None
+        self._append_sha = APPEND_SHA
 
     # -- health ---------------------------------------------------------------
 
@@ -199,6 +227,7 @@ class RedisStore:
     async def start(self) -> None:
         try:
             await self.client.ping()
+            self._append_sha = await self.client.script_load(APPEND)
         except (RedisError, OSError, TimeoutError) as exc:
             self.failed(exc)
 
@@ -209,13 +238,68 @@ class RedisStore:
 
     # -- writing ------------------------------------------------------------------
 
-    async def write(self, session: Session, batch: Sequence[object]) -> None:
-        """Store a session's queued frames (and start markers) in one round trip."""
-        if not self.up:
+    def submit(self, session: Session, items: Sequence[object]) -> None:
+        """Store ``items`` (a session's frames, in order), then deliver them."""
+        self._pending.setdefault(session, []).extend(items)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def stored(self, session: Session) -> None:
+        """Wait until what ``session`` submitted is stored and delivered."""
+        while session in self._pending and self._flushing is not None:
+            await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(COALESCE)
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                if self.up:
+                    await self._store(batch)
+                for session, items in batch.items():
+                    session.deliver([item for item in items if not isinstance(item, Started)])  # type: ignore[misc]
+        finally:
+            self._flushing = None
+
+    async def _store(self, batch: Mapping[Session, Sequence[object]]) -> None:
+        """One round trip: every stream's entry through one script call
+        (``APPEND``: a command per token would cost more CPU than the relay),
+        then the rarer writes (records, leases, conversations)."""
+        appends: list[EncodableT] = []
+        keys: list[str] = []
+        rest = self.client.pipeline(transaction=False)
+        for session, items in batch.items():
+            self._write(rest, keys, appends, session, items)
+        pipe = self.client.pipeline(transaction=False)
+        if keys:
+            pipe.evalsha(self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends)
+        pipe.command_stack.extend(rest.command_stack)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+            if keys and isinstance(results[0], NoScriptError):  # Redis restarted
+                self._append_sha = await self.client.script_load(APPEND)
+                await self.client.evalsha(
+                    self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
             return
+        for result in results:
+            if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
+                log.warning("resume store refused a write", error=str(result))
+
+    def _write(
+        self,
+        pipe: Any,
+        keys: list[str],
+        appends: list[EncodableT],
+        session: Session,
+        batch: Sequence[object],
+    ) -> None:
+        """A session's frames (and start markers): the streams' entries as
+        ``APPEND``'s keys and arguments, the rest added to ``pipe``."""
         h = session.token_hash
         ttl = self.ttl
-        pipe = self.client.pipeline(transaction=False)
         by_generation: dict[str, list[GenerationFrame]] = {}
         record: dict[FieldT, EncodableT] = {}
         for item in batch:
@@ -241,14 +325,16 @@ class RedisStore:
             key = _stream(h, gid)
             data = _frames.encode(frames)
             last_seq = seq_of(frames[-1])
-            kept = session.stored.setdefault(gid, Kept())
+            kept = session.stored.get(gid)
+            if kept is None:
+                kept = session.stored[gid] = Kept()
+            first = not kept.entries
+            # Past resume_generation_bytes the oldest entries go (MINID).
             minid = kept.add(last_seq, len(data), self.settings.resume_generation_bytes)
-            if minid is None:
-                pipe.xadd(key, {"f": data}, id=_entry_id(last_seq), maxlen=MAX_ENTRIES)
-            else:  # past resume_generation_bytes: the oldest entries go
-                pipe.xadd(key, {"f": data}, id=_entry_id(last_seq), minid=minid, approximate=False)
-            pipe.expire(key, ttl)
-            if isinstance(frames[-1], Finish | Error):
+            last = isinstance(frames[-1], Finish | Error)
+            keys.append(key)
+            appends += (_entry_id(last_seq), data, minid or "", "1" if first or last else "")
+            if last:
                 ended.append(frames[-1])
                 del session.stored[gid]
         for terminal in ended:
@@ -259,17 +345,9 @@ class RedisStore:
                 pipe.hset(_conversations(h), name, _json.encode(messages))
                 pipe.expire(_conversations(h), ttl)
             pipe.delete(_lease(h, gid))
-        try:
-            results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.failed(exc)
-            return
-        for result in results:
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
-                log.warning("resume store refused a write", error=str(result))
 
     async def forget_conversations(self, h: str) -> None:
-        await self._quietly(self.client.delete(_conversations(h)))
+        await self._quietly(lambda: self.client.delete(_conversations(h)))
 
     async def set_deadline(self, session: Session, deadline: float) -> None:
         """The session detached (a deadline) or attached again (0)."""
@@ -279,13 +357,14 @@ class RedisStore:
         pipe.hset(_session(h), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(_session(h), self.ttl)
         pipe.expire(_conversations(h), self.ttl)
-        await self._quietly(pipe.execute())
+        await self._quietly(pipe.execute)
 
-    async def _quietly(self, awaitable: Any) -> Any:
+    async def _quietly(self, command: Any) -> Any:
+        """``command()`` awaited; None if Redis is (or just went) down."""
         if not self.up:
             return None
         try:
-            return await awaitable
+            return await command()
         except (RedisError, OSError, TimeoutError) as exc:
             self.failed(exc)
             return None
@@ -372,7 +451,7 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(_cancel(h, gid), "1", ex=self.ttl)
         pipe.publish(_channel(owner), f"{h} {gid}")
-        await self._quietly(pipe.execute())
+        await self._quietly(pipe.execute)
 
     async def renew(self, running: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Renew this node's leases on ``running`` (session hash, id) and
@@ -385,10 +464,11 @@ class RedisStore:
             pipe.set(_lease(h, gid), self.node, px=self.lease_ms)
             pipe.exists(_cancel(h, gid))
             pipe.expire(_session(h), self.ttl)
-        results = await self._quietly(pipe.execute())
+            pipe.expire(_stream(h, gid), self.ttl)
+        results = await self._quietly(pipe.execute)
         if results is None:
             return []
-        return [pair for pair, asked in zip(running, results[1::3], strict=True) if asked]
+        return [pair for pair, asked in zip(running, results[1::4], strict=True) if asked]
 
     async def watched(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of (session hash, id) another node relays now."""
@@ -398,7 +478,7 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for h, gid in pairs:
             pipe.exists(_watch(h, gid))
-        results = await self._quietly(pipe.execute())
+        results = await self._quietly(pipe.execute)
         return {pair for pair, seen in zip(pairs, results or (), strict=False) if seen}
 
     async def listen(self) -> None:

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final, Literal
 
 from tokenwire.protocol import (
@@ -75,10 +75,6 @@ def seq_of(frame: GenerationFrame) -> int:
     return frame.seq or 0
 
 
-def is_terminal(frame: GenerationFrame) -> bool:
-    return isinstance(frame, Finish | Error)
-
-
 def contiguous(frames: Sequence[GenerationFrame], after_seq: int) -> bool:
     """Whether ``frames`` are exactly the seqs after ``after_seq``, in order."""
     return all(seq_of(frame) == after_seq + 1 + i for i, frame in enumerate(frames))
@@ -122,15 +118,21 @@ class MemoryLogs:
         self._finished: OrderedDict[FrameLog, None] = OrderedDict()
         """Logs of ended generations, oldest first: evicted first."""
 
-    def append(self, log: FrameLog, frames: Iterable[GenerationFrame]) -> None:
+    def append(self, log: FrameLog, frames: Sequence[GenerationFrame]) -> None:
+        added = 0
         for frame in frames:
-            log.frames.append(frame)
-            size = frame_size(frame)
-            log.size += size
-            self.size += size
-            if is_terminal(frame):
-                log.ended = True
-                self._finished[log] = None
+            kind = type(frame)
+            # Text frames are nearly all of them: sized without a match.
+            if kind is Token or kind is Reasoning:
+                added += FRAME_OVERHEAD + len(frame.text)  # type: ignore[union-attr]
+            else:
+                added += frame_size(frame)
+                if kind is Finish or kind is Error:
+                    log.ended = True
+                    self._finished[log] = None
+        log.frames.extend(frames)
+        log.size += added
+        self.size += added
         while log.size > self.per_generation and len(log.frames) > 1:
             self.size -= log.drop_oldest()
         while self.size > self.limit and self._finished:

@@ -49,7 +49,7 @@ from .errors import CloseCode
 from .generation import Generation
 from .loop_lag import LoopLag
 from .metrics import Metrics
-from .redis_store import COALESCE, Kept, Started, orphan_error
+from .redis_store import Kept, Started, orphan_error
 from .resume import FrameLog, MemoryLogs, new_token, seq_of, token_hash
 from .upstream import Upstream
 
@@ -126,9 +126,6 @@ class Session:
         """Each generation's frames, kept for a resume (``resume: memory``)."""
         self._memory = context.memory_logs if self.resumable else None
         self._redis = context.redis if settings.resume == "redis" else None
-        self._unstored: list[object] = []
-        """Frames (and start markers) waiting to be stored in Redis, in order."""
-        self._storing: asyncio.Task[None] | None = None
         self.stored: dict[str, Kept] = {}
         """The bytes each running generation has in Redis (``resume_generation_bytes``)."""
         self._conversation_of: dict[str, str] = {}
@@ -211,8 +208,8 @@ class Session:
         """Stop every generation (their terminal frames are kept), then forget the session."""
         self.interrupt(self.core.stop_all(reason))
         await self.settled()
-        if self._storing is not None:
-            await asyncio.wait([self._storing])
+        if self._redis is not None:
+            await self._redis.stored(self)
         if self.life is SessionLife.ATTACHED and self.link is not None:
             return  # a resume attached a link meanwhile
         if self.life is not SessionLife.ENDED:
@@ -247,9 +244,7 @@ class Session:
         if not frames:
             return
         if self._redis is not None:
-            self._unstored.extend(frames)
-            if self._storing is None:
-                self._storing = asyncio.get_running_loop().create_task(self._store())
+            self._redis.submit(self, frames)
             return
         if self._memory is not None:
             first = frames[0]
@@ -257,18 +252,6 @@ class Session:
             if gid is not None and (frame_log := self.logs.get(gid)) is not None:
                 self._memory.append(frame_log, frames)  # type: ignore[arg-type]
         self.deliver(frames)
-
-    async def _store(self) -> None:
-        """Store what is queued, coalesced over ``COALESCE``, then deliver it."""
-        assert self._redis is not None
-        try:
-            await asyncio.sleep(COALESCE)
-            while self._unstored:
-                batch, self._unstored = self._unstored, []
-                await self._redis.write(self, batch)
-                self.deliver([f for f in batch if not isinstance(f, Started)])  # type: ignore[misc]
-        finally:
-            self._storing = None
 
     def conversation_of(self, gid: str) -> tuple[str, list[dict[str, Any]]] | None:
         """The conversation generation ``gid`` (now ended) belonged to, as kept now."""

@@ -1,0 +1,221 @@
+"""What resume costs: the gateway's CPU per token with ``resume: off``,
+``memory`` and ``redis`` side by side, resume latency, Redis memory.
+
+    .venv/bin/python bench/resume.py [--streams 200] [--tokens 250] [--runs 2] [--resumes 100]
+
+One fake upstream (in this process), one ``redis-server`` (Debian's, on a
+free port, no persistence) and three ``tokenwire serve`` processes, one per
+``resume`` mode, each loaded by ``tokenwire loadtest`` (two client
+processes) with ``--streams`` concurrent streams of ``--tokens`` tokens at
+50 tokens/s. The modes run in turn, ``--runs`` times, so that the machine's
+drift hits them alike; the best run of each is printed with its ratio to
+``off`` (the bounds: memory within 1.05×, redis within 1.25×).
+
+Then, for ``memory`` and ``redis``: ``--resumes`` sessions each drop their
+connection mid-answer and resume at once, concurrently: the latency from
+opening the new connection to the first replayed frame. Last, Redis's
+``used_memory`` per finished 1,000-token generation (paced, so each token is
+an entry of its own: the most entries a generation makes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import redis.asyncio as aioredis
+import websockets
+from core import pct, start_server
+from run import free_port, measured, ws_load
+
+from tokenwire.server.fake_upstream import FakeUpstream
+
+MODES = ("off", "memory", "redis")
+PACE = 50
+
+
+def scenario(tokens: int, pace: float = PACE) -> str:
+    return "fake:" + json.dumps({"tokens": tokens, "interval": 1 / pace})
+
+
+def write_config(tmp: Path, mode: str, base_url: str, redis_url: str) -> Path:
+    server: dict[str, Any] = {"resume": mode, "max_sessions": 20_000}
+    if mode == "redis":
+        server["redis_url"] = redis_url
+    params = {"model": "openai/fake-model", "api_base": base_url, "api_key": "sk-bench"}
+    config = {"model_list": [{"model_name": "fake", "litellm_params": params}], "server": server}
+    path = tmp / f"{mode}.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.3)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+async def cpu_per_token(url: str, pid: int, streams: int, tokens: int) -> dict[str, Any]:
+    return await measured(pid, ws_load(url, streams, scenario(tokens), deadline=120, ramp=1.0))
+
+
+async def resume_latency(url: str, n: int) -> list[float]:
+    """n sessions drop mid-answer, then resume all at once: seconds from the
+    new connection's start to its first replayed frame."""
+
+    async def one(i: int, go: asyncio.Event) -> float:
+        ws = await websockets.connect(url, max_size=None)
+        ready = json.loads(await ws.recv())
+        gid = f"g{i}"
+        await ws.send(json.dumps({"type": "generate", "id": gid, "model": "fake",
+                                  "messages": [{"role": "user", "content": scenario(300)}]}))  # fmt: skip
+        seq = -1
+        while seq < 5:
+            frame = json.loads(await ws.recv())
+            if frame.get("id") == gid:
+                seq = frame["seq"]
+        ws.transport.abort()
+        await go.wait()
+        await asyncio.sleep(0.2)  # frames pile up while it is away
+        started = time.perf_counter()
+        again = await websockets.connect(url, max_size=None)
+        await again.recv()  # ready
+        await again.send(json.dumps({"type": "resume", "token": ready["resume_token"],
+                                     "generations": {gid: seq}}))  # fmt: skip
+        while True:
+            frame = json.loads(await again.recv())
+            if frame.get("id") == gid and "seq" in frame:
+                latency = time.perf_counter() - started
+                break
+        await again.close()
+        return latency
+
+    go = asyncio.Event()
+    tasks = [asyncio.create_task(one(i, go)) for i in range(n)]
+    await asyncio.sleep(0.5)
+    go.set()
+    return list(await asyncio.gather(*tasks))
+
+
+async def redis_bytes_per_generation(url: str, redis_url: str, n: int = 20) -> float:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushall()
+    before = (await client.info("memory"))["used_memory"]
+
+    async def one(i: int) -> None:
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "generate", "id": "g", "model": "fake",
+                                      "messages": [{"role": "user", "content": scenario(1000, 200)}]}))  # fmt: skip
+            while json.loads(await ws.recv()).get("type") not in ("finish", "error"):
+                pass
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    await asyncio.sleep(0.2)
+    after = (await client.info("memory"))["used_memory"]
+    await client.aclose()
+    return (after - before) / n
+
+
+async def main(args: argparse.Namespace) -> str:
+    tmp = Path(tempfile.mkdtemp())
+    redis_process, redis_url = start_redis(tmp)
+    cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
+    reports: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    latencies: dict[str, list[float]] = {}
+    try:
+        async with FakeUpstream() as fake:
+            servers = {}
+            for mode in MODES:
+                config = write_config(tmp, mode, fake.base_url, redis_url)
+                process, url, _ = await start_server(config)
+                servers[mode] = (process, url)
+            try:
+                for _ in range(args.runs):
+                    for mode in MODES:
+                        process, url = servers[mode]
+                        report = await cpu_per_token(url, process.pid, args.streams, args.tokens)
+                        reports[mode].append(report)
+                        if "gateway_cpu_s_per_1k_tokens" in report:
+                            cpu[mode].append(report["gateway_cpu_s_per_1k_tokens"])
+                for mode in ("memory", "redis"):
+                    latencies[mode] = await resume_latency(servers[mode][1], args.resumes)
+                per_generation = await redis_bytes_per_generation(servers["redis"][1], redis_url)
+            finally:
+                for process, _ in servers.values():
+                    process.terminate()
+                    await process.wait()
+    finally:
+        redis_process.terminate()
+        redis_process.wait()
+    return render(args, cpu, reports, latencies, per_generation)
+
+
+def render(args, cpu, reports, latencies, per_generation) -> str:  # type: ignore[no-untyped-def]
+    base = min(cpu["off"]) if cpu["off"] else float("nan")
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()[2]
+    lines = [
+        f"# resume: {args.streams} streams of {args.tokens} tokens at {PACE} tokens/s, "
+        f"{args.runs} runs each, best shown ({redis_version})",
+        "",
+        f"{'':34}{'off':>10}{'memory':>10}{'redis':>10}",
+    ]
+    row = "gateway CPU s / 1k tokens"
+    lines.append(
+        f"{row:34}" + "".join(f"{min(cpu[m]) if cpu[m] else float('nan'):>10.4f}" for m in MODES)
+    )
+    lines.append(f"{'  ratio to off':34}" + "".join(f"{min(cpu[m]) / base:>10.2f}" for m in MODES))
+    lines.append(
+        f"{'  every run':34}"
+        + "".join(f"{'/'.join(f'{v:.3f}' for v in cpu[m]):>10}" for m in MODES)
+    )
+    for name, key in (("inter-token p99 ms", "inter_token_ms"), ("first token p99 ms", "ttft_ms")):
+        values = [
+            min((r.get(key) or {}).get("p99") or float("nan") for r in reports[m]) for m in MODES
+        ]
+        lines.append(f"{name:34}" + "".join(f"{v:>10.1f}" for v in values))
+    completed = [sum(r.get("generations_completed", 0) for r in reports[m]) for m in MODES]
+    lines.append(f"{'generations completed':34}" + "".join(f"{v:>10}" for v in completed))
+    lines.append("")
+    lines.append(f"resume latency, {args.resumes} at once (connect → first replayed frame)")
+    for mode, values in latencies.items():
+        lines.append(
+            f"  {mode:8} p50 {pct(values, 0.5) * 1000:6.1f} ms   p99 {pct(values, 0.99) * 1000:6.1f} ms"
+            f"   max {max(values) * 1000:6.1f} ms"
+        )
+    lines.append("")
+    lines.append(
+        f"Redis used_memory per finished 1,000-token generation: {per_generation / 1024:.1f} KiB"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=250)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--resumes", type=int, default=100)
+    arguments = parser.parse_args()
+    print(asyncio.run(main(arguments)))
