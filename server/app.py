@@ -15,9 +15,9 @@ import binascii
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from http import HTTPStatus
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -46,7 +46,7 @@ from .errors import CLOSE_REASONS, CloseCode
 from .link import CLOSE_TIMEOUT, Link
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
-from .redis_store import Record, RedisStore
+from .redis_store import Record, RedisStore, Replay
 from .resume import GAP, MemoryLogs, key_hash, same_key, seq_of, token_hash
 from .session import SKIP_ALL, Session
 from .upstream import Upstream
@@ -102,6 +102,7 @@ class TokenwireServer:
         self._origins = frozenset(settings.allowed_origins or ())
         self._codecs = {encoding: Codec(encoding) for encoding in Encoding}
         self._server: Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -297,46 +298,71 @@ class TokenwireServer:
 
     async def resume(self, link: Link, message: Resume) -> None:
         """A ``resume``, the first message on ``link``: attach the session it
-        names, and replay what each listed generation missed."""
+        names, and replay what each listed generation missed.
+
+        With Redis, one round trip reads the session's record and every
+        listed generation's stored frames. A session this node holds is
+        attached before that read, its live frames held meanwhile
+        (``Session.park``), so none falls between the read and the attach.
+        """
         fresh = link.session
         assert fresh is not None
         wanted = token_hash(message.token)
-        session = record = None
-        if wanted != fresh.token_hash:  # its own new token: nothing to resume
-            session = self.sessions.get(wanted)
+        positions = message.generations
+        session = self.sessions.get(wanted) if wanted != fresh.token_hash else None
+        record: Record | None = None
+        stored: dict[str, Replay] = {}
+        held_here = session is not None and not self._resume_failure(
+            fresh.key_hash, wanted, session, None
+        )
+        if session is not None and held_here:
+            self._take_over(fresh, session, link, positions)
             if self.redis is not None:
-                record = await self.redis.load(wanted)
-        failure = self._resume_failure(fresh.key_hash, wanted, session, record)
-        if failure is not None:
-            self.metrics.resumes.labels(failure).inc()
-            link.send([ResumeFailed(id=None, reason=failure)])
-            link.send([ResumeFailed(id=gid, reason=failure) for gid in message.generations])
-            return
-        if session is None:  # known to Redis only: its generations ran elsewhere
-            assert record is not None
+                record, stored = await self.redis.fetch(wanted, positions)
+        else:
+            if self.redis is not None and wanted != fresh.token_hash:
+                record, stored = await self.redis.fetch(wanted, positions)
+            failure = self._resume_failure(fresh.key_hash, wanted, session, record)
+            if failure is not None:
+                self.metrics.resumes.labels(failure).inc()
+                link.send([ResumeFailed(id=None, reason=failure)])
+                link.send([ResumeFailed(id=gid, reason=failure) for gid in positions])
+                return
+            assert record is not None  # known to Redis only: its generations ran elsewhere
             session = Session(self, record.key_hash, message.token, record.session_id)
             session.generated = True
             self.sessions[wanted] = session
-        self.session_ended(fresh)
-        fresh.link = None
-        await fresh.end(StopReason.DISCONNECT)
+            self._take_over(fresh, session, link, positions)
         if record is not None:
             for name, messages in record.conversations.items():
                 self.history_bytes += session.core.restore(name, messages)
-        session.attach(link)
-        self.metrics.resumes.labels("resumed").inc()
-        log.info("session resumed", session=session.id, generations=len(message.generations))
-        link.send([Resumed(id=None)])
         if self.redis is None:
-            for gid, last_seq in message.generations.items():
+            for gid, last_seq in positions.items():
                 link.send(self._replay(session, gid, last_seq))
             return
-        await self.redis.set_deadline(session, 0)
-        session.park(message.generations)
-        for gid, last_seq in message.generations.items():
+        self._background(self.redis.set_deadline(session, 0))
+        for gid, last_seq in positions.items():
             if session.link is not link:
                 return  # another resume took the session meanwhile
-            await self._replay_stored(session, record, gid, last_seq)
+            self._replay_stored(session, record, gid, last_seq, stored.get(gid, "gap"))
+
+    def _take_over(
+        self, fresh: Session, session: Session, link: Link, positions: Mapping[str, int]
+    ) -> None:
+        """``link`` serves ``session`` from now on, instead of the new session
+        its ``ready`` announced (which has done nothing yet)."""
+        fresh.discard()
+        session.attach(link)
+        self.metrics.resumes.labels("resumed").inc()
+        log.info("session resumed", session=session.id, generations=len(positions))
+        link.send([Resumed(id=None)])
+        if self.redis is not None:
+            session.park(positions)
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _resume_failure(
         self, key: str, wanted: str, session: Session | None, record: Record | None
@@ -361,15 +387,14 @@ class TokenwireServer:
             return [ResumeFailed(id=gid, reason="gap")]
         return [Resumed(id=gid, after_seq=last_seq), *frames]
 
-    async def _replay_stored(
-        self, session: Session, record: Record | None, gid: str, last_seq: int
+    def _replay_stored(
+        self, session: Session, record: Record | None, gid: str, last_seq: int, stored: Replay
     ) -> None:
-        """``resume: redis``: the frames after ``last_seq`` from Redis, then the
-        live ones: from this node's generation, or relayed from the node
-        running it (``Session.relay``)."""
-        assert self.redis is not None and session.link is not None
+        """``resume: redis``: the frames after ``last_seq`` as read from Redis,
+        then the live ones: from this node's generation, or relayed from the
+        node running it (``Session.relay``)."""
         link = session.link
-        stored = await self.redis.replay(session.token_hash, gid, last_seq)
+        assert link is not None
         here = gid in session.generations or gid in session.owners  # live frames come
         ended_here = gid in session.known and not here
         elsewhere = None if here or ended_here or record is None else record.requests.get(gid)

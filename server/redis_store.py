@@ -371,44 +371,33 @@ class RedisStore:
 
     # -- reading ------------------------------------------------------------------
 
-    async def load(self, h: str) -> Record | None:
-        """The session's record, or None (unknown, or Redis down)."""
+    async def fetch(
+        self, h: str, positions: Mapping[str, int]
+    ) -> tuple[Record | None, dict[str, Replay]]:
+        """In one round trip: the session's record (None: unknown, or Redis
+        down) and, per listed generation, its stored frames after the seq."""
         if not self.up:
-            return None
+            return None, {}
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(_session(h))
             pipe.hgetall(_conversations(h))
-            raw, conversations = await pipe.execute()
+            for gid, after_seq in positions.items():
+                pipe.xrange(_stream(h, gid), min=f"({_entry_id(after_seq)}")
+            raw, conversations, *streams = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self.failed(exc)
-            return None
-        if not raw:
-            return None
-        fields = {k.decode(): v for k, v in raw.items()}
-        record = Record(
-            key_hash=fields.get("key", b"").decode(),
-            session_id=fields.get("id", b"").decode(),
-            deadline=float(fields.get("deadline", b"0") or 0),
-            conversations={
-                name.decode(): _decode_json.decode(value) for name, value in conversations.items()
-            },
-        )
-        for name, value in fields.items():
-            if name.startswith("g:"):
-                record.owners[name[2:]] = value.decode()
-            elif name.startswith("r:"):
-                record.requests[name[2:]] = _decode_request.decode(value)
-        return record
+            return None, {}
+        replays = {
+            gid: _frames_after(entries, after_seq)
+            for (gid, after_seq), entries in zip(positions.items(), streams, strict=True)
+        }
+        return _record(raw, conversations), replays
 
-    async def replay(self, h: str, gid: str, after_seq: int) -> Replay:
-        """The stored frames after ``after_seq``: ``gap`` when one is missing."""
-        try:
-            entries: Any = await self.client.xrange(_stream(h, gid), min=f"({_entry_id(after_seq)}")
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.failed(exc)
-            return "gap"
-        return _frames_after(entries, after_seq)
+    async def load(self, h: str) -> Record | None:
+        """The session's record, or None (unknown, or Redis down)."""
+        record, _ = await self.fetch(h, {})
+        return record
 
     async def read(
         self, h: str, gid: str, after_seq: int, block_ms: int
@@ -506,6 +495,26 @@ class RedisStore:
                     await asyncio.sleep(0.2)
         finally:
             await listener.aclose()
+
+
+def _record(raw: Mapping[bytes, bytes], conversations: Mapping[bytes, bytes]) -> Record | None:
+    if not raw:
+        return None
+    fields = {k.decode(): v for k, v in raw.items()}
+    record = Record(
+        key_hash=fields.get("key", b"").decode(),
+        session_id=fields.get("id", b"").decode(),
+        deadline=float(fields.get("deadline", b"0") or 0),
+        conversations={
+            name.decode(): _decode_json.decode(value) for name, value in conversations.items()
+        },
+    )
+    for name, value in fields.items():
+        if name.startswith("g:"):
+            record.owners[name[2:]] = value.decode()
+        elif name.startswith("r:"):
+            record.requests[name[2:]] = _decode_request.decode(value)
+    return record
 
 
 def _frames_after(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], after_seq: int) -> Replay:

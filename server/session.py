@@ -200,6 +200,16 @@ class Session:
             deadline = time.time() + self.settings.resume_ttl
             await self._redis.set_deadline(self, deadline)
 
+    def discard(self) -> None:
+        """Forget a session that never started anything: the new session of a
+        connection whose first message resumed another one."""
+        assert not self._tasks and not self.core.active
+        self.link = None
+        if self.life is SessionLife.ATTACHED:
+            self._live(SessionLife.DETACHED)
+        self._live(SessionLife.ENDED)
+        self.context.session_ended(self)
+
     def orphaned_for(self, now: float) -> float:
         """Seconds the session has been DETACHED (0 while attached)."""
         return now - self.detached_at if self.life is SessionLife.DETACHED else 0.0

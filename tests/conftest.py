@@ -190,7 +190,11 @@ class ServerHandle:
 @pytest.fixture(scope="session")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Debian's redis-server on an ephemeral port, for the whole run."""
+    import shutil
+
     from resume_parts import redis_server
+
+    needs("redis-server", shutil.which("redis-server") is not None)
 
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server
@@ -302,6 +306,16 @@ def connect() -> Callable[..., contextlib.AbstractAsyncContextManager[WireClient
 @pytest.fixture(params=list(Encoding), ids=lambda e: e.value)
 def encoding(request: pytest.FixtureRequest) -> Encoding:
     return request.param  # type: ignore[no-any-return]
+
+
+def needs(package: str, installed: bool) -> None:
+    """A Debian package the test needs: in CI (``.ci/run`` installs it) its
+    absence fails the test; elsewhere the test is skipped."""
+    if installed:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{package} is missing: .ci/run installs it with apt-get")
+    pytest.skip(f"Debian's {package} is not installed (apt-get install {package})")
 
 
 # -- a real browser: Debian's chromium, driven by Playwright (never a downloaded one)

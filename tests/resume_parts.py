@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from conftest import TIMEOUT
+from conftest import TIMEOUT, needs
 
 from tokenwire.protocol import (
     Codec,
@@ -50,8 +50,8 @@ class RedisServer:
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        needs("redis-server", binary is not None)
+        assert binary is not None
         self.process = subprocess.Popen(
             [
                 binary,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, say
+from conftest import TIMEOUT, needs, say
 from processes import Served, hostile_upstream, serving
 from resume_parts import RawSession, free_port
 
@@ -52,8 +52,7 @@ def nginx_config(ports: list[int], listen: int) -> str:
 def nginx(tmp: Path, ports: list[int]) -> Iterator[str]:
     """Debian's nginx in front of ``ports``; its WebSocket URL."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        raise RuntimeError("nginx is not installed (apt-get install nginx)")
+    needs("nginx", Path(binary).exists())
     listen = free_port()
     prefix = tmp / "nginx"
     prefix.mkdir()
