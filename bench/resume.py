@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -78,11 +79,10 @@ async def cpu_per_token(url: str, pid: int, streams: int, tokens: int) -> dict[s
     return await measured(pid, ws_load(url, streams, scenario(tokens), deadline=120, ramp=1.0))
 
 
-async def resume_latency(url: str, n: int) -> list[float]:
-    """n sessions drop mid-answer, then resume all at once: seconds from the
-    new connection's start to its first replayed frame."""
+async def _drop_and_resume(url: str, ids: range, go: Any, ready_count: Any) -> list[float]:
+    """Each session streams, drops mid-answer, waits for ``go``, resumes."""
 
-    async def one(i: int, go: asyncio.Event) -> float:
+    async def one(i: int) -> float:
         ws = await websockets.connect(url, max_size=None)
         ready = json.loads(await ws.recv())
         gid = f"g{i}"
@@ -94,8 +94,10 @@ async def resume_latency(url: str, n: int) -> list[float]:
             if frame.get("id") == gid:
                 seq = frame["seq"]
         ws.transport.abort()
-        await go.wait()
-        await asyncio.sleep(0.2)  # frames pile up while it is away
+        with ready_count.get_lock():
+            ready_count.value += 1
+        while not go.is_set():  # noqa: ASYNC110 (a flag shared across processes)
+            await asyncio.sleep(0.005)
         started = time.perf_counter()
         again = await websockets.connect(url, max_size=None)
         await again.recv()  # ready
@@ -109,11 +111,37 @@ async def resume_latency(url: str, n: int) -> list[float]:
         await again.close()
         return latency
 
-    go = asyncio.Event()
-    tasks = [asyncio.create_task(one(i, go)) for i in range(n)]
-    await asyncio.sleep(0.5)
+    return list(await asyncio.gather(*(one(i) for i in ids)))
+
+
+def _clients(url: str, ids: range, go: Any, ready_count: Any, out: Any) -> None:
+    out.put(asyncio.run(_drop_and_resume(url, ids, go, ready_count)))
+
+
+async def resume_latency(url: str, n: int, processes: int = 2) -> list[float]:
+    """n sessions drop mid-answer, then resume all at once: seconds from the
+    new connection's start to its first replayed frame. The clients run in
+    ``processes`` processes of their own, so that their handshakes do not
+    queue behind each other in one event loop (a single Python process
+    making 100 handshakes at once measures itself)."""
+    context = multiprocessing.get_context("spawn")
+    go, ready_count, out = context.Event(), context.Value("i", 0), context.Queue()
+    shares = [range(i, n, processes) for i in range(processes)]
+    workers = [
+        context.Process(target=_clients, args=(url, ids, go, ready_count, out)) for ids in shares
+    ]
+    for worker in workers:
+        worker.start()
+    while ready_count.value < n:  # noqa: ASYNC110 (a counter shared across processes)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # frames pile up while they are away
     go.set()
-    return list(await asyncio.gather(*tasks))
+    latencies: list[float] = []
+    for _ in workers:
+        latencies += await asyncio.to_thread(out.get, True, 60)
+    for worker in workers:
+        worker.join()
+    return latencies
 
 
 async def redis_bytes_per_generation(url: str, redis_url: str, n: int = 20) -> float:

@@ -87,6 +87,12 @@ key, the entry id (an id not above the stream's last is refused, quietly: a
 duplicate write), the frames, a MINID to trim to (or none: MAXLEN) and
 whether to set the stream's expiry."""
 APPEND_SHA: Final = hashlib.sha1(APPEND.encode()).hexdigest()
+CONNECTIONS: Final = 64
+"""Pooled connections for storing and reading (each command holds one for
+its round trip); past it a command waits up to ``TIMEOUT`` for one."""
+RELAY_CONNECTIONS: Final = 512
+"""Pooled connections for relays (each blocks on its stream's next entry);
+past it a relay waits its turn."""
 COALESCE: Final = 0.002
 """Seconds frames wait to be stored together (one XADD per generation per batch)."""
 MAX_ENTRIES: Final = 100_000
@@ -190,8 +196,26 @@ class RedisStore:
         self.settings = settings
         self.metrics = metrics
         self.node = secrets.token_hex(8)
-        self.client = aioredis.Redis.from_url(
-            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+        # A burst (a hundred resumes at once) waits for a pooled connection
+        # instead of failing; relays' blocking reads have a pool of their own,
+        # so they never hold up the stores.
+        self.client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=CONNECTIONS,
+                timeout=TIMEOUT,
+                socket_timeout=TIMEOUT,
+                socket_connect_timeout=TIMEOUT,
+            )
+        )
+        self.relays = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=RELAY_CONNECTIONS,
+                timeout=None,
+                socket_timeout=TIMEOUT + self.settings.resume_lease,
+                socket_connect_timeout=TIMEOUT,
+            )
         )
         self.up = True
         self._probe: asyncio.Task[None] | None = None
@@ -203,6 +227,10 @@ class RedisStore:
         """Frames (and start markers) waiting to be stored, by session, in order."""
         self._flushing: asyncio.Task[None] | None = None
         self._append_sha = APPEND_SHA
+        self._fetches: list[
+            tuple[str, Mapping[str, int], asyncio.Future[tuple[Record | None, dict[str, Replay]]]]
+        ] = []
+        self._fetching: asyncio.Task[None] | None = None
 
     # -- health ---------------------------------------------------------------
 
@@ -235,6 +263,9 @@ class RedisStore:
         if self._probe is not None:
             self._probe.cancel()
         await self.client.aclose()
+        await self.relays.aclose()
+        await self.client.connection_pool.disconnect()
+        await self.relays.connection_pool.disconnect()
 
     # -- writing ------------------------------------------------------------------
 
@@ -374,25 +405,48 @@ class RedisStore:
     async def fetch(
         self, h: str, positions: Mapping[str, int]
     ) -> tuple[Record | None, dict[str, Replay]]:
-        """In one round trip: the session's record (None: unknown, or Redis
-        down) and, per listed generation, its stored frames after the seq."""
+        """The session's record (None: unknown, or Redis down) and, per listed
+        generation, its stored frames after the seq. Resumes that arrive
+        together (a node restarting, a network coming back) share one round
+        trip: their reads wait ``COALESCE`` and go in one pipeline."""
         if not self.up:
             return None, {}
+        reply: asyncio.Future[tuple[Record | None, dict[str, Replay]]]
+        reply = asyncio.get_running_loop().create_future()
+        self._fetches.append((h, positions, reply))
+        if self._fetching is None:
+            self._fetching = asyncio.get_running_loop().create_task(self._fetch())
+        return await reply
+
+    async def _fetch(self) -> None:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hgetall(_session(h))
-            pipe.hgetall(_conversations(h))
-            for gid, after_seq in positions.items():
-                pipe.xrange(_stream(h, gid), min=f"({_entry_id(after_seq)}")
-            raw, conversations, *streams = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.failed(exc)
-            return None, {}
-        replays = {
-            gid: _frames_after(entries, after_seq)
-            for (gid, after_seq), entries in zip(positions.items(), streams, strict=True)
-        }
-        return _record(raw, conversations), replays
+            await asyncio.sleep(COALESCE)
+            while self._fetches:
+                batch, self._fetches = self._fetches, []
+                pipe = self.client.pipeline(transaction=False)
+                for h, positions, _ in batch:
+                    pipe.hgetall(_session(h))
+                    pipe.hgetall(_conversations(h))
+                    for gid, after_seq in positions.items():
+                        pipe.xrange(_stream(h, gid), min=f"({_entry_id(after_seq)}")
+                try:
+                    results = iter(await pipe.execute())
+                except (RedisError, OSError, TimeoutError) as exc:
+                    self.failed(exc)
+                    for *_, reply in batch:
+                        if not reply.done():
+                            reply.set_result((None, {}))
+                    continue
+                for _, positions, reply in batch:
+                    raw, conversations = next(results), next(results)
+                    replays = {
+                        gid: _frames_after(next(results), after_seq)
+                        for gid, after_seq in positions.items()
+                    }
+                    if not reply.done():
+                        reply.set_result((_record(raw, conversations), replays))
+        finally:
+            self._fetching = None
 
     async def load(self, h: str) -> Record | None:
         """The session's record, or None (unknown, or Redis down)."""
@@ -403,7 +457,7 @@ class RedisStore:
         self, h: str, gid: str, after_seq: int, block_ms: int
     ) -> list[GenerationFrame] | Literal["gap"] | None:
         """Frames stored after ``after_seq``, waiting up to ``block_ms`` (None: none came)."""
-        response: Any = await self.client.xread(
+        response: Any = await self.relays.xread(
             {_stream(h, gid): _entry_id(after_seq)}, block=block_ms
         )
         if not response:

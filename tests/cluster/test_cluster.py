@@ -28,7 +28,7 @@ from conftest import TIMEOUT, needs, say
 from processes import Served, hostile_upstream, serving
 from resume_parts import RawSession, free_port
 
-from tokenwire.protocol import Error, Finish, ResultBuilder, Resumed, Token
+from tokenwire.protocol import Error, Finish, ResetDone, ResultBuilder, Resumed, Token
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.0
@@ -199,6 +199,27 @@ async def test_a_cancel_through_one_node_stops_a_generation_on_another(tmp_path,
         await asyncio.sleep(0.2)
         ends = [e for e in _events(a) if e.get("event") == "generation" and e.get("gen") == "g"]
         assert [e["outcome"] for e in ends] == ["cancelled"]
+
+
+async def test_a_reset_through_one_node_stops_the_generations_of_another(tmp_path, redis):
+    async with cluster(tmp_path, redis) as c:
+        a, b = c.nodes
+        first = await RawSession.open(a.url)
+        await first.generate("t1", say(tokens=2), conversation="c")
+        await first.until_terminal("t1")
+        await first.generate("g", say(tokens=2000, interval=0.02))
+        seen = await first.frames_until("g", seq=3)
+        await first.drop()
+        again = await RawSession.open(b.url)
+        await again.resume(first.token, {"g": seen[-1].seq})
+        await again.send({"type": "reset"})
+        rest = await again.until_terminal("g")
+        assert isinstance(rest[-1], Finish) and rest[-1].reason == "cancelled"
+        done = await again.next_untagged()  # after the terminal frame, as the contract says
+        assert isinstance(done, ResetDone) and done.cancelled == ["g"]
+        # The conversation is forgotten on every node.
+        await again.generate("t2", say(echo_roles=True), conversation="c")
+        assert _text(await again.until_terminal("t2")) == "user "
 
 
 async def test_a_draining_node_s_clients_resume_on_the_others(tmp_path, redis):
