@@ -40,6 +40,12 @@ flattens out). At about 50 steps a second, 4 MB/min still catches a leak of
 1.3 KB a step; the full run's 2 MB/min catches one of a few hundred bytes.
 """
 
+SOAK_SERVER = {"send_timeout": 5, "orphan_timeout": 2, "resume_ttl": 20}
+"""Sessions that vanish keep their generations for ``orphan_timeout`` and are
+kept for ``resume_ttl`` (resume: memory, the default): short here, so that the
+run reaches its steady state within its first half and the RSS slope of the
+second half tells a leak from sessions still waiting to be resumed."""
+
 FAILING = [
     {"status": 500},
     {"status": 429, "retry_after": "1"},
@@ -169,7 +175,7 @@ async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp
     sessions = int(os.environ.get("SOAK_SESSIONS", 50 if full else 12))
     async with (
         hostile_upstream(tmp_path) as (base_url, _),
-        serving(tmp_path, server_config(base_url, send_timeout=5)) as server,
+        serving(tmp_path, server_config(base_url, **SOAK_SERVER)) as server,
     ):
         await _warm_up(server.url)
         started = time.monotonic()
