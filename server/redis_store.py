@@ -93,7 +93,7 @@ its round trip); past it a command waits up to ``TIMEOUT`` for one."""
 RELAY_CONNECTIONS: Final = 512
 """Pooled connections for relays (each blocks on its stream's next entry);
 past it a relay waits its turn."""
-COALESCE: Final = 0.002
+COALESCE: Final = 0.005
 """Seconds frames wait to be stored together (one XADD per generation per batch)."""
 MAX_ENTRIES: Final = 100_000
 """MAXLEN of a generation's stream (entries are batches, so frames are more)."""
