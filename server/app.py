@@ -221,6 +221,8 @@ class TokenwireServer:
         ids = list(session.generations)
         if self.redis is not None:
             watched = await self.redis.watched((session.token_hash, gid) for gid in ids)
+            if session.life is not SessionLife.DETACHED:
+                return  # resumed meanwhile
             ids = [gid for gid in ids if (session.token_hash, gid) not in watched]
             for gid in list(session.core.active):
                 if session.core.active[gid].remote:
@@ -300,10 +302,13 @@ class TokenwireServer:
         """A ``resume``, the first message on ``link``: attach the session it
         names, and replay what each listed generation missed.
 
-        With Redis, one round trip reads the session's record and every
-        listed generation's stored frames. A session this node holds is
-        attached before that read, its live frames held meanwhile
-        (``Session.park``), so none falls between the read and the attach.
+        The answers come in the order listed, each ``resumed`` followed by
+        the frames it replays; then the session's own answer (``id`` null);
+        then the live frames. With Redis, one round trip reads the session's
+        record and every listed generation's stored frames. A session this
+        node holds is attached before that read, its live frames held
+        meanwhile (``Session.park``), so none falls between the read and the
+        attach.
         """
         fresh = link.session
         assert fresh is not None
@@ -325,8 +330,8 @@ class TokenwireServer:
             failure = self._resume_failure(fresh.key_hash, wanted, session, record)
             if failure is not None:
                 self.metrics.resumes.labels(failure).inc()
-                link.send([ResumeFailed(id=None, reason=failure)])
                 link.send([ResumeFailed(id=gid, reason=failure) for gid in positions])
+                link.send([ResumeFailed(id=None, reason=failure)])
                 return
             assert record is not None  # known to Redis only: its generations ran elsewhere
             session = Session(self, record.key_hash, message.token, record.session_id)
@@ -339,12 +344,18 @@ class TokenwireServer:
         if self.redis is None:
             for gid, last_seq in positions.items():
                 link.send(self._replay(session, gid, last_seq))
+            link.send([Resumed(id=None)])
             return
         self._background(self.redis.set_deadline(session, 0))
-        for gid, last_seq in positions.items():
-            if session.link is not link:
-                return  # another resume took the session meanwhile
-            self._replay_stored(session, record, gid, last_seq, stored.get(gid, "gap"))
+        if session.link is not link:
+            return  # another resume took the session meanwhile
+        replayed = [
+            (gid, self._replay_stored(session, record, gid, last_seq, stored.get(gid, "gap")))
+            for gid, last_seq in positions.items()
+        ]
+        link.send([Resumed(id=None)])
+        for gid, last in replayed:  # now the live frames
+            session.unpark(gid, last)
 
     def _take_over(
         self, fresh: Session, session: Session, link: Link, positions: Mapping[str, int]
@@ -355,7 +366,6 @@ class TokenwireServer:
         session.attach(link)
         self.metrics.resumes.labels("resumed").inc()
         log.info("session resumed", session=session.id, generations=len(positions))
-        link.send([Resumed(id=None)])
         if self.redis is not None:
             session.park(positions)
 
@@ -389,10 +399,10 @@ class TokenwireServer:
 
     def _replay_stored(
         self, session: Session, record: Record | None, gid: str, last_seq: int, stored: Replay
-    ) -> None:
-        """``resume: redis``: the frames after ``last_seq`` as read from Redis,
-        then the live ones: from this node's generation, or relayed from the
-        node running it (``Session.relay``)."""
+    ) -> int:
+        """``resume: redis``: the frames after ``last_seq`` as read from Redis;
+        the live ones follow (from this node's generation, or relayed from the
+        node running it: ``Session.relay``) after the seq returned."""
         link = session.link
         assert link is not None
         here = gid in session.generations or gid in session.owners  # live frames come
@@ -409,14 +419,13 @@ class TokenwireServer:
             frames = stored if ended else "gap"
         if isinstance(frames, str):
             link.send([ResumeFailed(id=gid, reason=frames)])
-            session.unpark(gid, SKIP_ALL)
-            return
+            return SKIP_ALL
         link.send([Resumed(id=gid, after_seq=last_seq), *frames])
         last = seq_of(frames[-1]) if frames else last_seq
         ended = bool(frames) and isinstance(frames[-1], Finish | Error)
         if not ended and elsewhere is not None and record is not None:
             session.relay(elsewhere, record.owners.get(gid, ""), last)
-        session.unpark(gid, last)
+        return last
 
     def _select_subprotocol(
         self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]

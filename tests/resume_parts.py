@@ -150,17 +150,26 @@ class RawSession:
         return frame
 
     async def resume(self, token: str, generations: dict[str, int]) -> list[ServerFrame]:
-        """Send a ``resume``; the session-level answer and one per generation."""
+        """Send a ``resume``; the session's answer, then each generation's, in
+        the order the server sent them (the generations' answers come first on
+        the wire, each followed by its replayed frames, kept for ``recv``)."""
         await self.send({"type": "resume", "token": token, "generations": generations})
-        replies = [await self.recv()]
-        if isinstance(replies[0], Resumed | ResumeFailed):
-            for _ in generations:
-                frame = await self.recv()
-                while not isinstance(frame, Resumed | ResumeFailed):
-                    self._pending.append(frame)  # a live frame of another generation
-                    frame = await self.recv()
-                replies.append(frame)
-        return replies
+        answers: list[ServerFrame] = []
+        frames: list[ServerFrame] = []
+        while True:
+            frame = await self._recv_wire()
+            if isinstance(frame, Resumed | ResumeFailed):
+                if frame.id is None:
+                    self._pending.extend(frames)
+                    return [frame, *answers]
+                answers.append(frame)
+            else:
+                frames.append(frame)
+
+    async def _recv_wire(self) -> ServerFrame:
+        frame = CODEC.decode_server(await asyncio.wait_for(self.ws.recv(), TIMEOUT))
+        assert frame is not None
+        return frame
 
     async def frames_until(self, gid: str, *, seq: int) -> list[GenerationFrame]:
         """``gid``'s frames until (and with) the one numbered ``seq``."""

@@ -60,6 +60,7 @@ from ._common import (
     GenerationCore,
     GenerationView,
     Message,
+    ResumeAnswers,
     StreamEvent,
     backoff_delays,
     codec_for,
@@ -122,7 +123,7 @@ class AsyncGeneration(GenerationView):
             self._done.set()
 
 
-class AsyncClient:
+class AsyncClient(ResumeAnswers):
     """A connection to a tokenwire server; use ``connect()``."""
 
     def __init__(
@@ -307,16 +308,8 @@ class AsyncClient:
         self._ws.transport.abort()
         return True
 
-    def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
-        """The server's answer to this client's ``resume``."""
-        if isinstance(frame, Resumed):
-            self.resumes += frame.id is None
-        elif frame.id is None:  # the session is gone: this connection's is the new one
-            self._lose_all(ConnectionLost(f"the session could not be resumed ({frame.reason})"))
-            assert self._ready is not None
-            self._token, self._session = self._ready.resume_token, self._ready.session
-        elif (generation := self._generations.pop(frame.id, None)) is not None:
-            generation._lose(ConnectionLost(f"{frame.id} could not be resumed ({frame.reason})"))
+    def _forget(self, generation_id: str) -> AsyncGeneration | None:
+        return self._generations.pop(generation_id, None)
 
     async def _recover(self) -> None:
         """Reconnect and resume after a drop; the generations in flight end

@@ -22,9 +22,12 @@ from tokenwire.protocol import (
     GenerationFrame,
     Params,
     ProtocolViolation,
+    Ready,
     Reasoning,
     Result,
     ResultBuilder,
+    Resumed,
+    ResumeFailed,
     Token,
     ToolCallChunk,
     ToolCallComplete,
@@ -102,6 +105,33 @@ def generate_message(
         return msgspec.convert(raw, Generate)
     except msgspec.ValidationError as exc:
         raise ValueError(f"invalid generate: {exc}") from None
+
+
+class ResumeAnswers:
+    """The server's answer to a ``resume``, taken alike by both clients,
+    which say how a generation is forgotten and how all are lost."""
+
+    resumes: int
+    _ready: Ready | None
+    _token: str | None
+    _session: str | None
+
+    def _lose_all(self, lost: ConnectionLost) -> None:
+        raise NotImplementedError
+
+    def _forget(self, generation_id: str) -> Any:
+        """Remove the generation from the client's table; it, or None."""
+        raise NotImplementedError
+
+    def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
+        if isinstance(frame, Resumed):
+            self.resumes += frame.id is None
+        elif frame.id is None:  # the session is gone: this connection's is the new one
+            self._lose_all(ConnectionLost(f"the session could not be resumed ({frame.reason})"))
+            assert self._ready is not None
+            self._token, self._session = self._ready.resume_token, self._ready.session
+        elif (generation := self._forget(frame.id)) is not None:
+            generation._lose(ConnectionLost(f"{frame.id} could not be resumed ({frame.reason})"))
 
 
 class GenerationView:

@@ -57,6 +57,7 @@ from ._common import (
     GenerationCore,
     GenerationView,
     Message,
+    ResumeAnswers,
     StreamEvent,
     backoff_delays,
     codec_for,
@@ -119,7 +120,7 @@ class Generation(GenerationView):
             self._done.set()
 
 
-class Client:
+class Client(ResumeAnswers):
     """A connection to a tokenwire server; use ``connect()``."""
 
     def __init__(
@@ -297,21 +298,9 @@ class Client:
             else:
                 self._lose_all(lost)
 
-    def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
-        """The server's answer to this client's ``resume``."""
-        if isinstance(frame, Resumed):
-            self.resumes += frame.id is None
-        elif frame.id is None:  # the session is gone: this connection's is the new one
-            self._lose_all(ConnectionLost(f"the session could not be resumed ({frame.reason})"))
-            assert self._ready is not None
-            self._token, self._session = self._ready.resume_token, self._ready.session
-        else:
-            with self._lock:
-                generation = self._generations.pop(frame.id, None)
-            if generation is not None:
-                generation._lose(
-                    ConnectionLost(f"{frame.id} could not be resumed ({frame.reason})")
-                )
+    def _forget(self, generation_id: str) -> Generation | None:
+        with self._lock:
+            return self._generations.pop(generation_id, None)
 
     def _recover(self, reader: threading.Thread) -> None:
         """Reconnect and resume after a drop (once ``reader``, the dropped

@@ -149,7 +149,9 @@ async def test_frames_past_resume_generation_bytes_are_a_gap_never_a_hole(
     settings = resume_settings(store, redis_url, resume_generation_bytes=6000)
     async with start_server(**settings) as handle:
         first = await RawSession.open(handle.url)
-        await first.generate("g", say(tokens=400))
+        # Paced, so that Redis holds many entries (one per 5 ms batch): the
+        # bound drops whole entries, the oldest first.
+        await first.generate("g", say(tokens=400, interval=0.002))
         reference = await first.until_terminal("g")
         await first.drop()
         again = await RawSession.open(handle.url)
