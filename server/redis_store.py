@@ -101,6 +101,9 @@ TIMEOUT: Final = 1.0
 """Seconds any Redis command may take before the store counts as down."""
 PROBE: Final = 1.0
 """Seconds between attempts to reach Redis while it is down."""
+LISTEN_RETRY: Final = 0.05
+"""Seconds before the cancel listener's first reconnection attempt (then
+doubling up to ``PROBE``): a killed connection is replaced at once."""
 
 _frames = msgspec.msgpack.Encoder()
 _decode_frames = msgspec.msgpack.Decoder(list[GenerationFrame])
@@ -531,11 +534,13 @@ class RedisStore:
         listener = aioredis.Redis.from_url(
             self.url, socket_connect_timeout=TIMEOUT, socket_keepalive=True
         )
+        delay = LISTEN_RETRY
         try:
             while True:
                 try:
                     async with listener.pubsub() as pubsub:
                         await pubsub.subscribe(_channel(self.node))
+                        delay = LISTEN_RETRY
                         if self.on_cancel is not None:
                             self.on_cancel(None, None)  # check the keys
                         async for message in pubsub.listen():
@@ -545,8 +550,10 @@ class RedisStore:
                             if self.on_cancel is not None:
                                 self.on_cancel(h, gid)
                 except (RedisError, OSError, TimeoutError) as exc:
-                    log.warning("cancel listener reconnecting", error=repr(exc))
-                    await asyncio.sleep(0.2)
+                    if delay == LISTEN_RETRY:  # once per loss, not per attempt
+                        log.warning("cancel listener reconnecting", error=repr(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, PROBE)
         finally:
             await listener.aclose()
 
