@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -94,11 +94,21 @@ _SESSION_MOVES: Final[Mapping[SessionState, frozenset[SessionState]]] = {
 }
 
 
+_State = TypeVar("_State", bound=enum.Enum)
+
+
+def _advance(
+    moves: Mapping[_State, frozenset[_State]], state: _State, to: _State, what: str
+) -> _State:
+    """``to`` if ``moves`` allows it from ``state``, else ``IllegalTransition``."""
+    if to not in moves[state]:
+        raise IllegalTransition(f"{what}: {state.value} → {to.value}")
+    return to
+
+
 def advance_session(state: SessionState, to: SessionState) -> SessionState:
     """A connection's one transition function: ``to``, or ``IllegalTransition``."""
-    if to not in _SESSION_MOVES[state]:
-        raise IllegalTransition(f"session: {state.value} → {to.value}")
-    return to
+    return _advance(_SESSION_MOVES, state, to, "connection")
 
 
 class SessionLife(enum.Enum):
@@ -120,9 +130,7 @@ _LIFE_MOVES: Final[Mapping[SessionLife, frozenset[SessionLife]]] = {
 def advance_life(state: SessionLife, to: SessionLife) -> SessionLife:
     """The session's one transition function (ATTACHED → ATTACHED: a resume
     takes the session from a connection that has not noticed it is dead)."""
-    if to not in _LIFE_MOVES[state]:
-        raise IllegalTransition(f"session: {state.value} → {to.value}")
-    return to
+    return _advance(_LIFE_MOVES, state, to, "session")
 
 
 class StopReason(enum.Enum):
@@ -158,9 +166,7 @@ class Entry:
 
     def move(self, to: GenerationState) -> None:
         """The generation's one transition function."""
-        if to not in _GENERATION_MOVES[self.state]:
-            raise IllegalTransition(f"generation {self.id}: {self.state.value} → {to.value}")
-        self.state = to
+        self.state = _advance(_GENERATION_MOVES, self.state, to, f"generation {self.id}")
 
 
 @dataclass(frozen=True, slots=True)

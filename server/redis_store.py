@@ -32,11 +32,10 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 import msgspec
 import redis.asyncio as aioredis
@@ -50,10 +49,6 @@ from tokenwire.protocol import (
     Finish,
     Generate,
     GenerationFrame,
-    Reasoning,
-    Token,
-    ToolCallChunk,
-    ToolCallComplete,
     error_frame,
 )
 
@@ -112,7 +107,7 @@ _json = msgspec.json.Encoder()
 _decode_json = msgspec.json.Decoder(list[dict[str, Any]])
 
 Replay = list[GenerationFrame] | Literal["gap", "unknown"]
-GENERATION_FRAMES: Final = (Token, Reasoning, ToolCallChunk, ToolCallComplete, Finish, Error)
+GENERATION_FRAMES: Final = get_args(GenerationFrame)
 
 
 @dataclass(slots=True)
@@ -603,7 +598,3 @@ def _safe(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
-
-
-def now() -> float:
-    return time.time()

@@ -156,14 +156,7 @@ async def test_disconnect_closes_every_upstream_request(start_server, connect, f
 
 async def test_an_abrupt_disconnect_closes_the_upstream_request_too(start_server, fake):
     async with start_server(resume="off") as server:
-        ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
-        await ws.recv()  # ready
-        await ws.send(
-            '{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}"
-        )
-        await ws.recv()  # first token
-        record = fake.requests[-1]
-        ws.transport.abort()  # no close frame: the TCP connection just goes
+        record = await _streaming_then_cut(server, fake)
         await record.wait_ended(PROMPT_CLOSE_S)
         assert record.disconnected
         async with asyncio.timeout(TIMEOUT):
@@ -176,15 +169,8 @@ async def test_with_resume_on_a_dropped_generation_runs_for_orphan_timeout_then_
 ):
     orphan_timeout = 1.0
     async with start_server(resume="memory", orphan_timeout=orphan_timeout) as server:
-        ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
-        await ws.recv()  # ready
-        await ws.send(
-            '{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}"
-        )
-        await ws.recv()  # first token
-        record = fake.requests[-1]
+        record = await _streaming_then_cut(server, fake)
         dropped = asyncio.get_running_loop().time()
-        ws.transport.abort()
         # It waits for a resume: still streaming well after the drop ...
         await asyncio.sleep(orphan_timeout / 2)
         assert not record.ended.is_set()
@@ -195,6 +181,20 @@ async def test_with_resume_on_a_dropped_generation_runs_for_orphan_timeout_then_
         assert record.disconnected
         assert orphan_timeout <= waited <= orphan_timeout + 0.25 + PROMPT_CLOSE_S
         assert server.server.active_generations == 0
+
+
+async def _streaming_then_cut(server, fake):
+    """A raw connection streams one slow generation, then its TCP connection
+    just goes (no close frame); the upstream request's record."""
+    ws = await websockets.connect(server.url, open_timeout=TIMEOUT)
+    await ws.recv()  # ready
+    await ws.send(
+        '{"type":"generate","id":"x","model":"fake","messages":' + _json(say(**SLOW)) + "}"
+    )
+    await ws.recv()  # first token
+    record = fake.requests[-1]
+    ws.transport.abort()
+    return record
 
 
 def _tool(name: str) -> dict:
