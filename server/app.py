@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hmac
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
@@ -46,7 +47,9 @@ from .errors import CLOSE_REASONS, CloseCode
 from .link import CLOSE_TIMEOUT, Link
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
+from .openai_http import FrontConnection, HttpLink, OpenAIHttp
 from .redis_store import Record, RedisStore, Replay
+from .responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_store
 from .resume import GAP, MemoryLogs, key_hash, same_key, seq_of, token_hash
 from .session import SKIP_ALL, Session
 from .upstream import Upstream
@@ -74,7 +77,8 @@ class TokenwireServer:
         self.model_set = frozenset(self.models)
         self.metrics = Metrics()
         self.draining = False
-        self.connections: set[Link] = set()
+        self.connections: set[Link | HttpLink] = set()
+        """Every open link: WebSocket connections and chat completions in progress."""
         self.no_sessions = asyncio.Event()
         """Set while no connection is open."""
         self.no_sessions.set()
@@ -103,6 +107,11 @@ class TokenwireServer:
         self._codecs = {encoding: Codec(encoding) for encoding in Encoding}
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.started_at = time.time()
+        self.websocket_paths = frozenset({WS_PATH, RESPONSES_PATH})
+        self.openai_http = OpenAIHttp(self)
+        self.responses: ResponseStore = response_store(settings, self.redis)
+        """Responses kept for ``previous_response_id`` (``/v1/responses``)."""
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -114,10 +123,12 @@ class TokenwireServer:
 
         ``reuse_port``: share the port with other processes (SO_REUSEPORT).
         """
+        http = await self.openai_http.start()
         self._server = await serve(
             self._handle,
             host,
             port,
+            create_connection=functools.partial(FrontConnection, http=http),  # type: ignore[arg-type]
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             compression="deflate" if self.settings.compression else None,
@@ -148,6 +159,7 @@ class TokenwireServer:
             )
             for task in background:
                 task.cancel()
+            await self.openai_http.close()
             if self.redis is not None:
                 await self.redis.close()
             await self.upstream.close()
@@ -267,22 +279,47 @@ class TokenwireServer:
             await connection.close(code, CLOSE_REASONS[code])
             return
         encoding = ENCODING_BY_SUBPROTOCOL.get(connection.subprotocol or "", Encoding.JSON)
-        key = self._presented_key(connection.request.headers) if connection.request else None
-        session = Session(self, key_hash(key))
+        request = connection.request
+        key = self._presented_key(request.headers) if request else None
+        link: Link
+        if request is not None and request.path.partition("?")[0] == RESPONSES_PATH:
+            link = ResponsesLink(self, connection, self._codecs[Encoding.JSON], self.responses)
+            session = self.open_session(link, key, surface="responses", attach=False)
+        else:
+            link = Link(self, connection, self._codecs[encoding])
+            session = self.open_session(link, key, surface="ws", attach=False)
+        try:
+            await link.run(session)
+        finally:
+            self._closed(link)
+
+    def open_session(
+        self, link: Link | HttpLink, key: bytes | None, *, surface: str, attach: bool = True
+    ) -> Session:
+        """A new session served by ``link`` (the OpenAI surfaces' are not resumable)."""
+        session = Session(self, key_hash(key), resumable=surface == "ws", surface=surface)
         self._make_room()
         self.sessions[session.token_hash] = session
-        link = Link(self, connection, self._codecs[encoding])
         self.connections.add(link)
         self.no_sessions.clear()
         self.metrics.sessions.inc()
         self.metrics.sessions_opened.inc()
+        if attach:
+            session.attach(link)
+        return session
+
+    async def close_session(self, link: HttpLink, session: Session) -> None:
+        """A chat completion ended (or its client left): its generation is stopped."""
         try:
-            await link.run(session)
+            await session.detach(link, end=True)
         finally:
-            self.connections.discard(link)
-            if not self.connections:
-                self.no_sessions.set()
-            self.metrics.sessions.dec()
+            self._closed(link)
+
+    def _closed(self, link: Link | HttpLink) -> None:
+        self.connections.discard(link)
+        if not self.connections:
+            self.no_sessions.set()
+        self.metrics.sessions.dec()
 
     def _make_room(self) -> None:
         """Sessions are bounded by ``max_sessions`` in all, attached or not:
@@ -438,25 +475,43 @@ class TokenwireServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
-        if path == WS_PATH:
+        if path in self.websocket_paths:
             return self._check_handshake(connection, request)
-        if path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
-        if path == "/readyz":
-            if self.draining:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
-            return connection.respond(HTTPStatus.OK, "ready\n")
-        if path == "/metrics":
-            return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE)
-        if (asset := web.ASSETS.get(path)) is not None:
-            return _response(HTTPStatus.OK, asset.body, asset.content_type, asset.headers)
+        if (plain := self.plain_route(path)) is not None:
+            status, body, content_type, headers = plain
+            return _response(status, body, content_type, headers)
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
+    def plain_route(
+        self, path: str
+    ) -> tuple[HTTPStatus, bytes, str, Sequence[tuple[str, str]]] | None:
+        """The answer to ``GET path`` for the plain HTTP routes (None: no such route)."""
+        text = "text/plain; charset=utf-8"
+        if path == "/healthz":
+            return HTTPStatus.OK, b"ok\n", text, ()
+        if path == "/readyz":
+            if self.draining:
+                return HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n", text, ()
+            return HTTPStatus.OK, b"ready\n", text, ()
+        if path == "/metrics":
+            return HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE, ()
+        if (asset := web.ASSETS.get(path)) is not None:
+            return HTTPStatus.OK, asset.body, asset.content_type, asset.headers
+        return None
+
+    @property
+    def requires_key(self) -> bool:
+        return bool(self._keys)
+
+    def origin_allowed(self, origins: Sequence[str]) -> bool:
+        """Whether a request with these ``Origin`` headers may be served."""
+        if not self._origins:
+            return True
+        return len(origins) <= 1 and (not origins or origins[0] in self._origins)
+
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        if self._origins:
-            origins = request.headers.get_all("Origin")
-            if len(origins) > 1 or (origins and origins[0] not in self._origins):
-                return self._refuse(connection, HTTPStatus.FORBIDDEN, "origin not allowed")
+        if not self.origin_allowed(request.headers.get_all("Origin")):
+            return self._refuse(connection, HTTPStatus.FORBIDDEN, "origin not allowed")
         if self._keys and not self._authenticated(request.headers):
             response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "missing or wrong API key")
             response.headers["WWW-Authenticate"] = 'Bearer realm="tokenwire"'
@@ -476,12 +531,21 @@ class TokenwireServer:
 
     def _presented_key(self, headers: Headers) -> bytes | None:
         """The configured key the handshake presented (None: none, or no keys)."""
+        return self.key_of(
+            headers.get_all("Authorization"), headers.get_all("Sec-WebSocket-Protocol")
+        )
+
+    def key_of(
+        self, authorization: Sequence[str], subprotocols: Sequence[str] = ()
+    ) -> bytes | None:
+        """The configured key presented in these ``Authorization`` headers (as
+        ``Bearer``) or offered subprotocols (None: none, or no keys)."""
         presented = [
             value[len("Bearer ") :].strip().encode()
-            for value in headers.get_all("Authorization")
+            for value in authorization
             if value[: len("Bearer ")].lower() == "bearer "
         ]
-        for header in headers.get_all("Sec-WebSocket-Protocol"):
+        for header in subprotocols:
             for offer in header.split(","):
                 prefix, _, encoded = offer.strip().partition(AUTH_SUBPROTOCOL_PREFIX)
                 if not prefix and encoded and (key := _decode_key(encoded)) is not None:

@@ -102,6 +102,13 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     resume_total_bytes: PositiveInt = 256 * 1_048_576
     """Bytes of frames the node keeps for resumes (``memory``); past it the
     oldest finished generations are evicted first."""
+    response_ttl: PositiveInt = 3600
+    """Seconds a stored Responses-API response (``store`` true, the default)
+    can be continued with ``previous_response_id`` from another connection
+    (with ``resume: redis``, from any node)."""
+    response_store_bytes: PositiveInt = 256 * 1_048_576
+    """Bytes of stored responses this node keeps in memory (``resume`` memory
+    or off); past it the oldest are forgotten first."""
     fast_path: FastPath = "auto"
     """``auto``: models whose provider streams plain OpenAI SSE skip LiteLLM's
     per-chunk code (``tokenwire.server.native``); ``off``: every model goes

@@ -85,8 +85,10 @@ class Generation:
                 self.session.generation_ended(self, None)
             metrics = self.context.metrics
             metrics.generations.labels(self.outcome or "disconnected").inc()
+            metrics.requests.labels(self.session.surface, self.outcome or "disconnected").inc()
             log.info(
                 "generation",
+                surface=self.session.surface,
                 model=self.request.model,
                 outcome=self.outcome or "disconnected",
                 chunks=self.chunks,

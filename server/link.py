@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -45,8 +45,53 @@ def resolve(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-class Link:
+class HeldText:
+    """The text generations hold while their client reads slower than they
+    write (``Generation._relay``): it goes out merged when the writer catches
+    up. Shared by every link kind; the link provides ``session`` and
+    ``_wake_writer``."""
+
+    session: Session | None
+    _holding: set[Generation] | None = None
+    _caught_up: asyncio.Future[None] | None = None
+
+    def _wake_writer(self) -> None:
+        raise NotImplementedError
+
+    def release_held(self) -> None:
+        """Held text goes to the session (and so, when attached, to this outbox)."""
+        holding, self._holding = self._holding, None
+        if holding and self.session is not None:
+            for generation in holding:
+                self.session.send(generation.assembler.flush())
+        resolve(self._caught_up)
+        self._caught_up = None
+
+    def hold(self, generation: Generation) -> None:
+        """``generation`` holds text to merge; it goes out when the socket catches up."""
+        if self._holding is None:
+            self._holding = set()
+        self._holding.add(generation)
+        # An idle writer sends it at once (and waits for room while the text
+        # after it merges): held text never waits for a frame to follow it.
+        self._wake_writer()
+
+    def unhold(self, generation: Generation) -> None:
+        if self._holding:
+            self._holding.discard(generation)
+
+    async def caught_up(self) -> None:
+        """Wait until the held text has gone out (see ``hold``)."""
+        if self._holding:
+            if self._caught_up is None:
+                self._caught_up = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._caught_up)
+
+
+class Link(HeldText):
     """A WebSocket connection attached to a session: its reader, writer and outbox."""
+
+    surface = "ws"
 
     def __init__(self, context: SessionContext, connection: ServerConnection, codec: Codec):
         self.context = context
@@ -54,12 +99,12 @@ class Link:
         self.state = SessionState.OPEN
         self._ws = connection
         self._codec = codec
-        self._outbox: deque[ServerFrame] = deque()
+        self._encode: Callable[[Any], bytes] = codec.encode
+        """Makes a queued item a message (the OpenAI surfaces queue ready bytes)."""
+        self._outbox: deque[Any] = deque()
         self._max_queued = context.settings.max_queued_frames
         # Waiters are futures made when someone waits, not Events: an idle
         # session is most sessions, and an Event costs ≈0.8 KB.
-        self._holding: set[Generation] | None = None
-        self._caught_up: asyncio.Future[None] | None = None
         self._send_started = 0.0
         self._written = 0  # bytes handed to the transport
         self._delivered = 0  # of those, bytes the transport had passed on at the last check
@@ -170,7 +215,7 @@ class Link:
         """
         ws = self._ws
         outbox = self._outbox
-        encode = self._codec.encode
+        encode = self._encode
         text = self._codec.encoding.is_text
         frames_sent = self.context.metrics.frames_sent
         clock = asyncio.get_running_loop().time
@@ -252,15 +297,6 @@ class Link:
         if self._send_started and self._task is not None:
             self._task.cancel()  # the writer turns it into the close (see _write_loop)
 
-    def release_held(self) -> None:
-        """Held text goes to the session (and so, when attached, to this outbox)."""
-        holding, self._holding = self._holding, None
-        if holding and self.session is not None:
-            for generation in holding:
-                self.session.send(generation.assembler.flush())
-        resolve(self._caught_up)
-        self._caught_up = None
-
     async def _close(self) -> None:
         """The closing handshake asked for (4008 or 1001), aborted after ``CLOSE_TIMEOUT``."""
         if self.state is SessionState.ABORTING:
@@ -290,8 +326,12 @@ class Link:
 
     def send(self, frames: Iterable[ServerFrame]) -> None:
         """Queue frames for the link's task to write, in order."""
+        self._queue(frames)
+
+    def _queue(self, items: Iterable[Any]) -> None:
+        """Queue what ``_encode`` makes messages of (frames, or ready bytes)."""
         outbox = self._outbox
-        outbox.extend(frames)
+        outbox.extend(items)
         self._wake_writer()
         if len(outbox) > self._max_queued:
             # Text merges while the socket is behind, so only a reader that
@@ -304,27 +344,9 @@ class Link:
         code = getattr(frame, "code", None)
         if code is not None:
             self.context.metrics.errors.labels(code).inc()
+            if getattr(frame, "id", None) is not None:  # a generation refused
+                self.context.metrics.requests.labels(self.surface, code).inc()
         self.send([frame])
-
-    def hold(self, generation: Generation) -> None:
-        """``generation`` holds text to merge; it goes out when the socket catches up."""
-        if self._holding is None:
-            self._holding = set()
-        self._holding.add(generation)
-        # An idle writer sends it at once (and waits for room while the text
-        # after it merges): held text never waits for a frame to follow it.
-        self._wake_writer()
-
-    def unhold(self, generation: Generation) -> None:
-        if self._holding:
-            self._holding.discard(generation)
-
-    async def caught_up(self) -> None:
-        """Wait until the held text has gone out (see ``hold``)."""
-        if self._holding:
-            if self._caught_up is None:
-                self._caught_up = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._caught_up)
 
     _close_code = CloseCode.GOING_AWAY
 

@@ -52,6 +52,13 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.requests = Counter(
+            "tokenwire_requests",
+            "Generations ended or refused, by surface (ws, responses, chat_completions)"
+            " and outcome (finish reason or error code).",
+            ["surface", "outcome"],
+            registry=registry,
+        )
         self.frames_sent = Counter(
             "tokenwire_frames_sent", "Frames written to clients.", registry=registry
         )

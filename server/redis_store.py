@@ -376,7 +376,7 @@ class RedisStore:
             pipe.delete(_lease(h, gid))
 
     async def forget_conversations(self, h: str) -> None:
-        await self._quietly(lambda: self.client.delete(_conversations(h)))
+        await self.quietly(lambda: self.client.delete(_conversations(h)))
 
     async def set_deadline(self, session: Session, deadline: float) -> None:
         """The session detached (a deadline) or attached again (0)."""
@@ -386,9 +386,9 @@ class RedisStore:
         pipe.hset(_session(h), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(_session(h), self.ttl)
         pipe.expire(_conversations(h), self.ttl)
-        await self._quietly(pipe.execute)
+        await self.quietly(pipe.execute)
 
-    async def _quietly(self, command: Any) -> Any:
+    async def quietly(self, command: Any) -> Any:
         """``command()`` awaited; None if Redis is (or just went) down."""
         if not self.up:
             return None
@@ -492,7 +492,7 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(_cancel(h, gid), "1", ex=self.ttl)
         pipe.publish(_channel(owner), f"{h} {gid}")
-        await self._quietly(pipe.execute)
+        await self.quietly(pipe.execute)
 
     async def renew(self, running: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Renew this node's leases on ``running`` (session hash, id) and
@@ -506,7 +506,7 @@ class RedisStore:
             pipe.exists(_cancel(h, gid))
             pipe.expire(_session(h), self.ttl)
             pipe.expire(_stream(h, gid), self.ttl)
-        results = await self._quietly(pipe.execute)
+        results = await self.quietly(pipe.execute)
         if results is None:
             return []
         return [pair for pair, asked in zip(running, results[1::4], strict=True) if asked]
@@ -519,7 +519,7 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for h, gid in pairs:
             pipe.exists(_watch(h, gid))
-        results = await self._quietly(pipe.execute)
+        results = await self.quietly(pipe.execute)
         return {pair for pair, seen in zip(pairs, results or (), strict=False) if seen}
 
     async def listen(self) -> None:

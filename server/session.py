@@ -67,6 +67,34 @@ KNOWN_GENERATIONS: Final = 4096
 """Generations a session remembers for a resume (the oldest are forgotten first)."""
 
 
+class SessionLink(Protocol):
+    """What a session needs of the link serving it: a WebSocket ``Link``
+    (tokenwire's protocol or OpenAI's Responses events) or an ``HttpLink``
+    (a chat completion)."""
+
+    session: Session | None
+
+    @property
+    def encoding(self) -> str: ...
+
+    @property
+    def behind(self) -> bool: ...
+
+    def send(self, frames: Iterable[ServerFrame]) -> None: ...
+
+    def refuse(self, frame: ServerFrame) -> None: ...
+
+    def hold(self, generation: Generation) -> None: ...
+
+    def unhold(self, generation: Generation) -> None: ...
+
+    async def caught_up(self) -> None: ...
+
+    def release_held(self) -> None: ...
+
+    async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None: ...
+
+
 class SessionContext(Protocol):
     """What a session needs of its server (``TokenwireServer`` is one)."""
 
@@ -99,17 +127,25 @@ class Session:
         key_hash: str,
         token: str | None = None,
         session_id: str | None = None,
+        *,
+        resumable: bool = True,
+        surface: str = "ws",
     ) -> None:
         self.id = session_id or secrets.token_urlsafe(12)
         self.context = context
+        self.surface = surface
+        """The protocol its client speaks: ``ws`` (tokenwire's own),
+        ``responses`` or ``chat_completions`` (OpenAI's)."""
         self.settings = settings = context.settings
         self.key_hash = key_hash
         """The API key this session was opened with (hashed): a resume must present it."""
         self.token = token or new_token()
         self.token_hash = token_hash(self.token)
-        self.resumable = settings.resume != "off"
+        self.resumable = resumable and settings.resume != "off"
+        """Whether a dropped link detaches the session (else it ends). The
+        OpenAI surfaces' sessions are not: their clients know no resume."""
         self.life = SessionLife.ATTACHED
-        self.link: Link | None = None
+        self.link: SessionLink | None = None
         self.core = SessionCore(
             core.Limits(
                 max_generations=settings.max_generations,
@@ -125,7 +161,7 @@ class Session:
         self.logs: dict[str, FrameLog] = {}
         """Each generation's frames, kept for a resume (``resume: memory``)."""
         self._memory = context.memory_logs if self.resumable else None
-        self._redis = context.redis if settings.resume == "redis" else None
+        self._redis = context.redis if self.resumable and settings.resume == "redis" else None
         self.stored: dict[str, Kept] = {}
         """The bytes each running generation has in Redis (``resume_generation_bytes``)."""
         self._conversation_of: dict[str, str] = {}
@@ -149,7 +185,7 @@ class Session:
 
     # -- links ------------------------------------------------------------------
 
-    def attach(self, link: Link, *, announce: bool = False) -> None:
+    def attach(self, link: SessionLink, *, announce: bool = False) -> None:
         """``link`` serves the session from now on (a fresh one is greeted with ``ready``)."""
         previous = self.link
         if previous is not None and previous is not link:
@@ -159,7 +195,7 @@ class Session:
         link.session = self
         if announce:
             structlog.contextvars.bind_contextvars(session=self.id)
-            log.info("session open", encoding=link.encoding)
+            log.info("session open", surface=self.surface, encoding=link.encoding)
             link.send([self.ready()])
         if previous is not None and previous is not link:
             # The old connection has not noticed it is dead (or the client
@@ -181,7 +217,7 @@ class Session:
             resume_ttl=settings.resume_ttl if resumable else None,
         )
 
-    async def detach(self, link: Link, *, end: bool = False) -> None:
+    async def detach(self, link: SessionLink, *, end: bool = False) -> None:
         """``link`` closed. Without resume (or with ``end``) the session ends:
         its generations are cancelled and their upstream requests closed
         before this returns."""

@@ -1,0 +1,296 @@
+"""OpenAI's Responses API in WebSocket mode, at ``/v1/responses``.
+
+A connection is a session (not resumable) served by a ``ResponsesLink``: a
+``Link`` that reads ``response.create`` events instead of tokenwire
+messages and writes ``response.*`` events instead of frames, both
+translated by ``tokenwire.protocol.openai_responses``. Responses run one at a
+time per connection, as in OpenAI's WebSocket mode; closing the socket
+cancels the one in flight and closes its upstream request.
+
+``previous_response_id`` continues a response the server kept. Each
+response is kept as the messages it added (its input and its answer) and
+the id of the response it continued, so a chain costs its messages once
+and any of its responses can be continued (a fork). The connection keeps
+the responses it made (``store: false`` ones only there); a stored
+response (``store`` true, the default) is kept for ``response_ttl`` in this
+node's memory (``response_store_bytes``) or, with ``resume: redis``, in
+Redis, so that another connection, on any node, continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import msgspec
+import structlog
+from websockets.asyncio.server import ServerConnection
+
+from tokenwire.protocol import BadMessage, Codec, Error, ErrorCode, Finish, Ready, ServerFrame
+from tokenwire.protocol.openai_responses import (
+    ResponseEvents,
+    ResponseRequest,
+    error_event,
+    response_generate,
+    response_request,
+)
+
+from .config import ServerSettings
+from .link import Link
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
+    from .session import SessionContext
+
+log = structlog.get_logger("tokenwire.session")
+
+RESPONSES_PATH: Final = "/v1/responses"
+CONNECTION_RESPONSES: Final = 64
+"""Responses a connection remembers for ``previous_response_id`` (the newest)."""
+MAX_CHAIN: Final = 10_000
+"""Responses a ``previous_response_id`` chain may have."""
+PREVIOUS_NOT_FOUND: Final = "previous_response_not_found"
+RESPONSE_IN_FLIGHT: Final = "response_in_flight"
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+
+
+class Kept(msgspec.Struct, array_like=True):
+    """A kept response: the messages it added, and the response it continued."""
+
+    key: str
+    """The hash of the API key that made it: only that key continues it."""
+    previous: str | None
+    messages: list[dict[str, Any]]
+
+
+class ResponseStore(Protocol):
+    async def put(self, response_id: str, kept: Kept) -> None: ...
+
+    async def chain(self, response_id: str) -> list[Kept] | None:
+        """The kept responses from ``response_id`` back to its chain's first
+        (newest first); None if one of them is not kept."""
+        ...
+
+
+class MemoryResponses:
+    """Kept responses in this node's memory: ``response_ttl`` seconds each, at
+    most ``response_store_bytes`` in all (the oldest go first)."""
+
+    def __init__(self, ttl: float, max_bytes: int) -> None:
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._kept: OrderedDict[str, tuple[Kept, int, float]] = OrderedDict()
+
+    async def put(self, response_id: str, kept: Kept) -> None:
+        size = len(_encode(kept.messages)) + 200
+        now = time.monotonic()
+        self._kept[response_id] = (kept, size, now + self.ttl)
+        self.bytes += size
+        while self._kept and (
+            self.bytes > self.max_bytes or next(iter(self._kept.values()))[2] < now
+        ):
+            _, (_, gone, _) = self._kept.popitem(last=False)
+            self.bytes -= gone
+
+    async def chain(self, response_id: str) -> list[Kept] | None:
+        out: list[Kept] = []
+        now = time.monotonic()
+        rid: str | None = response_id
+        while rid is not None and len(out) < MAX_CHAIN:
+            entry = self._kept.get(rid)
+            if entry is None or entry[2] < now:
+                return None
+            out.append(entry[0])
+            rid = entry[0].previous
+        return out
+
+
+CHAIN: Final = """
+local out = {}
+local id = ARGV[1]
+for i = 1, tonumber(ARGV[2]) do
+  local v = redis.call('GET', 'tw:r:' .. id)
+  if not v then return false end
+  out[#out + 1] = v
+  local prev = cmsgpack.unpack(v)[2]
+  if type(prev) ~= 'string' then return out end
+  id = prev
+end
+return out
+"""
+"""Reads a chain of kept responses, newest first, in one round trip (false: one is missing)."""
+
+
+class RedisResponses:
+    """Kept responses in Redis (``resume: redis``), ``response_ttl`` seconds
+    each: ``tw:r:{id}`` holds a response (MessagePack), and one script call
+    reads a chain back."""
+
+    def __init__(self, store: RedisStore, ttl: int) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._chain = store.client.register_script(CHAIN)
+
+    async def put(self, response_id: str, kept: Kept) -> None:
+        client = self.store.client
+        data = msgspec.msgpack.encode(kept)
+        await self.store.quietly(lambda: client.set(f"tw:r:{response_id}", data, ex=self.ttl))
+
+    async def chain(self, response_id: str) -> list[Kept] | None:
+        found = await self.store.quietly(lambda: self._chain(args=[response_id, MAX_CHAIN]))
+        if not found:
+            return None
+        return [msgspec.msgpack.decode(raw, type=Kept) for raw in found]
+
+
+def response_store(settings: ServerSettings, redis: RedisStore | None) -> ResponseStore:
+    if redis is not None:
+        return RedisResponses(redis, settings.response_ttl)
+    return MemoryResponses(settings.response_ttl, settings.response_store_bytes)
+
+
+def _same(bytes_: bytes) -> bytes:
+    return bytes_
+
+
+class ResponsesLink(Link):
+    """A ``/v1/responses`` connection: ``response.create`` in, ``response.*`` events out."""
+
+    surface = "responses"
+
+    def __init__(
+        self,
+        context: SessionContext,
+        connection: ServerConnection,
+        codec: Codec,
+        store: ResponseStore,
+    ) -> None:
+        super().__init__(context, connection, codec)
+        self._encode = _same  # events are encoded as they are made
+        self._store = store
+        self._events: ResponseEvents | None = None
+        """The response in flight."""
+        self._started = False
+        self._turn: list[dict[str, Any]] = []
+        """The in-flight response's history and input: its conversation so far."""
+        self._made: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        """The conversation after each response this connection made (the newest)."""
+
+    async def _handle(self, data: str | bytes) -> None:
+        session = self.session
+        assert session is not None
+        if self._events is not None:
+            self._error(
+                RESPONSE_IN_FLIGHT,
+                f"response {self._events.id} is in flight: responses run one at a time "
+                "per connection; send the next response.create after its last event",
+            )
+            return
+        try:
+            try:
+                event = _decode(data)
+            except msgspec.DecodeError as exc:
+                raise BadMessage(f"invalid JSON: {exc}") from None
+            request = response_request(event)
+            history = await self._history(request)
+            if history is None:
+                return
+            response_id = f"resp_{secrets.token_hex(16)}"
+            generate = response_generate(request, response_id, history)
+        except BadMessage as exc:
+            self._error(ErrorCode.BAD_MESSAGE, exc.message, exc.path)
+            return
+        conversation = [*history, *request.input]
+        limit = self.context.settings.max_history_bytes
+        if request.previous_response_id is not None and len(_encode(conversation)) > limit:
+            self._error(
+                ErrorCode.CONVERSATION_LIMIT,
+                f"the conversation would be over max_history_bytes ({limit})",
+                "previous_response_id",
+            )
+            return
+        events = ResponseEvents(request, response_id, int(time.time()))
+        self._events, self._started, self._turn = events, False, conversation
+        session.handle(generate)
+        if response_id in session.generations:  # admitted (else refused: an error event went)
+            self._started = True
+            self._queue(events.created())
+
+    async def _history(self, request: ResponseRequest) -> list[dict[str, Any]] | None:
+        """The conversation ``previous_response_id`` names (None: an error event went)."""
+        previous = request.previous_response_id
+        if previous is None:
+            return []
+        if (made := self._made.get(previous)) is not None:
+            return made
+        session = self.session
+        assert session is not None
+        chain = await self._store.chain(previous)
+        if chain is None or any(kept.key != session.key_hash for kept in chain):
+            self._error(
+                PREVIOUS_NOT_FOUND,
+                f"no response {previous[:80]!r} to continue: unknown, expired, or made "
+                "with store false on another connection",
+                "previous_response_id",
+            )
+            return None
+        return [message for kept in reversed(chain) for message in kept.messages]
+
+    def _error(self, code: str, message: str, param: str | None = None) -> None:
+        self.context.metrics.errors.labels(code).inc()
+        self._queue([error_event(code, message, param)])
+
+    def send(self, frames: Iterable[ServerFrame]) -> None:
+        """Translate the session's frames to the in-flight response's events."""
+        out: list[bytes] = []
+        for frame in frames:
+            if isinstance(frame, Ready):
+                continue
+            events = self._events
+            if events is None or getattr(frame, "id", None) != events.id:
+                if isinstance(frame, Error) and frame.id is None:
+                    out.append(error_event(frame.code, frame.message))
+                continue
+            if not self._started:  # refused before it started
+                assert isinstance(frame, Error)
+                out.append(error_event(frame.code, frame.message))
+                self._events = None
+                continue
+            out += events.feed(frame)  # type: ignore[arg-type]
+            if isinstance(frame, Finish | Error):
+                self._ended(events, frame)
+        if out:
+            self._queue(out)
+
+    def _ended(self, events: ResponseEvents, frame: Finish | Error) -> None:
+        self._events = None
+        if not isinstance(frame, Finish):
+            return
+        answer: dict[str, Any] = {"role": "assistant", "content": frame.content}
+        if frame.tool_calls:
+            answer["tool_calls"] = [call.to_openai() for call in frame.tool_calls]
+            answer["content"] = frame.content or None
+        request = events.request
+        conversation = [*self._turn, answer]
+        self._made[events.id] = conversation
+        while len(self._made) > CONNECTION_RESPONSES:
+            self._made.popitem(last=False)
+        if request.store and self.session is not None:
+            kept = Kept(
+                key=self.session.key_hash,
+                previous=request.previous_response_id,
+                messages=[*request.input, answer],
+            )
+            task = asyncio.get_running_loop().create_task(self._store.put(events.id, kept))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
