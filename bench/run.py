@@ -4,7 +4,8 @@
 
 On one fake upstream (in this process) and one load, it runs, side by side:
 1. the ceiling: the SSE load generator reading the fake upstream directly;
-2. tokenwire (`tokenwire serve`, loaded by `tokenwire loadtest`);
+2. tokenwire (`tokenwire serve`, loaded by `tokenwire loadtest` over /v1/ws,
+   and by the SSE load generator over /v1/chat/completions, OpenAI's format);
 3. the LiteLLM proxy (`litellm[proxy]`, installed by this script into
    bench/.proxy-venv), loaded by the same SSE load generator.
 
@@ -258,6 +259,12 @@ async def main(args: argparse.Namespace) -> str:
                     results[f"{who}|{name}"] = await measured(
                         server.pid, ws_load(url, n, prompt, deadline, ramp)
                     )
+                    if who == "tokenwire":  # the same server, over OpenAI's SSE
+                        await settle(fake, 60)
+                        base = url.replace("ws://", "http://").removesuffix("/ws")
+                        results[f"tokenwire-sse|{name}"] = await measured(
+                            server.pid, sse_load(base, n, prompt, deadline, ramp)
+                        )
                 await settle(fake, 120)
                 if who == "tokenwire":
                     to_finish, to_close = await cancel_through_tokenwire(url, fake, args.cancels)
@@ -308,7 +315,7 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
         return "—" if value is None else f"{value:,.{digits}f}{unit}"
 
     def row(label: str, values: list[str], *ratios: str) -> None:
-        tail = list(ratios) + [""] * (2 - len(ratios))
+        tail = list(ratios) + [""] * (3 - len(ratios))
         lines.append(f"| | {label} | " + " | ".join(values + tail) + " |")
 
     def ratio(a: Any, b: Any) -> str:
@@ -323,17 +330,20 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
         + (" --quick" if args.quick else "")
         + "`.",
         "",
-        "| scenario | measure | ceiling | tokenwire | tokenwire, fast_path off (before) "
-        "| LiteLLM proxy | tokenwire / ceiling | tokenwire / proxy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | measure | ceiling | tokenwire /v1/ws | tokenwire /v1/chat/completions "
+        "| tokenwire, fast_path off (before) | LiteLLM proxy | tokenwire / ceiling "
+        "| tokenwire / proxy | chat/completions / proxy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    whos = ("ceiling", "tokenwire", "tokenwire-sse", "tokenwire-off", "proxy")
     for name, n, *_ in scenarios:
-        runs = [get(who, name) for who in ("ceiling", "tokenwire", "tokenwire-off", "proxy")]
+        runs = [get(who, name) for who in whos]
         tput = [r.get("tokens_per_s") for r in runs]
         lines.append(
             f"| {name} | tokens/s | "
             + " | ".join([fmt(v, "", 0) for v in tput])
-            + f" | {ratio(tput[1], tput[0])} | {ratio(tput[1], tput[3])} |"
+            + f" | {ratio(tput[1], tput[0])} | {ratio(tput[1], tput[4])} "
+            + f"| {ratio(tput[2], tput[4])} |"
         )
         row("streams completed", [f"{r.get('generations_completed', '—')}/{n}" for r in runs])
         for key, label in (("ttft_ms", "first token"), ("inter_token_ms", "between tokens")):
@@ -344,11 +354,12 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
             "gateway CPU s / 1000 tokens",
             ["—"] + [fmt(v, "", 3) for v in cpu[1:]],
             "",
-            ratio(cpu[1], cpu[3]),
+            ratio(cpu[1], cpu[4]),
+            f"{ratio(cpu[2], cpu[1])} of /v1/ws",
         )
     for count, per_session in memory.items():
         lines.append(
-            f"| {count:,} idle sessions | server memory per session | — | {per_session:.1f} KB | — | — | | |"
+            f"| {count:,} idle sessions | server memory per session | — | {per_session:.1f} KB | — | — | — | | | |"
         )
     for label, values in cancels.items():
         lines.append(
@@ -358,13 +369,13 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
                 if "proxy" not in label
                 else "—"
             )
-            + " | — | "
+            + " | — | — | "
             + (
                 f"{pct(values, 0.5) * 1000:.1f} / {pct(values, 0.99) * 1000:.1f}"
                 if "proxy" in label
                 else "—"
             )
-            + " | | |"
+            + " | | | |"
         )
     failures = {
         k: v.get("generations_failed") for k, v in results.items() if v.get("generations_failed")

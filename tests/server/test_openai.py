@@ -74,6 +74,18 @@ async def turn(connection: Any, **create: Any) -> list[dict[str, Any]]:
                 return events
 
 
+async def until(condition: Callable[[], Any]) -> None:
+    """Poll (within TIMEOUT) until ``condition()`` (awaited if a coroutine) is true."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            value = condition()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(0.01)
+
+
 def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
 
@@ -209,10 +221,12 @@ async def test_http_errors_of_the_surface_itself(server):
 
 
 async def test_a_body_over_max_message_bytes_is_413(start_server):
-    async with start_server(max_message_bytes=1000) as handle:
-        async with httpx.AsyncClient(base_url=handle.http, timeout=TIMEOUT) as http:
-            big = {"model": "fake", "messages": [{"role": "user", "content": "x" * 2000}]}
-            response = await http.post("/v1/chat/completions", json=big)
+    big = {"model": "fake", "messages": [{"role": "user", "content": "x" * 2000}]}
+    async with (
+        start_server(max_message_bytes=1000) as handle,
+        httpx.AsyncClient(base_url=handle.http, timeout=TIMEOUT) as http,
+    ):
+        response = await http.post("/v1/chat/completions", json=big)
     assert response.status_code == 413
 
 
@@ -248,9 +262,7 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream_request(server, f
     await stream.close()
     await record.wait_ended(PROMPT_CLOSE_S)
     assert record.disconnected
-    async with asyncio.timeout(TIMEOUT):
-        while server.server.active_generations:
-            await asyncio.sleep(0.01)
+    await until(lambda: server.server.active_generations == 0)
 
 
 async def test_metrics_count_requests_by_surface(server):
@@ -498,9 +510,8 @@ async def test_responses_previous_response_id_across_nodes_on_redis(upstream, re
                 input="more",
                 previous_response_id=first[-1]["response"]["id"],
             )
-        async with asyncio.timeout(TIMEOUT):  # the store's write is in the background
-            while not await nodes[0].responses.chain(second[-1]["response"]["id"]):
-                await asyncio.sleep(0.01)
+        # The store's write is in the background.
+        await until(lambda: nodes[0].responses.chain(second[-1]["response"]["id"]))
         async with sdk(b).responses.connect() as elsewhere:
             third = await turn(
                 elsewhere,
