@@ -94,6 +94,8 @@ def chat_request(body: Any, completion_id: str) -> ChatRequest:
                 "a boolean",
             )
         )
+    if body.get("n") not in (None, 1):
+        raise BadMessage("only `n: 1` is supported (one choice per request)", path="$.n")
     params = {k: body[k] for k in PARAMS if body.get(k) is not None}
     if (limit := body.get("max_completion_tokens")) is not None:
         if "max_tokens" in params:
