@@ -436,26 +436,28 @@ class _Item:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def body(self, status: str) -> dict[str, Any]:
+    def part(self, text: str) -> dict[str, Any]:
+        """The content part of a message (``output_text``) or reasoning (``reasoning_text``)."""
         if self.kind == "message":
-            content = [
-                {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
-            ]
+            return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        return {"type": "reasoning_text", "text": text}
+
+    def body(self, status: str) -> dict[str, Any]:
+        content = [self.part(self.text)] if status != "in_progress" else []
+        if self.kind == "message":
             return {
                 "id": self.id,
                 "type": "message",
                 "status": status,
                 "role": "assistant",
-                "content": content if status != "in_progress" else [],
+                "content": content,
             }
         if self.kind == "reasoning":
             return {
                 "id": self.id,
                 "type": "reasoning",
                 "summary": [],
-                "content": [{"type": "reasoning_text", "text": self.text}]
-                if status != "in_progress"
-                else [],
+                "content": content,
                 "status": status,
             }
         return {
@@ -616,11 +618,7 @@ class ResponseEvents:
         ]
         if item.kind == "function_call":
             return events
-        part = (
-            {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            if item.kind == "message"
-            else {"type": "reasoning_text", "text": ""}
-        )
+        part = item.part("")
         events.append(
             self._event(
                 "response.content_part.added",
@@ -667,12 +665,6 @@ class ResponseEvents:
                 text=text,
                 logprobs=[],
             )
-            part: dict[str, Any] = {
-                "type": "output_text",
-                "text": text,
-                "annotations": [],
-                "logprobs": [],
-            }
         else:
             done = self._event(
                 "response.reasoning_text.done",
@@ -681,7 +673,6 @@ class ResponseEvents:
                 content_index=0,
                 text=text,
             )
-            part = {"type": "reasoning_text", "text": text}
         return [
             done,
             self._event(
@@ -689,7 +680,7 @@ class ResponseEvents:
                 item_id=item.id,
                 output_index=item.index,
                 content_index=0,
-                part=part,
+                part=item.part(text),
             ),
             self._event(
                 "response.output_item.done", output_index=item.index, item=item.body(status)
