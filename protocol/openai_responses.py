@@ -39,7 +39,14 @@ from .messages import (
     Usage,
 )
 from .openai_chat import to_generate
-from .openai_common import expect, plain_json, reject_unknown
+from .openai_common import (
+    ERROR_KINDS,
+    OpenAIErrorKind,
+    error_kind,
+    expect,
+    plain_json,
+    reject_unknown,
+)
 from .validation import check_generate, quote
 
 SUPPORTED: Final = frozenset(
@@ -70,6 +77,12 @@ and ``include`` only empty: their other values ask for what tokenwire does not d
 MAX_METADATA: Final = 16
 """Keys a response's ``metadata`` may have (OpenAI's limit)."""
 _ROLES: Final = frozenset({"user", "system", "developer", "assistant"})
+BAD_REQUEST: Final = OpenAIErrorKind(400, "invalid_request_error")
+SURFACE_ERRORS: Final = {
+    "previous_response_not_found": OpenAIErrorKind(404, "invalid_request_error"),
+    "response_in_flight": OpenAIErrorKind(409, "invalid_request_error"),
+}
+"""The errors of the Responses surface itself, as HTTP statuses and OpenAI types."""
 _TOOL_CHOICES: Final = frozenset({"auto", "none", "required"})
 
 _encode = msgspec.json.encode
@@ -380,7 +393,13 @@ def _check_metadata(metadata: Any) -> None:
 def error_event(
     code: str, message: str, param: str | None = None, sequence_number: int = 0
 ) -> bytes:
-    """An ``error`` event: a request not taken (or refused before it started)."""
+    """An ``error`` event: a request not taken (or refused before it started).
+
+    Both shapes the SDKs read: openai-python 2.x's ``ResponseErrorEvent``
+    (``code``, ``message``, ``param`` at the top) and 3.x's ``ResponseWsError``
+    (an ``error`` object with OpenAI's ``type``, and the HTTP ``status``).
+    """
+    kind = error_kind(code) if code in ERROR_KINDS else SURFACE_ERRORS.get(code, BAD_REQUEST)
     return _encode(
         {
             "type": "error",
@@ -388,6 +407,8 @@ def error_event(
             "message": message,
             "param": param,
             "sequence_number": sequence_number,
+            "status": kind.status,
+            "error": {"type": kind.type, "code": code, "message": message, "param": param},
         }
     )
 

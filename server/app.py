@@ -65,6 +65,11 @@ RECEIVE_QUEUE: Final = 4
 """Client messages buffered before the server stops reading the socket; with
 ``max_message_bytes`` it bounds what one session can make the server hold."""
 SERVER_HEADER: Final = "tokenwire"
+NOT_FOUND_HINT: Final = (
+    "not found: {path}\n"
+    "tokenwire's WebSocket is at /v1/ws (ws://HOST:PORT/v1/ws); the chat page is at /;\n"
+    "OpenAI's formats are at /v1/chat/completions, /v1/models and /v1/responses.\n"
+)
 EXPIRED_KEPT: Final = 65_536
 """Tokens of expired sessions remembered, so that a late resume hears ``expired``."""
 
@@ -480,7 +485,7 @@ class TokenwireServer:
         if (plain := self.plain_route(path)) is not None:
             status, body, content_type, headers = plain
             return _response(status, body, content_type, headers)
-        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        return connection.respond(HTTPStatus.NOT_FOUND, NOT_FOUND_HINT.format(path=path[:100]))
 
     def plain_route(
         self, path: str

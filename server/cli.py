@@ -42,10 +42,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.run(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokenwire")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenwire", description="Stream LLM generations over WebSockets."
     )
+    parser.add_argument("--version", action="version", version=f"tokenwire {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server (default: the offline model demo)")
@@ -115,6 +125,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="R",
         help="cut each session's connection R times a second on average; the client "
         "resumes, and every frame is checked for holes and duplicates (default 0)",
+    )
+    load.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="failed sessions and generations allowed, as a share of those attempted "
+        "(default 0: any failure exits 3)",
+    )
+    load.add_argument(
+        "--max-ttft-p99-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="exit 3 if time to first token's p99 is over this",
+    )
+    load.add_argument(
+        "--max-gap-p99-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="exit 3 if the p99 gap between two tokens is over this",
     )
     load.add_argument("--json", action="store_true", help="print one JSON object")
     load.set_defaults(run=_loadtest)
@@ -309,9 +341,12 @@ async def _run_server(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     async with server.listen(host, port, reuse_port=reuse_port) as (bound_host, bound_port):
+        web_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         log.info(
             "listening",
-            url=f"ws://{bound_host}:{bound_port}/v1/ws",
+            url=f"ws://{web_host}:{bound_port}/v1/ws",
+            chat=f"http://{web_host}:{bound_port}/",
+            openai=f"http://{web_host}:{bound_port}/v1",
             models=server.models,
             startup_s=round(time.monotonic() - started, 2),
             pid=os.getpid(),

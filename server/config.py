@@ -10,15 +10,17 @@ status 2. Nothing here imports LiteLLM: a bad config fails fast.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from . import litellm_keys
 from .errors import ServerError
 
 ENV_PREFIX: Final = "os.environ/"
@@ -203,6 +205,15 @@ def parse(raw: Any, *, source: str = "config", environ: Mapping[str, str] | None
         raise ConfigError(
             f"{source}: server.redis_url: must start with redis://, rediss:// or unix://"
         )
+    for section, known in (
+        ("router_settings", litellm_keys.ROUTER_SETTINGS),
+        ("litellm_settings", litellm_keys.LITELLM_SETTINGS),
+    ):
+        for key in getattr(config, section):
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: {section}.{key}: unknown key{_did_you_mean(key, known)}"
+                )
     for i, entry in enumerate(config.model_list):
         model = entry.litellm_params.get("model")
         if not isinstance(model, str) or not model:
@@ -238,13 +249,32 @@ def _describe(exc: msgspec.ValidationError) -> str:
     problem = text[: match.start()] if match else text
     unknown = re.fullmatch(r"Object contains unknown field `([^`]*)`", problem)
     if unknown:
-        key = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
-        return f"{key}: unknown key"
+        name = unknown.group(1)
+        key = f"{where}.{name}" if where else name
+        return f"{key}: unknown key{_did_you_mean(name, _fields_at(where))}"
     missing = re.fullmatch(r"Object missing required field `([^`]*)`", problem)
     if missing:
         key = f"{where}.{missing.group(1)}" if where else missing.group(1)
         return f"{key}: required"
     return f"{where or 'config'}: {problem[0].lower()}{problem[1:]}"
+
+
+def _fields_at(where: str) -> list[str]:
+    """The keys the config takes at ``where`` (a path like ``server`` or ``model_list[0]``)."""
+    struct: Any = Config
+    for part in filter(None, re.split(r"\.|\[\d+\]", where)):
+        struct = {"server": ServerSettings, "model_list": ModelEntry}.get(part)
+        if struct is None:
+            return []
+    if where.startswith("model_list") and not where.endswith("]"):
+        return []
+    return list(struct.__struct_fields__)
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    """``; did you mean X?`` for the nearest known key, or nothing."""
+    near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {near[0]}?" if near else ""
 
 
 def _one_line(text: str) -> str:

@@ -217,7 +217,8 @@ class SessionCore:
             return error_frame(
                 gid,
                 ErrorCode.UNKNOWN_MODEL,
-                f"unknown model {quote(request.model)}; the ready frame lists the models offered",
+                f"unknown model {quote(request.model)}; this server offers "
+                + _listed(self.models),
             )
         if server.loop_lag > self.limits.max_loop_lag:
             return error_frame(
@@ -362,3 +363,10 @@ class SessionCore:
         self.conversations = {}
         self.history_bytes = 0
         return freed
+
+
+def _listed(models: frozenset[str], limit: int = 20) -> str:
+    """The models offered, for an error message (the first ``limit``, sorted)."""
+    names = sorted(models)
+    shown = ", ".join(names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")

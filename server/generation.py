@@ -118,7 +118,15 @@ class Generation:
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("generation failed")
             else:
-                log.warning("upstream failed", code=failure.code.value, error=type(exc).__name__)
+                upstream = self.context.upstream
+                log.warning(
+                    "upstream failed",
+                    code=failure.code.value,
+                    error=type(exc).__name__,
+                    model=self.request.model,
+                    **upstream.describe(self.request.model),
+                    cause=upstream.cause(exc),
+                )
             return assembler.fail(
                 failure.code, failure.message, retry_after_ms=failure.retry_after_ms
             )

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -87,6 +88,17 @@ class Upstream:
         self._litellm_model = {
             d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
         }
+        self._where: dict[str, dict[str, str]] = {}
+        """Each model's deployments and hosts, for log lines (never a key)."""
+        self._secrets = [
+            str(key) for d in model_list if (key := d["litellm_params"].get("api_key"))
+        ]
+        for name in self.models:
+            params = [d["litellm_params"] for d in model_list if d["model_name"] == name]
+            self._where[name] = {
+                "deployment": ", ".join(str(p["model"]) for p in params),
+                "host": ", ".join(_host(p) for p in params),
+            }
         self.http = native.HttpClient()
         self.max_event_bytes = config.server.max_upstream_event_bytes
         guard.install(self.max_event_bytes)
@@ -139,6 +151,23 @@ class Upstream:
                     and not (params.get("rpm") or params.get("tpm"))
                 ):
                     self._direct[name] = self._routes[deployments[0]["model_info"]["id"]]
+
+    def describe(self, model: str) -> dict[str, str]:
+        """``model``'s deployments and their hosts, for a log line."""
+        return self._where.get(model, {"deployment": "?", "host": "?"})
+
+    def cause(self, exc: BaseException) -> str:
+        """The innermost cause of ``exc`` (what the OS or the HTTP client said),
+        without any deployment's key."""
+        root = exc
+        seen = {id(root)}
+        while (inner := root.__cause__ or root.__context__) is not None and id(inner) not in seen:
+            seen.add(id(inner))
+            root = inner
+        text = f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:300]
 
     async def close(self) -> None:
         """Close the native path's HTTP connections."""
@@ -294,6 +323,15 @@ class Upstream:
 
 
 _UNSET: Final = object()
+
+
+def _host(params: dict[str, Any]) -> str:
+    """Where a deployment's requests go: its ``api_base``'s host, or its provider's default."""
+    base = params.get("api_base") or params.get("base_url")
+    if base:
+        return urlsplit(str(base)).netloc or str(base)
+    provider = str(params.get("model", "")).partition("/")[0]
+    return f"{provider} default" if provider else "default"
 
 
 def _usage(raw: Any) -> Usage:

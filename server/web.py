@@ -39,6 +39,15 @@ def _load() -> dict[str, Asset]:
         "/static/style.css": (page / "style.css", "text/css; charset=utf-8"),
         "/static/tokenwire.js": (root / "tokenwire.js", "text/javascript; charset=utf-8"),
         "/static/tokenwire.d.ts": (root / "tokenwire.d.ts", "text/plain; charset=utf-8"),
+        # Markdown and its sanitizer, vendored (page/vendor/README.md): no CDN.
+        "/static/vendor/marked.esm.js": (
+            page / "vendor" / "marked.esm.js",
+            "text/javascript; charset=utf-8",
+        ),
+        "/static/vendor/purify.es.mjs": (
+            page / "vendor" / "purify.es.mjs",
+            "text/javascript; charset=utf-8",
+        ),
     }
     assets = {}
     for path, (file, content_type) in files.items():

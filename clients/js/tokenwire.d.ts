@@ -18,13 +18,14 @@ export interface Usage {
 
 export interface TokenEvent { type: "token"; id: string; seq: number; text: string }
 export interface ReasoningEvent { type: "reasoning"; id: string; seq: number; text: string }
+/** Tool-call events say `callId`, as results do (the wire's `call_id`). */
 export interface ToolCallChunkEvent {
   type: "tool_call_chunk"; id: string; seq: number; index: number;
-  call_id: string | null; name: string | null; arguments: string;
+  callId: string | null; name: string | null; arguments: string;
 }
 export interface ToolCallCompleteEvent {
   type: "tool_call_complete"; id: string; seq: number; index: number;
-  call_id: string | null; name: string | null; arguments: string;
+  callId: string | null; name: string | null; arguments: string;
 }
 export type StreamEvent = TokenEvent | ReasoningEvent | ToolCallChunkEvent | ToolCallCompleteEvent;
 
@@ -104,6 +105,9 @@ export interface ConnectOptions {
   /** Reconnect with backoff and jitter after a drop, and resume the
    * session where the server offers it (default true). */
   reconnect?: boolean;
+  /** The WebSocket implementation (default: the global one). Under Node 20,
+   * the `ws` package's: `import WebSocket from "ws"`. */
+  WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
 }
 
 export declare function connect(url: string, options?: ConnectOptions): Promise<Client>;

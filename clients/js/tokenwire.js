@@ -20,6 +20,7 @@ const AUTH_PREFIX = "tokenwire.bearer.";
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 5000;
 const OPEN_TIMEOUT_MS = 10000;
+const OPEN = 1; // WebSocket.OPEN, the same in every implementation
 const STREAM_EVENTS = new Set(["token", "reasoning", "tool_call_chunk", "tool_call_complete"]);
 const GENERATION_FRAMES = new Set([...STREAM_EVENTS, "finish", "error"]);
 // Closes after which a session is not resumed: a protocol error, a reader
@@ -151,7 +152,14 @@ export class Generation {
       default:
         break;
     }
-    if (STREAM_EVENTS.has(frame.type)) this._push(frame);
+    if (frame.type === "tool_call_chunk" || frame.type === "tool_call_complete") {
+      // One spelling in this client: callId, in events as in results; every
+      // event of a call carries its id (the wire sends it on the first chunk).
+      const { call_id: callId = null, ...rest } = frame;
+      this._push({ ...rest, callId: callId ?? this._calls.get(frame.index)?.callId ?? null });
+    } else if (STREAM_EVENTS.has(frame.type)) {
+      this._push(frame);
+    }
   }
 
   _end(outcome) {
@@ -176,6 +184,14 @@ export class Client extends EventTarget {
     this.url = url;
     this.token = options.token ?? null;
     this.reconnect = options.reconnect ?? true;
+    // Browsers and Node 22+ have a global WebSocket; Node 20 takes one from
+    // the `ws` package: connect(url, { WebSocket }) with `import WebSocket from "ws"`.
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError(
+        'tokenwire.js: no WebSocket here: pass one, e.g. connect(url, { WebSocket }) with `import WebSocket from "ws"`',
+      );
+    }
     this.models = [];
     this.session = null;
     this.limits = null;
@@ -258,7 +274,7 @@ export class Client extends EventTarget {
   }
 
   _send(message) {
-    if (this._ws && this._ws.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(message));
+    if (this._ws && this._ws.readyState === OPEN) this._ws.send(JSON.stringify(message));
   }
 
   _open() {
@@ -267,7 +283,7 @@ export class Client extends EventTarget {
     return new Promise((resolve, reject) => {
       let ws;
       try {
-        ws = new WebSocket(this.url, protocols);
+        ws = new this._WebSocket(this.url, protocols);
       } catch (error) {
         reject(error);
         return;
@@ -410,7 +426,9 @@ export class Client extends EventTarget {
 
 /**
  * Connect to a tokenwire server. Options: `token` (an API key, sent as a
- * subprotocol since browsers cannot set headers), `reconnect` (default true).
+ * subprotocol since browsers cannot set headers), `reconnect` (default true),
+ * `WebSocket` (the implementation to use; default the global one: pass the
+ * `ws` package's under Node 20).
  */
 export async function connect(url, options = {}) {
   const client = new Client(url, options);

@@ -11,37 +11,54 @@ ended count too. Any violation makes the exit status 1.
 times a second on average: the client resumes (``reconnect=True``) and the
 same checks run on every frame, so a hole or a duplicate is a violation.
 
-``--json`` prints one object; its fields are documented in
+It fails loudly, so that CI can gate on it (as k6's thresholds do): the exit
+status is 1 for a contract violation, 3 when the error rate is over
+``--max-error-rate`` (default 0: any failed session or generation) or a
+latency is over ``--max-ttft-p99-ms`` or ``--max-gap-p99-ms``. Failures are
+counted by cause: a refused connection, an HTTP status at the handshake
+(401, 404, 503, ...), a timeout, and each error code of a generation.
+
+``--json`` prints one object, with a per-second series (tokens received,
+generations completed and failed, each second); its fields are documented in
 ``clients/python/README.md`` ("Load tests").
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import multiprocessing
 import queue
 import random
 import resource
+import socket
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from websockets.exceptions import InvalidStatus, InvalidURI
+
 from tokenwire.protocol import ProtocolViolation, Token
 
 from ._async import AsyncClient
 from ._common import EncodingName
-from .errors import ConnectionLost, GenerationError
+from .errors import ConnectFailed, ConnectionLost, GenerationError
 
 PROGRESS_INTERVAL = 0.5
 """Seconds between two progress lines on a terminal."""
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper."
 
-# Shared counters: sessions open, generations done, tokens, errors (progress
-# only), and sessions whose handshake is over (the start barrier).
-OPEN, DONE, TOKENS, ERRORS, SETTLED = range(5)
+# Shared counters: sessions open, generations done, errors (progress only),
+# and sessions whose handshake is over (the start barrier). Tokens are
+# counted per process, as they arrive (``live``: one slot per process).
+OPEN, DONE, ERRORS, SETTLED = range(4)
+LIVE_FLUSH = 0.1
+"""Seconds between two updates of a process's live token count."""
+EXIT_VIOLATION = 1
+EXIT_THRESHOLD = 3
 BARRIER_POLL = 0.002
 """Seconds between two looks at the start barrier (one poller per process)."""
 
@@ -69,6 +86,10 @@ class Options:
     disconnect_rate: float = 0.0
     """Times a second, on average, each session's connection is cut (the
     client resumes it); 0: never."""
+    t0: float = 0.0
+    """Wall-clock start of the run (``time.time()``), the origin of the per-second series."""
+    slot: int = 0
+    """This process's index in the live token counts."""
 
 
 @dataclass
@@ -89,6 +110,21 @@ class Samples:
     cpu_s: float = 0.0
     disconnects: int = 0
     resumes: int = 0
+    session_failures: Counter[str] = field(default_factory=Counter)
+    """Sessions that did not open, by cause."""
+    failure_hints: dict[str, str] = field(default_factory=dict)
+    """What the client said of each cause, the first time (it says what to do)."""
+    live_tokens: int = 0
+    """Tokens received so far (each as it arrives)."""
+    series: dict[int, list[int]] = field(default_factory=dict)
+    """Second of the run → [tokens, generations completed, generations failed]."""
+
+    def tick(self, column: int, t0: float, n: int = 1) -> None:
+        second = int(time.time() - t0)
+        row = self.series.get(second)
+        if row is None:
+            row = self.series[second] = [0, 0, 0]
+        row[column] += n
 
     def merge(self, other: Samples) -> None:
         for name in (
@@ -103,6 +139,13 @@ class Samples:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
+        self.session_failures.update(other.session_failures)
+        for cause, hint in other.failure_hints.items():
+            self.failure_hints.setdefault(cause, hint)
+        for second, row in other.series.items():
+            mine = self.series.setdefault(second, [0, 0, 0])
+            for i, n in enumerate(row):
+                mine[i] += n
         self.violation_examples.extend(other.violation_examples[: 5 - len(self.violation_examples)])
         self.ttft.extend(other.ttft)
         self.gaps.extend(other.gaps)
@@ -135,6 +178,8 @@ async def _generation(
             samples.frames += 1
             if isinstance(event, Token):
                 texts.append(event.text)
+                samples.live_tokens += 1
+                samples.tick(0, options.t0)
                 if last is None:
                     samples.ttft.append(now - started)
                 else:
@@ -145,6 +190,7 @@ async def _generation(
     except GenerationError as exc:
         samples.frames += 1
         samples.errors[exc.code] += 1
+        samples.tick(2, options.t0)
         counters[ERRORS] += 1
         return
     except ProtocolViolation as exc:
@@ -153,15 +199,14 @@ async def _generation(
     finally:
         if not completed:  # failed, or abandoned at the deadline: count what came
             samples.tokens += len(texts)
-            counters[TOKENS] += len(texts)
     samples.frames += 1  # finish
     if "".join(texts) != result.content:
         samples.violation(f"{generation.id}: token texts differ from finish.content")
     tokens = result.usage.completion_tokens if result.usage else len(texts)
     samples.tokens += tokens
     samples.generations_completed += 1
+    samples.tick(1, options.t0)
     counters[DONE] += 1
-    counters[TOKENS] += tokens
 
 
 async def _session(
@@ -176,8 +221,12 @@ async def _session(
     )
     try:
         await client.__aenter__()
-    except Exception:  # refused, timed out, unreachable: all count as failed sessions
+    except Exception as exc:  # refused, timed out, unreachable, an HTTP status
         samples.sessions_failed += 1
+        cause = failure_cause(exc)
+        samples.session_failures[cause] += 1
+        samples.failure_hints.setdefault(cause, str(exc))
+        counters[ERRORS] += 1
         _settled(counters)
         return
     samples.handshakes.append(time.perf_counter() - started)
@@ -195,6 +244,7 @@ async def _session(
                 await _generation(client, options, samples, counters)
             except ConnectionLost:
                 samples.errors["connection_lost"] += 1
+                samples.tick(2, options.t0)
                 counters[ERRORS] += 1
 
     async def cut() -> None:
@@ -221,6 +271,30 @@ async def _session(
         counters[OPEN] -= 1
 
 
+def failure_cause(exc: BaseException) -> str:
+    """Why a session did not open, in a word a report can count by."""
+    if isinstance(exc, ConnectFailed):
+        if exc.status is not None:
+            return f"http_{exc.status}"
+        if exc.__cause__ is not None:
+            return failure_cause(exc.__cause__)
+    if isinstance(exc, InvalidStatus):
+        return f"http_{exc.response.status_code}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, socket.gaierror):
+        return "unknown_host"
+    if isinstance(exc, InvalidURI):
+        return "bad_url"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    if isinstance(exc, OSError) and exc.errno == errno.ECONNRESET:
+        return "reset"
+    return type(exc).__name__
+
+
 def _settled(counters: Any) -> None:
     with counters.get_lock():
         counters[SETTLED] += 1
@@ -233,9 +307,16 @@ async def _start_when_settled(counters: Any, barrier: int, go: asyncio.Event) ->
     go.set()
 
 
-async def _run(options: Options, counters: Any) -> Samples:
+async def _flush_live(samples: Samples, live: Any, slot: int) -> None:
+    while True:
+        live[slot] = samples.live_tokens
+        await asyncio.sleep(LIVE_FLUSH)
+
+
+async def _run(options: Options, counters: Any, live: Any) -> Samples:
     samples = Samples()
     cpu_before = _cpu()
+    flusher = asyncio.create_task(_flush_live(samples, live, options.slot))
     go = asyncio.Event()
     starter = asyncio.create_task(_start_when_settled(counters, options.barrier, go))
     # With several processes each spreads its share over the whole ramp.
@@ -252,6 +333,8 @@ async def _run(options: Options, counters: Any) -> Samples:
     if late:
         await asyncio.wait(late)
         samples.errors["deadline"] += len(late)
+    flusher.cancel()
+    live[options.slot] = samples.live_tokens
     samples.cpu_s = _cpu() - cpu_before
     return samples
 
@@ -261,21 +344,24 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _worker(options: Options, counters: Any, out: Any) -> None:
+def _worker(options: Options, counters: Any, live: Any, out: Any) -> None:
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    samples = runner(_run(options, counters))
+    samples = runner(_run(options, counters, live))
     raw = asdict(samples)
-    raw["errors"] = dict(samples.errors)  # asdict() would rebuild the Counter from pairs
+    # asdict() would rebuild the Counters from pairs
+    raw["errors"] = dict(samples.errors)
+    raw["session_failures"] = dict(samples.session_failures)
     out.put(raw)
 
 
 def _samples_from(raw: dict[str, Any]) -> Samples:
     raw["errors"] = Counter(raw["errors"])
+    raw["session_failures"] = Counter(raw["session_failures"])
     return Samples(**raw)
 
 
@@ -285,22 +371,33 @@ def run(options: Options, processes: int = 1, *, progress: bool | None = None) -
         progress = sys.stderr.isatty()
     processes = max(1, min(processes, options.sessions))
     context = multiprocessing.get_context("spawn")
-    counters = context.Array("q", 5)
+    counters = context.Array("q", 4)
+    live = context.Array("q", processes, lock=False)  # one writer per slot
     out = context.Queue()
     base, extra = divmod(options.sessions, processes)
     shares = [base + (i < extra) for i in range(processes)]
     started = time.perf_counter()
+    t0 = time.time()
     workers = [
         context.Process(
             target=_worker,
             args=(
-                Options(**{**asdict(options), "sessions": share, "barrier": options.sessions}),
+                Options(
+                    **{
+                        **asdict(options),
+                        "sessions": share,
+                        "barrier": options.sessions,
+                        "t0": t0,
+                        "slot": slot,
+                    }
+                ),
                 counters,
+                live,
                 out,
             ),
             daemon=True,
         )
-        for share in shares
+        for slot, share in enumerate(shares)
         if share
     ]
     for process in workers:
@@ -316,7 +413,7 @@ def run(options: Options, processes: int = 1, *, progress: bool | None = None) -
                 break
         if progress:
             elapsed = time.perf_counter() - started
-            rate = counters[TOKENS] / max(elapsed, 1e-9)
+            rate = sum(live) / max(elapsed, 1e-9)
             print(
                 f"\r{elapsed:6.1f} s  sessions {counters[OPEN]:>6}  generations {counters[DONE]:>8}"
                 f"  tokens/s {rate:>10.0f}  errors {counters[ERRORS]}",
@@ -348,12 +445,23 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def report(samples: Samples, wall: float, options: Options, processes: int) -> dict[str, Any]:
+    attempted = options.sessions * options.generations
+    failed = sum(samples.errors.values()) + samples.sessions_failed * options.generations
+    last = max(samples.series, default=-1)
+    series = [
+        {"t": second, "tokens": row[0], "completed": row[1], "failed": row[2]}
+        for second in range(last + 1)
+        for row in [samples.series.get(second, [0, 0, 0])]
+    ]
     return {
         "url": options.url,
         "model": options.model,
         "processes": processes,
         "sessions_opened": samples.sessions_opened,
         "sessions_failed": samples.sessions_failed,
+        "sessions_failed_by_cause": dict(sorted(samples.session_failures.items())),
+        "session_failure_messages": dict(sorted(samples.failure_hints.items())),
+        "error_rate": round(min(failed, attempted) / attempted, 4) if attempted else 0.0,
         "generations_completed": samples.generations_completed,
         "generations_failed": dict(sorted(samples.errors.items())),
         "tokens": samples.tokens,
@@ -368,7 +476,29 @@ def report(samples: Samples, wall: float, options: Options, processes: int) -> d
         "resumes": samples.resumes,
         "violations": samples.violations,
         "violation_examples": samples.violation_examples,
+        "series": series,
     }
+
+
+def check_thresholds(
+    data: dict[str, Any],
+    *,
+    max_error_rate: float = 0.0,
+    max_ttft_p99_ms: float | None = None,
+    max_gap_p99_ms: float | None = None,
+) -> list[dict[str, Any]]:
+    """Each threshold, its limit, the measured value and whether it passed."""
+    checks = [("error_rate", max_error_rate, data["error_rate"])]
+    if max_ttft_p99_ms is not None:
+        checks.append(("ttft_p99_ms", max_ttft_p99_ms, data["ttft_ms"]["p99"]))
+    if max_gap_p99_ms is not None:
+        checks.append(("inter_token_p99_ms", max_gap_p99_ms, data["inter_token_ms"]["p99"]))
+    out = []
+    for name, limit, value in checks:
+        # A latency never measured (no token came) does not pass.
+        passed = value is not None and value <= limit
+        out.append({"name": name, "limit": limit, "value": value, "passed": passed})
+    return out
 
 
 def format_report(data: dict[str, Any]) -> str:
@@ -379,8 +509,10 @@ def format_report(data: dict[str, Any]) -> str:
         return f"p50 {p['p50']:.1f}  p90 {p['p90']:.1f}  p99 {p['p99']:.1f}  max {p['max']:.1f} ms"
 
     failed = ", ".join(f"{k} {v}" for k, v in data["generations_failed"].items()) or "none"
+    causes = ", ".join(f"{k} {v}" for k, v in data["sessions_failed_by_cause"].items())
     lines = [
-        f"sessions        {data['sessions_opened']} opened, {data['sessions_failed']} failed",
+        f"sessions        {data['sessions_opened']} opened, {data['sessions_failed']} failed"
+        + (f" ({causes})" if causes else ""),
         f"generations     {data['generations_completed']} completed; failed: {failed}",
         f"received        {data['tokens']} tokens in {data['frames']} frames",
         f"wall time       {data['wall_s']:.2f} s   ({data['tokens_per_s']:.0f} tokens/s)",
@@ -392,6 +524,12 @@ def format_report(data: dict[str, Any]) -> str:
         f"violations      {data['violations']}",
     ]
     lines += [f"  - {example}" for example in data["violation_examples"]]
+    for check in data.get("thresholds", []):
+        mark = "pass" if check["passed"] else "FAIL"
+        value = "—" if check["value"] is None else check["value"]
+        lines.append(f"threshold       {mark}  {check['name']} {value} (limit {check['limit']})")
+    for cause, message in data.get("session_failure_messages", {}).items():
+        lines.append(f"  - {cause}: {message}")
     return "\n".join(lines)
 
 
@@ -411,5 +549,15 @@ def main(args: Any) -> int:
         disconnect_rate=args.disconnect_rate,
     )
     data = run(options, args.processes, progress=None if not args.json else False)
+    data["thresholds"] = check_thresholds(
+        data,
+        max_error_rate=args.max_error_rate,
+        max_ttft_p99_ms=args.max_ttft_p99_ms,
+        max_gap_p99_ms=args.max_gap_p99_ms,
+    )
     print(json.dumps(data) if args.json else format_report(data))
-    return 1 if data["violations"] else 0
+    if data["violations"]:
+        return EXIT_VIOLATION
+    if not all(check["passed"] for check in data["thresholds"]):
+        return EXIT_THRESHOLD
+    return 0

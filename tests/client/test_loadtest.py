@@ -9,6 +9,7 @@ from pathlib import Path
 
 import websockets
 from conftest import TIMEOUT
+from resume_parts import free_port
 
 TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
 
@@ -48,8 +49,12 @@ async def test_demo_and_failures_by_code(server):
     status, report = await loadtest(
         server.url, "--model", "fake", "--sessions", "2", "--prompt", prompt
     )
-    assert status == 0
+    assert status == 3  # every generation failed: the run fails
     assert report["generations_failed"] == {"upstream_rate_limited": 2}
+    assert report["error_rate"] == 1.0
+    assert report["thresholds"] == [
+        {"name": "error_rate", "limit": 0.0, "value": 1.0, "passed": False}
+    ]
 
 
 async def test_sessions_that_drop_and_resume_lose_nothing(server):
@@ -71,8 +76,9 @@ async def test_refused_sessions_count_as_failed(start_server):
         held = await websockets.connect(handle.url, open_timeout=TIMEOUT)
         status, report = await loadtest(handle.url, "--sessions", "3")
         await held.close()
-    assert status == 0  # refusals are results, not contract violations
+    assert status == 3  # not a contract violation (1), but a failed run
     assert (report["sessions_opened"], report["sessions_failed"]) == (0, 3)
+    assert report["sessions_failed_by_cause"] == {"http_503": 3}
 
 
 async def test_a_contract_violation_fails_the_run():
@@ -120,7 +126,7 @@ async def test_a_deadline_ends_the_run_and_keeps_what_arrived(server, fake):
     status, report = await loadtest(
         server.url, "--model", "fake", "--sessions", "2", "--prompt", prompt, "--deadline", "1.5"
     )
-    assert status == 0 and report["wall_s"] < 1.5 + TIMEOUT
+    assert status == 3 and report["wall_s"] < 1.5 + TIMEOUT
     assert report["generations_completed"] == 0
     assert report["generations_failed"] == {"deadline": 2}
     assert 0 < report["tokens"] < 2000
@@ -140,3 +146,77 @@ async def test_generations_start_after_every_handshake_and_spread_over_the_ramp(
     opened = sorted(r.opened_at for r in fake.requests[seen:])
     # Six starts spread evenly over one second: 5/6 s between first and last.
     assert 0.6 < opened[-1] - opened[0] < 2.0
+
+
+async def test_failures_are_counted_by_cause(start_server):
+    refused_port = free_port()
+    status, report = await loadtest(f"ws://127.0.0.1:{refused_port}/v1/ws", "--sessions", "2")
+    assert status == 3 and report["sessions_failed_by_cause"] == {"refused": 2}
+    async with start_server(api_keys=["sk-load"]) as handle:
+        status, report = await loadtest(handle.url, "--sessions", "2")
+        assert status == 3 and report["sessions_failed_by_cause"] == {"http_401": 2}
+        assert "API key" in report["session_failure_messages"]["http_401"]
+        wrong_path = handle.url.replace("/v1/ws", "/v1/nope")
+        status, report = await loadtest(wrong_path, "--sessions", "1", "--api-key", "sk-load")
+        assert status == 3 and report["sessions_failed_by_cause"] == {"http_404": 1}
+        status, report = await loadtest(
+            handle.url, "--sessions", "1", "--api-key", "sk-load", "--model", "fake",
+            "--prompt", "fake:" + json.dumps({"tokens": 2}),
+        )  # fmt: skip
+        assert status == 0 and report["sessions_failed_by_cause"] == {}
+
+
+async def test_thresholds_gate_the_exit_status(server):
+    prompt = "fake:" + json.dumps({"tokens": 5, "first_delay": 0.2})
+    args = ("--model", "fake", "--sessions", "2", "--prompt", prompt)
+    status, report = await loadtest(server.url, *args, "--max-ttft-p99-ms", "50")
+    assert status == 3
+    (error_rate, ttft) = report["thresholds"]
+    assert error_rate["passed"] and not ttft["passed"] and ttft["value"] >= 200
+    status, report = await loadtest(
+        server.url, *args, "--max-ttft-p99-ms", "5000", "--max-gap-p99-ms", "5000"
+    )
+    assert status == 0 and all(check["passed"] for check in report["thresholds"])
+    failing = "fake:" + json.dumps({"status": 500})
+    status, _ = await loadtest(
+        server.url, "--model", "fake", "--sessions", "4", "--prompt", failing,
+        "--max-error-rate", "1",
+    )  # fmt: skip
+    assert status == 0  # allowed to fail
+
+
+async def test_json_has_a_per_second_series_of_tokens_as_they_arrive(server):
+    prompt = "fake:" + json.dumps({"tokens": 120, "interval": 0.02})
+    status, report = await loadtest(
+        server.url, "--model", "fake", "--sessions", "2", "--prompt", prompt
+    )
+    assert status == 0
+    series = report["series"]
+    assert [row["t"] for row in series] == list(range(len(series)))
+    assert len(series) >= 3  # 2.4 s of tokens
+    assert sum(row["tokens"] for row in series) == report["tokens"] == 240
+    assert sum(row["completed"] for row in series) == 2
+    assert all(row["tokens"] > 0 for row in series[:-1])  # counted while they streamed
+
+
+async def test_progress_counts_tokens_while_generations_stream(server):
+    """On a terminal, the live tokens/s is not 0 before any generation ends."""
+    import pexpect
+
+    prompt = "fake:" + json.dumps({"tokens": 150, "interval": 0.02})
+    child = pexpect.spawn(
+        TOKENWIRE,
+        ["loadtest", "--url", server.url, "--model", "fake", "--sessions", "2", "--prompt", prompt],
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    progress = r"generations\s+0\s+tokens/s\s+(\d+)"
+    rates = []
+    while not rates or rates[-1] == 0:
+        await child.expect(progress, async_=True)
+        rates.append(int(child.match.group(1)))
+    assert rates[-1] > 0  # no generation has ended yet, and tokens are counted
+    await child.expect(r"generations\s+2 completed", async_=True)
+    await child.expect(pexpect.EOF, async_=True)
+    child.close()
+    assert child.exitstatus == 0

@@ -67,8 +67,21 @@ def test_an_empty_file_is_the_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("modle_list: []", "modle_list: unknown key"),
-        ("server: {max_sesions: 5}", "server.max_sesions: unknown key"),
+        ("modle_list: []", "modle_list: unknown key; did you mean model_list?"),
+        ("server: {max_sesions: 5}", "server.max_sesions: unknown key; did you mean max_sessions?"),
+        ("server: {zzz: 5}", "server.zzz: unknown key"),
+        (
+            "router_settings: {num_retrys: 1}",
+            "router_settings.num_retrys: unknown key; did you mean num_retries?",
+        ),
+        (
+            "litellm_settings: {drop_param: true}",
+            "litellm_settings.drop_param: unknown key; did you mean drop_params?",
+        ),
+        (
+            "model_list: [{model_name: a, litellm_param: {model: m}}]",
+            "model_list[0].litellm_param: unknown key; did you mean litellm_params?",
+        ),
         ("server: {max_sessions: many}", "server.max_sessions: expected `int`, got `str`"),
         ("server: {send_timeout: 0}", "server.send_timeout: expected `float` > 0.0"),
         ("server: {compression: maybe}", "server.compression: expected `bool`"),
@@ -103,6 +116,7 @@ def test_config_errors_name_the_key(tmp_path, text, expected):
     [
         ("bogus: 1", "bogus: unknown key"),
         ("server: {max_generations: -1}", "server.max_generations"),
+        ("router_settings: {num_retrys: 1}", "did you mean num_retries?"),
     ],
 )
 def test_serve_stops_on_a_bad_config_with_one_line_and_status_2(tmp_path, text, expected):
@@ -116,6 +130,7 @@ def test_serve_stops_on_a_bad_config_with_one_line_and_status_2(tmp_path, text, 
         env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
     )
     assert done.returncode == 2
+    assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tokenwire: config error: ")
     assert expected in lines[0] and str(path) in lines[0]
@@ -130,3 +145,19 @@ def test_serve_stops_on_a_missing_config_file(tmp_path):
     )
     assert done.returncode == 2 and "cannot read" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_litellm_sections_keys_are_the_installed_litellms():
+    """server/litellm_keys.py is generated (scripts/litellm-keys) from the pinned
+    LiteLLM: the keys it checks before importing LiteLLM are LiteLLM's own."""
+    import litellm
+    from litellm import Router
+
+    from tokenwire.server import litellm_keys
+
+    assert sorted(litellm_keys.ROUTER_SETTINGS) == litellm_keys.router_keys(Router)
+    # The module grows attributes as it is used (lazily loaded model lists):
+    # every generated key must still be one of its settings.
+    assert set(litellm_keys.settings_keys(litellm)) >= litellm_keys.LITELLM_SETTINGS
+    assert {"num_retries", "fallbacks", "routing_strategy"} <= litellm_keys.ROUTER_SETTINGS
+    assert {"drop_params", "request_timeout"} <= litellm_keys.LITELLM_SETTINGS

@@ -388,6 +388,7 @@ async def test_responses_unsupported_fields_get_an_error_event_and_the_socket_li
     async with sdk(server).responses.connect() as connection:
         (error,) = await turn(connection, model="fake", input="hi", background=True, top_logprobs=2)
         assert error["type"] == "error" and error["code"] == "bad_message"
+        assert error["status"] == 400 and error["error"]["type"] == "invalid_request_error"
         assert "`background`" in error["message"] and "`top_logprobs`" in error["message"]
         (tool,) = await turn(connection, model="fake", input="hi", tools=[{"type": "web_search"}])
         assert "web_search" in tool["message"] and tool["param"] == "$.tools[0].type"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from conftest import TIMEOUT
 from playwright.async_api import expect
@@ -117,7 +119,7 @@ async def test_compare_mode_streams_two_models_side_by_side(page, server):
     assert boxes[0]["y"] == boxes[1]["y"] and boxes[0]["x"] < boxes[1]["x"]
 
 
-async def test_model_output_is_text_never_html(page, server):
+async def test_html_in_model_output_is_shown_as_text(page, server):
     await open_chat(page, server)
     payload = '<img src=x onerror="window.__pwned = 1"><script>window.__pwned = 2</script>'
     await send(page, scripted(text=[payload[:20], payload[20:]]))
@@ -168,3 +170,169 @@ async def test_the_page_survives_a_reload_mid_answer(page, server):
     last = page.locator(ASSISTANT).last
     await expect(last).to_have_attribute("data-state", "done", timeout=MS)
     assert await last.locator(".content").text_content() == "user assistant user "
+
+
+# -- what a first-time user meets -------------------------------------------------------
+
+MARKDOWN = [
+    "# Title\n\nSome **bold**, *italic* and `code`, a [link](https://example.com/x).\n\n",
+    "- one\n- two\n\n1. first\n2. second\n\n",
+    "| a | b |\n|---|---|\n| 1 | 2 |\n\n",
+    "```python\nprint('hi')\n```\n",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+
+
+async def test_answers_render_as_markdown_while_they_stream(page, server):
+    await open_chat(page, server)
+    await send(page, scripted(text=MARKDOWN, interval=0.3))
+    content = page.locator(ASSISTANT).last.locator(".content")
+    # Rendered before the answer is done (the heading came first).
+    await expect(content.locator("h1")).to_have_text("Title", timeout=MS)
+    await expect(page.locator(ASSISTANT).last).to_have_attribute("data-state", "streaming")
+    await expect(page.locator(ASSISTANT).last).to_have_attribute("data-state", "done", timeout=MS)
+    await expect(content.locator("strong")).to_have_text("bold")
+    await expect(content.locator("em")).to_have_text("italic")
+    await expect(content.locator("ul > li")).to_have_count(2)
+    await expect(content.locator("ol > li")).to_have_count(2)
+    await expect(content.locator("table td")).to_have_text(["1", "2"])
+    link = content.locator("a")
+    await expect(link).to_have_attribute("href", "https://example.com/x")
+    await expect(link).to_have_attribute("target", "_blank")
+    assert "noopener" in (await link.get_attribute("rel") or "")
+    block = content.locator(".code-block")
+    await expect(block.locator(".language")).to_have_text("python")
+    await expect(block.locator("pre code")).to_have_text("print('hi')")
+    family = await block.locator("pre code").evaluate("e => getComputedStyle(e).fontFamily")
+    assert "mono" in family.lower()
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    await block.get_by_role("button", name="Copy").click()
+    await expect(block.get_by_role("button", name="Copied")).to_be_visible()
+    assert await page.evaluate("navigator.clipboard.readText()") == "print('hi')\n"
+
+
+HOSTILE = [
+    '<script>window.__pwned = "script"</script>',
+    "<img src=x onerror=\"window.__pwned = 'img'\">",
+    "<svg onload=\"window.__pwned = 'svg'\"></svg>",
+    "<iframe src=\"javascript:window.top.__pwned = 'iframe'\"></iframe>",
+    "[click me](javascript:window.__pwned='link')",
+    "<a href=\"javascript:window.__pwned='a'\">raw link</a>",
+    "[data](data:text/html,<script>window.__pwned='data'</script>)",
+    "![pixel](https://attacker.example/p.png)",
+    "<style>body { display: none }</style>",
+    '<form action="https://attacker.example"><button>go</button></form>',
+    "<details open ontoggle=\"window.__pwned='details'\">x</details>",
+    "`<script>` in code is text",
+]
+
+
+async def test_hostile_markdown_and_html_never_run(page, server):
+    await open_chat(page, server)
+    await send(page, scripted(text=[h + "\n\n" for h in HOSTILE]))
+    answer = page.locator(ASSISTANT).last
+    await expect(answer).to_have_attribute("data-state", "done", timeout=MS)
+    content = answer.locator(".content")
+    for link in await content.locator("a").all():
+        await link.click(modifiers=["Control"])  # even clicked, nothing runs
+    await page.wait_for_timeout(300)
+    assert await page.evaluate("window.__pwned") is None
+    dangerous = (
+        "script, img, svg, iframe, style, form, button:not(.copy), "
+        "details[ontoggle], [onerror], [onload]"
+    )
+    assert await content.locator(dangerous).count() == 0
+    hrefs = [await a.get_attribute("href") for a in await content.locator("a").all()]
+    assert all(h is None or h.startswith("https://") for h in hrefs), hrefs
+    # The raw HTML is shown as the text it is.
+    await expect(content).to_contain_text('<script>window.__pwned = "script"</script>')
+    await expect(page.locator("body")).to_be_visible()
+
+
+async def test_send_is_disabled_while_an_answer_streams(page, server, fake):
+    await open_chat(page, server)
+    send_button = page.get_by_role("button", name="Send")
+    await send(page, scripted(tokens=40, interval=0.03))
+    answer = page.locator(ASSISTANT).last
+    await expect(answer).to_have_attribute("data-state", "streaming", timeout=MS)
+    await expect(send_button).to_be_disabled()
+    before = len(fake.requests)
+    await page.get_by_label("Message").fill("a second question")
+    await page.get_by_label("Message").press("Enter")  # Enter does not send either
+    await expect(page.locator(ASSISTANT)).to_have_count(1)
+    await expect(answer).to_have_attribute("data-state", "done", timeout=MS)
+    await expect(send_button).to_be_enabled()
+    assert len(fake.requests) == before
+    assert await page.get_by_label("Message").input_value() == "a second question"
+    await send_button.click()
+    await expect(page.locator(ASSISTANT)).to_have_count(2)
+    assert "conversation_busy" not in await page.locator("main").text_content()
+
+
+async def test_errors_say_what_happened_and_when_to_retry_without_ids(page, server):
+    await open_chat(page, server)
+    await send(page, scripted(status=429, retry_after="7"))
+    answer = page.locator(ASSISTANT).last
+    await expect(answer).to_have_attribute("data-state", "error", timeout=MS)
+    footer = answer.locator(".footer")
+    await expect(footer).to_contain_text("rate limiting")
+    await expect(footer.locator(".retry-after")).to_have_text(" Try again in 7 s.")
+    text = await page.locator("main").text_content()
+    assert not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}|g-[a-z0-9]{6,}-", text), text
+
+
+async def test_a_needed_api_key_is_asked_for_and_kept_for_the_tab(page, start_server):
+    async with start_server(api_keys=["sk-page"]) as handle:
+        await page.goto(handle.http + "/")
+        status = page.get_by_role("status")
+        await expect(status).to_have_text("key needed", timeout=MS)
+        key = page.get_by_label("API key")
+        await key.fill("sk-wrong")
+        await page.get_by_role("button", name="Connect").click()
+        await expect(page.get_by_role("alert")).to_have_text(
+            "That key was not accepted.", timeout=MS
+        )
+        await key.fill("sk-page")
+        await page.get_by_role("button", name="Connect").click()
+        await expect(status).to_have_text("connected", timeout=MS)
+        await expect(key).to_be_hidden()
+        await send(page, scripted(tokens=2))
+        await expect(page.locator(ASSISTANT).last).to_have_attribute(
+            "data-state", "done", timeout=MS
+        )
+        assert await page.evaluate("sessionStorage.getItem('tokenwire.key')") == "sk-page"
+        await page.reload()
+        await expect(status).to_have_text("connected", timeout=MS)
+        await expect(key).to_be_hidden()
+
+
+async def test_a_phone_width_layout_and_screenshots(browser, server):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for name, width, height in (("desktop", 1280, 800), ("phone", 390, 844)):
+        context = await browser.new_context(viewport={"width": width, "height": height})
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error, errors=errors: errors.append(str(error)))
+        await open_chat(page, server)
+        picker = page.locator("#compare-picker")
+        await expect(picker).to_be_hidden()  # Compare is off
+        await page.get_by_label("Compare", exact=True).check()
+        await expect(picker).to_be_visible()
+        await page.get_by_label("Compare", exact=True).uncheck()
+        await expect(picker).to_be_hidden()
+        box = await page.get_by_label("Message").bounding_box()
+        # A phone's message box takes the width (the buttons go below it).
+        assert box is not None and box["width"] >= width * (0.9 if width < 600 else 0.6), box
+        for button in ("Send", "Stop", "New chat"):
+            target = await page.get_by_role("button", name=button).bounding_box()
+            assert target is not None and target["x"] + target["width"] <= width
+        await send(page, scripted(text=MARKDOWN))
+        await expect(page.locator(ASSISTANT).last).to_have_attribute(
+            "data-state", "done", timeout=MS
+        )
+        overflow = await page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= width, (name, overflow)
+        await page.screenshot(path=str(SCREENSHOTS / f"page-{name}.png"))
+        await context.close()
+        assert not errors, errors
+    assert (SCREENSHOTS / "page-phone.png").stat().st_size > 10_000

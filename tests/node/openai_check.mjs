@@ -1,6 +1,6 @@
 // The official `openai` package under Node, unchanged: one streamed chat
 // completion and one Responses WebSocket call against tokenwire.
-// Usage: node check.mjs <base URL, e.g. http://127.0.0.1:8000/v1> <fake scenario JSON>
+// Usage: node openai_check.mjs <base URL, e.g. http://127.0.0.1:8000/v1> <fake scenario JSON>
 import OpenAI from "openai";
 import { ResponsesWS } from "openai/resources/responses/ws";
 
