@@ -217,8 +217,7 @@ class SessionCore:
             return error_frame(
                 gid,
                 ErrorCode.UNKNOWN_MODEL,
-                f"unknown model {quote(request.model)}; this server offers "
-                + _listed(self.models),
+                f"unknown model {quote(request.model)}; this server offers " + _listed(self.models),
             )
         if server.loop_lag > self.limits.max_loop_lag:
             return error_frame(
