@@ -226,6 +226,7 @@ export class Client extends EventTarget {
     return new Promise((resolve) => {
       this._resuming = (resumed) => resolve({ resumed, generations });
       this.resumeToken = token;
+      this._listed = Object.keys(positions);
       this._send({ type: "resume", token, generations: positions });
     });
   }
@@ -306,6 +307,7 @@ export class Client extends EventTarget {
             // A reconnection: take the session up where it stopped.
             const positions = {};
             for (const [id, generation] of this._generations) positions[id] = generation.lastSeq;
+            this._listed = Object.keys(positions);
             this._send({ type: "resume", token: this.resumeToken, generations: positions });
           } else {
             this.resumeToken = this._fresh.token;
@@ -385,11 +387,17 @@ export class Client extends EventTarget {
     if (ok) {
       this.resumes += 1;
     } else {
-      // The session is gone: this connection's new one stands.
-      this._loseAll(new ConnectionLost(`the session could not be resumed (${frame.reason})`));
+      // The session is gone: this connection's new one stands. The generations
+      // in flight at the drop are lost; those started since go on there.
+      const lost = new ConnectionLost(`the session could not be resumed (${frame.reason})`);
+      for (const id of this._listed ?? []) {
+        this._generations.get(id)?._end(lost);
+        this._generations.delete(id);
+      }
       this.resumeToken = this._fresh?.token ?? null;
       this.session = this._fresh?.session ?? null;
     }
+    this._listed = null;
     const resuming = this._resuming;
     this._resuming = null;
     if (resuming) resuming(ok);

@@ -256,6 +256,7 @@ class AsyncClient(ResumeAnswers):
             # from the frame after the last one it got.
             positions = {gid: g._core.builder.next_seq - 1 for gid, g in self._generations.items()}
             resume = self._codec.encode(Resume(token=self._token, generations=positions))
+            self._resuming = frozenset(positions)
             await ws.send(resume, text=self.encoding.is_text)
         else:
             self._token, self._session = ready.resume_token, ready.session

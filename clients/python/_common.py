@@ -115,9 +115,8 @@ class ResumeAnswers:
     _ready: Ready | None
     _token: str | None
     _session: str | None
-
-    def _lose_all(self, lost: ConnectionLost) -> None:
-        raise NotImplementedError
+    _resuming: frozenset[str] = frozenset()
+    """The generations the last ``resume`` listed (those in flight at the drop)."""
 
     def _forget(self, generation_id: str) -> Any:
         """Remove the generation from the client's table; it, or None."""
@@ -126,8 +125,16 @@ class ResumeAnswers:
     def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
         if isinstance(frame, Resumed):
             self.resumes += frame.id is None
+            if frame.id is None:
+                self._resuming = frozenset()
         elif frame.id is None:  # the session is gone: this connection's is the new one
-            self._lose_all(ConnectionLost(f"the session could not be resumed ({frame.reason})"))
+            # The generations in flight at the drop are lost; those started
+            # since went to the new session, and go on there.
+            lost = ConnectionLost(f"the session could not be resumed ({frame.reason})")
+            resuming, self._resuming = self._resuming, frozenset()
+            for gid in resuming:
+                if (generation := self._forget(gid)) is not None:
+                    generation._lose(lost)
             assert self._ready is not None
             self._token, self._session = self._ready.resume_token, self._ready.session
         elif (generation := self._forget(frame.id)) is not None:

@@ -243,6 +243,7 @@ class Client(ResumeAnswers):
             # Take the session up where it stopped (the lock is held).
             positions = {gid: g._core.builder.next_seq - 1 for gid, g in self._generations.items()}
             resume = self._codec.encode(Resume(token=self._token, generations=positions))
+            self._resuming = frozenset(positions)
             ws.send(resume, text=self.encoding.is_text)
         else:
             self._token, self._session = ready.resume_token, ready.session

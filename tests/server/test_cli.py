@@ -210,3 +210,33 @@ def _get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
         return response.read().decode()
+
+
+async def test_the_listening_line_gives_the_chat_page_and_wrong_paths_get_a_hint():
+    async with _serving() as (process, url):
+        event = process.listening[0]  # type: ignore[attr-defined]
+        base = url.removesuffix("/v1/ws").replace("ws://", "http://")
+        assert event["chat"] == base + "/" and event["openai"] == base + "/v1"
+        import httpx
+
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            page = await http.get(event["chat"])
+            assert page.status_code == 200 and "<title>tokenwire</title>" in page.text
+        with_hint = None
+        try:
+            async with websockets.connect(url.replace("/v1/ws", "/ws"), open_timeout=TIMEOUT):
+                pass
+        except websockets.InvalidStatus as exc:
+            with_hint = exc.response
+        assert with_hint is not None and with_hint.status_code == 404
+        assert b"/v1/ws" in with_hint.body
+
+
+async def test_version():
+    process = await asyncio.create_subprocess_exec(
+        TOKENWIRE, "--version", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), STARTUP_TIMEOUT)
+    from importlib.metadata import version
+
+    assert process.returncode == 0 and out.decode().strip() == f"tokenwire {version('tokenwire')}"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import msgspec
 import pytest
+import websockets
 from conftest import PROMPT_CLOSE_S, TIMEOUT, say
 
 from tokenwire.protocol import Encoding, Error, ErrorCode, Token
@@ -236,3 +240,60 @@ def test_retryability_follows_the_contract():
         "upstream_rejected",
         "conversation_limit",  # tokenwire's addition: the client must reset or start anew
     }
+
+
+async def test_an_unknown_model_lists_the_models_offered(server, connect):
+    async with connect(server) as client:
+        await client.generate("g", model="gpt-4o")
+        error = (await client.result("g")).error
+    assert error is not None and error.code == "unknown_model"
+    assert error.message == "unknown model 'gpt-4o'; this server offers demo, fake"
+
+
+async def test_an_upstream_connection_failure_logs_deployment_host_and_cause():
+    import structlog
+    from conftest import ServerHandle
+    from resume_parts import free_port
+
+    from tokenwire.server.app import TokenwireServer
+    from tokenwire.server.config import ServerSettings, parse
+    from tokenwire.server.upstream import Upstream
+
+    port = free_port()  # nothing listens there
+    generate_down = {
+        "type": "generate",
+        "id": "g",
+        "model": "down",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    secret = "sk-never-in-a-log-77"
+    for fast_path in ("auto", "off"):
+        config = parse(
+            {
+                "model_list": [
+                    {
+                        "model_name": "down",
+                        "litellm_params": {
+                            "model": "openai/down-model",
+                            "api_base": f"http://127.0.0.1:{port}/v1",
+                            "api_key": secret,
+                        },
+                    }
+                ],
+                "server": {"fast_path": fast_path},
+            }
+        )
+        server = TokenwireServer(ServerSettings(), Upstream(config, repeated_chunk_limit=100))
+        with structlog.testing.capture_logs() as logs:
+            async with server.listen("127.0.0.1", 0) as (host, bound):
+                handle = ServerHandle(server, host, bound)
+                async with websockets.connect(handle.url, open_timeout=TIMEOUT) as ws:
+                    await ws.recv()
+                    await ws.send(json.dumps(generate_down))
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert frame["code"] == "upstream_error", frame
+        (failed,) = [e for e in logs if e["event"] == "upstream failed"]
+        assert failed["deployment"] == "openai/down-model", (fast_path, failed)
+        assert failed["host"] == f"127.0.0.1:{port}"
+        assert "refused" in failed["cause"].lower() or "connect" in failed["cause"].lower()
+        assert secret not in repr(logs)
