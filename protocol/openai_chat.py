@@ -26,6 +26,7 @@ from .messages import (
     Finish,
     Generate,
     GenerationFrame,
+    Params,
     Reasoning,
     Token,
     ToolCall,
@@ -35,18 +36,7 @@ from .messages import (
 from .openai_common import error_body, error_kind, expect, reject_unknown
 from .validation import check_generate
 
-PARAMS: Final = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "response_format",
-    "reasoning_effort",
-    "n",
-)
+PARAMS: Final = Params.__struct_fields__
 """Request fields passed to the provider as sampling parameters."""
 SUPPORTED: Final = frozenset(
     {
