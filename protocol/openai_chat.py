@@ -16,6 +16,7 @@ Pure code: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -51,6 +52,17 @@ SUPPORTED: Final = frozenset(
     }
 )
 """Every request field tokenwire takes; any other is refused by name."""
+NO_OP: Final[Mapping[str, tuple[Any, ...]]] = {
+    "logprobs": (False, None),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "parallel_tool_calls": (True, None),
+    "store": (False, None),
+    "metadata": (None, {}),
+    "service_tier": (None, "auto"),
+}
+"""Fields some clients send with the API's default value: they ask for
+nothing tokenwire does not do, so they pass (any other value is refused)."""
 
 _encode = msgspec.json.encode
 
@@ -68,7 +80,7 @@ def chat_request(body: Any, completion_id: str) -> ChatRequest:
     unsupported request.
     """
     expect(body, dict, "$", "a JSON object")
-    reject_unknown(body, SUPPORTED)
+    reject_unknown(body, SUPPORTED, defaults=NO_OP)
     stream = body.get("stream")
     if stream is not None:
         expect(stream, bool, "$.stream", "a boolean")

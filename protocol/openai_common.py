@@ -60,11 +60,23 @@ def error_body(
     return {"error": {"message": message, "type": kind.type, "param": param, "code": code}}
 
 
-def reject_unknown(body: Mapping[str, Any], supported: Iterable[str], where: str = "$") -> None:
+def reject_unknown(
+    body: Mapping[str, Any],
+    supported: Iterable[str],
+    where: str = "$",
+    defaults: Mapping[str, tuple[Any, ...]] | None = None,
+) -> None:
     """Raise ``BadMessage`` naming every field of ``body`` tokenwire does not
-    support: a field it cannot honour is refused, never ignored."""
+    support: a field it cannot honour is refused, never ignored. A field set
+    to one of its ``defaults`` (what the API does without it: ``logprobs:
+    false``) asks for nothing, and passes."""
     known = set(supported)
-    unknown = sorted(k for k in body if k not in known)
+    defaults = defaults or {}
+    unknown = sorted(
+        k
+        for k, v in body.items()
+        if k not in known and not (k in defaults and any(v == d for d in defaults[k]))
+    )
     if unknown:
         names = ", ".join(f"`{quote(k, 40)[1:-1]}`" for k in unknown[:8])
         more = f" (and {len(unknown) - 8} more)" if len(unknown) > 8 else ""

@@ -74,6 +74,17 @@ SUPPORTED: Final = frozenset(
 """Every ``response.create`` field tokenwire takes; any other is refused by name.
 ``parallel_tool_calls`` only as ``true``, ``truncation`` only as ``"disabled"``
 and ``include`` only empty: their other values ask for what tokenwire does not do."""
+NO_OP: Final[Mapping[str, tuple[Any, ...]]] = {
+    "background": (False, None),
+    "stream": (True, None),
+    "top_logprobs": (None, 0),
+    "max_tool_calls": (None,),
+    "service_tier": (None, "auto"),
+    "prompt_cache_key": (None,),
+    "safety_identifier": (None,),
+}
+"""Fields sent with the API's default value: they ask for nothing, and pass.
+(``stream: true`` is what WebSocket mode does anyway.)"""
 MAX_METADATA: Final = 16
 """Keys a response's ``metadata`` may have (OpenAI's limit)."""
 _ROLES: Final = frozenset({"user", "system", "developer", "assistant"})
@@ -113,7 +124,7 @@ def response_request(event: Any) -> ResponseRequest:
             f"unknown event type {quote(event.get('type'))}; expected `response.create`",
             path="$.type",
         )
-    reject_unknown(event, SUPPORTED)
+    reject_unknown(event, SUPPORTED, defaults=NO_OP)
     model = expect(event.get("model"), str, "$.model", "a model name (string)")
     if event.get("input") is None:
         raise BadMessage("missing required field `input`", path="$.input")

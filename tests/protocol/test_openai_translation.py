@@ -325,3 +325,20 @@ def test_finish_reasons(reason, kind, details):
     events = _events([Finish(id="r", seq=0, reason=reason, content="", tool_calls=[], usage=None)])
     assert events[-1]["type"] == kind
     assert events[-1]["response"]["incomplete_details"] == details
+
+
+def test_fields_at_their_defaults_ask_for_nothing_and_pass():
+    """Clients send some fields with the API's default value: those pass; any
+    other value of them is refused by name."""
+    body = {"model": "m", "messages": USER, "logprobs": False, "parallel_tool_calls": True,
+            "store": False, "top_logprobs": None, "service_tier": "auto"}  # fmt: skip
+    assert chat_request(body, "c").generate.messages == USER
+    with pytest.raises(BadMessage) as caught:
+        chat_request({**body, "logprobs": True, "service_tier": "flex"}, "c")
+    assert caught.value.message == "unsupported fields: `logprobs`, `service_tier`"
+    event = {"type": "response.create", "model": "m", "input": "hi", "background": False,
+             "stream": True, "max_tool_calls": None}  # fmt: skip
+    assert response_request(event).input == [{"role": "user", "content": "hi"}]
+    with pytest.raises(BadMessage) as refused:
+        response_request({**event, "background": True})
+    assert refused.value.path == "$.background"
