@@ -172,18 +172,23 @@ class _Envelope(msgspec.Struct):
 _SERVER_FRAME_TYPES: Final = frozenset(t.__struct_config__.tag for t in ServerFrame.__args__)
 
 
+def split_path(exc: msgspec.ValidationError) -> tuple[str, str | None]:
+    """msgspec's message without its path, and the path (``$.field``; None: none)."""
+    text = str(exc)
+    match = _PATH_RE.search(text)
+    if match is None:
+        return text, None
+    return text[: match.start()], match.group(1)
+
+
 def _path_of(exc: msgspec.ValidationError) -> str | None:
-    match = _PATH_RE.search(str(exc))
-    return match.group(1) if match else None
+    return split_path(exc)[1]
 
 
 def _strip_path(exc: msgspec.ValidationError) -> str:
     """msgspec's message, with the path spelled ``at $.field`` for people."""
-    text = str(exc)
-    match = _PATH_RE.search(text)
-    if match is None:
-        return text
-    return f"{text[: match.start()]} at {match.group(1)}"
+    message, path = split_path(exc)
+    return message if path is None else f"{message} at {path}"
 
 
 # -- a message's top-level strings, read without recursion ---------------------

@@ -21,6 +21,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from .codec import split_path
 from .errors import BadMessage
 from .messages import (
     Error,
@@ -127,13 +128,9 @@ def to_generate(fields: dict[str, Any]) -> Generate:
     try:
         return msgspec.convert(fields, Generate)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        message, _, where = text.rpartition(" - at `")
-        if not message:
-            message, where = text, ""
-        path = where.rstrip("`") or None
+        message, path = split_path(exc)
         if path is not None and path.startswith("$.params."):
-            path = "$." + path[len("$.params.") :]
+            path = "$." + path[len("$.params.") :]  # the request's own field
         raise BadMessage(message, path=path) from None
 
 
