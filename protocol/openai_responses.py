@@ -550,10 +550,7 @@ class ResponseEvents:
             events = self._close_open()
             call = self._calls.get(frame.index)
             if call is None:
-                call = self._calls[frame.index] = self._add("function_call")
-                call.call_id = frame.call_id or f"call_{self._suffix}_{frame.index}"
-                call.name = frame.name or ""
-                events += self._opened(call)
+                call = self._calls[frame.index] = self._open_call(frame, events)
             elif frame.name and not call.name:
                 call.name = frame.name
             call.parts.append(frame.arguments)
@@ -568,14 +565,10 @@ class ResponseEvents:
             return events
         if isinstance(frame, ToolCallComplete):
             call = self._calls.pop(frame.index, None)
+            events = []
             if call is None:  # complete with no fragment before it
                 events = self._close_open()
-                call = self._add("function_call")
-                call.call_id = frame.call_id or f"call_{self._suffix}_{frame.index}"
-                call.name = frame.name or ""
-                events += self._opened(call)
-            else:
-                events = []
+                call = self._open_call(frame, events)
             call.parts = [frame.arguments]
             if frame.name:
                 call.name = frame.name
@@ -641,6 +634,14 @@ class ResponseEvents:
         item = _Item(kind, f"{prefix}_{self._suffix}_{len(self._items)}", len(self._items))
         self._items.append(item)
         return item
+
+    def _open_call(self, frame: ToolCallChunk | ToolCallComplete, events: list[bytes]) -> _Item:
+        """A new ``function_call`` item for ``frame``'s call; its events go to ``events``."""
+        call = self._add("function_call")
+        call.call_id = frame.call_id or f"call_{self._suffix}_{frame.index}"
+        call.name = frame.name or ""
+        events += self._opened(call)
+        return call
 
     def _opened(self, item: _Item) -> list[bytes]:
         events = [
@@ -719,15 +720,12 @@ class ResponseEvents:
             ),
         ]
 
-    def _close_open(self) -> list[bytes]:
+    def _close_open(self, status: str = "completed") -> list[bytes]:
         item, self._open = self._open, None
-        return self._closed(item) if item is not None else []
+        return self._closed(item, status) if item is not None else []
 
     def _close_all(self, status: str = "completed") -> list[bytes]:
-        events = []
-        if self._open is not None:
-            item, self._open = self._open, None
-            events += self._closed(item, status)
+        events = self._close_open(status)
         for call in self._calls.values():
             events += self._closed(call, "incomplete")
         self._calls.clear()
