@@ -453,7 +453,7 @@ _INCOMPLETE: Final[Mapping[str, str | None]] = {
 class _Item:
     """An output item being streamed: a message, a reasoning or a function call."""
 
-    __slots__ = ("call_id", "delta_prefix", "id", "index", "kind", "name", "parts")
+    __slots__ = ("call_id", "delta_prefix", "id", "index", "kind", "name", "parts", "status")
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind
@@ -463,6 +463,8 @@ class _Item:
         self.call_id = ""
         self.name = ""
         self.delta_prefix = b""
+        self.status = "in_progress"
+        """``completed``, or ``incomplete`` when the response failed before it ended."""
 
     @property
     def text(self) -> str:
@@ -606,8 +608,7 @@ class ResponseEvents:
 
     @property
     def output(self) -> list[dict[str, Any]]:
-        status = "in_progress" if self.status == "in_progress" else "completed"
-        return [item.body(status) for item in self._items]
+        return [item.body(item.status) for item in self._items]
 
     def response(self, **fields: Any) -> dict[str, Any]:
         """The response object, as it stands."""
@@ -675,6 +676,7 @@ class ResponseEvents:
         return events
 
     def _closed(self, item: _Item, status: str = "completed") -> list[bytes]:
+        item.status = status
         text = item.text
         if item.kind == "function_call":
             return [

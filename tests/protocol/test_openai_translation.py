@@ -310,6 +310,8 @@ def test_text_after_reasoning_opens_a_second_item_and_failure_closes_it():
         "message": "upstream_timeout: no token for 60 s",
     }
     assert failed["response"]["output"][1]["content"][0]["text"] == "b"
+    # The item cut by the failure says so in the response too, as in its output_item.done.
+    assert [o["status"] for o in failed["response"]["output"]] == ["completed", "incomplete"]
 
 
 @pytest.mark.parametrize(
