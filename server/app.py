@@ -289,19 +289,20 @@ class TokenwireServer:
         link: Link
         if request is not None and request.path.partition("?")[0] == RESPONSES_PATH:
             link = ResponsesLink(self, connection, self._codecs[Encoding.JSON], self.responses)
-            session = self.open_session(link, key, surface="responses", attach=False)
         else:
             link = Link(self, connection, self._codecs[encoding])
-            session = self.open_session(link, key, surface="ws", attach=False)
+        session = self.open_session(link, key, attach=False)  # link.run greets it
         try:
             await link.run(session)
         finally:
             self._closed(link)
 
     def open_session(
-        self, link: Link | HttpLink, key: bytes | None, *, surface: str, attach: bool = True
+        self, link: Link | HttpLink, key: bytes | None, *, attach: bool = True
     ) -> Session:
-        """A new session served by ``link`` (the OpenAI surfaces' are not resumable)."""
+        """A new session served by ``link``, of its surface (the OpenAI
+        surfaces' sessions are not resumable)."""
+        surface = link.surface
         session = Session(self, key_hash(key), resumable=surface == "ws", surface=surface)
         self._make_room()
         self.sessions[session.token_hash] = session

@@ -45,18 +45,33 @@ def resolve(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-class HeldText:
-    """The text generations hold while their client reads slower than they
-    write (``Generation._relay``): it goes out merged when the writer catches
-    up. Shared by every link kind; the link provides ``session`` and
-    ``_wake_writer``."""
+class LinkBase:
+    """What every link kind shares (a WebSocket ``Link``, a chat completion's
+    ``HttpLink``): how a refusal is counted, and the text generations hold
+    while their client reads slower than they write (``Generation._relay``),
+    which goes out merged when the writer catches up. The link provides
+    ``context``, ``session``, ``surface``, ``send`` and ``_wake_writer``."""
 
+    context: SessionContext
     session: Session | None
+    surface: str
     _holding: set[Generation] | None = None
     _caught_up: asyncio.Future[None] | None = None
 
     def _wake_writer(self) -> None:
         raise NotImplementedError
+
+    def send(self, frames: Iterable[ServerFrame]) -> None:
+        raise NotImplementedError
+
+    def refuse(self, frame: ServerFrame) -> None:
+        """Send an ``error`` frame for a message not taken (or a generate refused)."""
+        code = getattr(frame, "code", None)
+        if code is not None:
+            self.context.metrics.errors.labels(code).inc()
+            if getattr(frame, "id", None) is not None:  # a generation refused
+                self.context.metrics.requests.labels(self.surface, code).inc()
+        self.send([frame])
 
     def release_held(self) -> None:
         """Held text goes to the session (and so, when attached, to this outbox)."""
@@ -88,7 +103,7 @@ class HeldText:
             await asyncio.shield(self._caught_up)
 
 
-class Link(HeldText):
+class Link(LinkBase):
     """A WebSocket connection attached to a session: its reader, writer and outbox."""
 
     surface = "ws"
@@ -338,15 +353,6 @@ class Link(HeldText):
             # has stopped (or nearly) lets this many frames pile up.
             log.warning("too many queued frames", max_queued_frames=self._max_queued)
             self._stall()
-
-    def refuse(self, frame: ServerFrame) -> None:
-        """Send an ``error`` frame for a message not taken (or a generate refused)."""
-        code = getattr(frame, "code", None)
-        if code is not None:
-            self.context.metrics.errors.labels(code).inc()
-            if getattr(frame, "id", None) is not None:  # a generation refused
-                self.context.metrics.requests.labels(self.surface, code).inc()
-        self.send([frame])
 
     _close_code = CloseCode.GOING_AWAY
 

@@ -45,7 +45,7 @@ from tokenwire.protocol.openai_common import (
 )
 
 from .errors import CloseCode
-from .link import MERGE_BACKLOG, HeldText, resolve
+from .link import MERGE_BACKLOG, LinkBase, resolve
 
 if TYPE_CHECKING:
     from .app import TokenwireServer
@@ -68,6 +68,11 @@ SSE_HEADERS: Final = {
 }
 
 _decode = msgspec.json.decode
+
+
+def _dumps(value: Any) -> str:
+    """aiohttp's ``json_response`` encoder: msgspec's."""
+    return msgspec.json.encode(value).decode()
 
 
 class _Released:
@@ -137,7 +142,7 @@ def openai_error(
         error_body(message, kind, code, param),
         status=kind.status,
         headers=headers,
-        dumps=lambda o: msgspec.json.encode(o).decode(),
+        dumps=_dumps,
     )
 
 
@@ -182,19 +187,21 @@ class OpenAIHttp:
     async def models(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return openai_error(METHOD_NOT_ALLOWED, f"{request.method} is not allowed here", None)
-        if (refused := self._refused(request, need_room=False)) is not None:
+        key = self.server.key_of(request.headers.getall("Authorization", []))
+        if (refused := self._refused(request, key, need_room=False)) is not None:
             return refused
         created = int(self.server.started_at)
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "tokenwire"}
             for name in self.server.models
         ]
-        return web.json_response({"object": "list", "data": data})
+        return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return openai_error(METHOD_NOT_ALLOWED, "use POST", None)
-        if (refused := self._refused(request, need_room=True)) is not None:
+        key = self.server.key_of(request.headers.getall("Authorization", []))
+        if (refused := self._refused(request, key, need_room=True)) is not None:
             return refused
         try:
             raw = await request.read()
@@ -212,7 +219,6 @@ class OpenAIHttp:
             self.server.metrics.errors.labels("bad_message").inc()
             kind = error_kind("bad_message")
             return openai_error(kind, exc.message, "bad_message", param=exc.path)
-        key = self.server.key_of(request.headers.getall("Authorization", []))
         return await HttpLink(self.server, request, chat).serve(key)
 
     async def other(self, request: web.Request) -> web.StreamResponse:
@@ -235,16 +241,16 @@ class OpenAIHttp:
             None,
         )
 
-    def _refused(self, request: web.Request, *, need_room: bool) -> web.Response | None:
+    def _refused(
+        self, request: web.Request, key: bytes | None, *, need_room: bool
+    ) -> web.Response | None:
+        """An error response if the request may not be served (``key``: the one it presented)."""
         server = self.server
         if not server.origin_allowed(request.headers.getall("Origin", [])):
             return openai_error(
                 OpenAIErrorKind(403, "permission_error"), "origin not allowed", None
             )
-        if (
-            server.requires_key
-            and server.key_of(request.headers.getall("Authorization", [])) is None
-        ):
+        if server.requires_key and key is None:
             server.metrics.handshakes_rejected.labels("401").inc()
             return openai_error(
                 UNAUTHORIZED,
@@ -260,9 +266,11 @@ class OpenAIHttp:
         return None
 
 
-class HttpLink(HeldText):
+class HttpLink(LinkBase):
     """One chat completion's link: its session's frames, written as SSE or
     as one JSON body to the HTTP response."""
+
+    surface = "chat_completions"
 
     def __init__(self, server: TokenwireServer, request: web.Request, chat: ChatRequest) -> None:
         self.server = server
@@ -283,7 +291,7 @@ class HttpLink(HeldText):
         """Run the completion; its response once written (the client gone: cancelled)."""
         server = self.server
         self._task = asyncio.current_task()
-        session = server.open_session(self, key, surface="chat_completions")
+        session = server.open_session(self, key)
         try:
             session.handle(self.chat.generate)
             if self.chat.stream:
@@ -344,9 +352,7 @@ class HttpLink(HeldText):
                 if isinstance(frame, Error):
                     return error_response(frame)
                 if isinstance(frame, Finish):
-                    return web.json_response(
-                        completion.body(frame), dumps=lambda o: msgspec.json.encode(o).decode()
-                    )
+                    return web.json_response(completion.body(frame), dumps=_dumps)
                 completion.feed(frame)  # type: ignore[arg-type]
 
     # -- what a session asks of its link ---------------------------------------------
@@ -362,17 +368,10 @@ class HttpLink(HeldText):
         self._outbox.extend(frames)
         self._wake_writer()
 
-    def refuse(self, frame: ServerFrame) -> None:
-        code = getattr(frame, "code", None)
-        if code is not None:
-            self.server.metrics.errors.labels(code).inc()
-            self.server.metrics.requests.labels("chat_completions", code).inc()
-        self.send([frame])
-
     def check_send(self, now: float, timeout: float) -> None:
         """The watchdog's call: a write blocked for ``timeout`` ends the request."""
         if 0.0 < self._send_started < now - timeout and self._task is not None:
-            log.warning("slow reader", surface="chat_completions")
+            log.warning("slow reader", surface=self.surface)
             self._send_started = 0.0
             self._task.cancel()
 
