@@ -4,7 +4,9 @@ the routing of received frames to generations. No I/O here."""
 from __future__ import annotations
 
 import base64
+import errno
 import secrets
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, TypeAlias
 
@@ -232,14 +234,34 @@ def connect_failed(url: str, exc: BaseException) -> ConnectFailed:
         status = exc.response.status_code
         hint = _STATUS_HINTS.get(status, "the server refused the WebSocket handshake")
         return ConnectFailed(f"{url}: HTTP {status}: {hint}", url=url, status=status)
+    cause = _cause(exc)
     if isinstance(exc, websockets.InvalidURI):
-        return ConnectFailed(f"{url}: not a WebSocket URL (ws://HOST:PORT/v1/ws)", url=url)
-    if isinstance(exc, TimeoutError):
-        return ConnectFailed(f"{url}: no answer in time: is the server running?", url=url)
-    if isinstance(exc, OSError):
+        message = "not a WebSocket URL (ws://HOST:PORT/v1/ws)"
+    elif isinstance(exc, TimeoutError):
+        message = "no answer in time: is the server running?"
+    elif isinstance(exc, OSError):
         reason = exc.strerror or type(exc).__name__
-        return ConnectFailed(f"{url}: cannot connect ({reason}): is the server running?", url=url)
-    return ConnectFailed(f"{url}: the handshake failed: {exc}", url=url)
+        message = f"cannot connect ({reason}): is the server running?"
+    else:
+        message = f"the handshake failed: {exc}"
+    return ConnectFailed(f"{url}: {message}", url=url, cause=cause)
+
+
+def _cause(exc: BaseException) -> str:
+    """A failure to connect, in a word (``ConnectFailed.cause``)."""
+    if isinstance(exc, websockets.InvalidURI):
+        return "bad_url"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, socket.gaierror):
+        return "unknown_host"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    if isinstance(exc, OSError) and exc.errno == errno.ECONNRESET:
+        return "reset"
+    return type(exc).__name__
 
 
 def server_protocol_error(exc: BadMessage) -> ServerProtocolError:

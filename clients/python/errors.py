@@ -88,7 +88,12 @@ class ConnectFailed(TokenwireError):
     or draining), or None when no HTTP answer came (refused, unreachable,
     timed out); the message says what to do."""
 
-    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, url: str, status: int | None = None, cause: str | None = None
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
+        self.cause = cause or (f"http_{status}" if status is not None else "error")
+        """Why, in a word a report can count by: ``http_401``, ``refused``,
+        ``timeout``, ``unknown_host``, ``unreachable``, ``reset``, ``bad_url``, ..."""

@@ -26,20 +26,16 @@ generations completed and failed, each second); its fields are documented in
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import multiprocessing
 import queue
 import random
 import resource
-import socket
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from websockets.exceptions import InvalidStatus, InvalidURI
 
 from tokenwire.protocol import ProtocolViolation, Token
 
@@ -273,26 +269,7 @@ async def _session(
 
 def failure_cause(exc: BaseException) -> str:
     """Why a session did not open, in a word a report can count by."""
-    if isinstance(exc, ConnectFailed):
-        if exc.status is not None:
-            return f"http_{exc.status}"
-        if exc.__cause__ is not None:
-            return failure_cause(exc.__cause__)
-    if isinstance(exc, InvalidStatus):
-        return f"http_{exc.response.status_code}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, socket.gaierror):
-        return "unknown_host"
-    if isinstance(exc, InvalidURI):
-        return "bad_url"
-    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return "unreachable"
-    if isinstance(exc, OSError) and exc.errno == errno.ECONNRESET:
-        return "reset"
-    return type(exc).__name__
+    return exc.cause if isinstance(exc, ConnectFailed) else type(exc).__name__
 
 
 def _settled(counters: Any) -> None:
