@@ -470,6 +470,11 @@ class _Item:
     def text(self) -> str:
         return "".join(self.parts)
 
+    @property
+    def text_events(self) -> str:
+        """The prefix of a message's or a reasoning's text events (``.delta``, ``.done``)."""
+        return "response.output_text" if self.kind == "message" else "response.reasoning_text"
+
     def part(self, text: str) -> dict[str, Any]:
         """The content part of a message (``output_text``) or reasoning (``reasoning_text``)."""
         if self.kind == "message":
@@ -662,11 +667,7 @@ class ResponseEvents:
                 part=part,
             )
         )
-        delta = (
-            "response.output_text.delta"
-            if item.kind == "message"
-            else "response.reasoning_text.delta"
-        )
+        delta = item.text_events + ".delta"
         item.delta_prefix = (
             _encode(
                 {"type": delta, "item_id": item.id, "output_index": item.index, "content_index": 0}
@@ -691,23 +692,15 @@ class ResponseEvents:
                     "response.output_item.done", output_index=item.index, item=item.body(status)
                 ),
             ]
-        if item.kind == "message":
-            done = self._event(
-                "response.output_text.done",
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                text=text,
-                logprobs=[],
-            )
-        else:
-            done = self._event(
-                "response.reasoning_text.done",
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                text=text,
-            )
+        logprobs: dict[str, Any] = {"logprobs": []} if item.kind == "message" else {}
+        done = self._event(
+            item.text_events + ".done",
+            item_id=item.id,
+            output_index=item.index,
+            content_index=0,
+            text=text,
+            **logprobs,
+        )
         return [
             done,
             self._event(
