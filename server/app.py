@@ -389,7 +389,7 @@ class TokenwireServer:
                 link.send(self._replay(session, gid, last_seq))
             link.send([Resumed(id=None)])
             return
-        self._background(self.redis.set_deadline(session, 0))
+        self.background(self.redis.set_deadline(session, 0))
         if session.link is not link:
             return  # another resume took the session meanwhile
         replayed = [
@@ -412,7 +412,8 @@ class TokenwireServer:
         if self.redis is not None:
             session.park(positions)
 
-    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` on its own, kept referenced until it is done."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -19,7 +19,6 @@ Redis, so that another connection, on any node, continues it.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections import OrderedDict
@@ -288,9 +287,4 @@ class ResponsesLink(Link):
                 previous=request.previous_response_id,
                 messages=[*request.input, answer],
             )
-            task = asyncio.get_running_loop().create_task(self._store.put(events.id, kept))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[None]] = set()
+            self.context.background(self._store.put(events.id, kept))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol, assert_never
 
 import structlog
@@ -114,6 +114,8 @@ class SessionContext(Protocol):
     def generation_ended(self) -> None: ...
 
     def session_ended(self, session: Session) -> None: ...
+
+    def background(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
 
     async def resume(self, link: Link, message: Resume) -> None: ...
 
