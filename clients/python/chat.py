@@ -245,8 +245,6 @@ def _show(generation: Generation, style: _Style, out: TextIO, *, rich_markdown: 
                 if in_reasoning:
                     out.write("\n")
                     in_reasoning = False
-                if not answer:
-                    text = _Wrapped(out, size.columns)  # the answer starts on its own line
                 answer.append(piece)
                 text.write(piece)
             case ToolCallChunk(name=name, arguments=arguments):

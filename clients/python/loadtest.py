@@ -424,12 +424,12 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 def report(samples: Samples, wall: float, options: Options, processes: int) -> dict[str, Any]:
     attempted = options.sessions * options.generations
     failed = sum(samples.errors.values()) + samples.sessions_failed * options.generations
-    last = max(samples.series, default=-1)
-    series = [
-        {"t": second, "tokens": row[0], "completed": row[1], "failed": row[2]}
-        for second in range(last + 1)
-        for row in [samples.series.get(second, [0, 0, 0])]
-    ]
+    series = []
+    for second in range(max(samples.series, default=-1) + 1):
+        tokens, completed, failed_then = samples.series.get(second, (0, 0, 0))
+        series.append(
+            {"t": second, "tokens": tokens, "completed": completed, "failed": failed_then}
+        )
     return {
         "url": options.url,
         "model": options.model,
