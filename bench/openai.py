@@ -38,6 +38,7 @@ from run import (
     settle,
     sse_load,
     start_proxy,
+    write_proxy_config,
     ws_load,
 )
 
@@ -53,11 +54,7 @@ async def main(args: argparse.Namespace) -> None:
             "model_list": [{"model_name": "fake", "litellm_params": deployment}],
             "server": {"max_sessions": 20_000},
         }))  # fmt: skip
-        proxy_config = tmp / "proxy.yaml"
-        proxy_config.write_text(json.dumps({
-            "model_list": [{"model_name": "fake", "litellm_params": {**deployment, "max_retries": 0}}],
-            "litellm_settings": {"num_retries": 0, "request_timeout": 600},
-        }))  # fmt: skip
+        proxy_config = write_proxy_config(tmp, deployment)
         long = "fake:" + json.dumps({"tokens": args.tokens})
         paced = "fake:" + json.dumps({"tokens": 100, "interval": 1 / PACE})
         rows: dict[str, dict[str, object]] = {}

@@ -122,6 +122,16 @@ def ensure_proxy() -> Path | None:
     return litellm if litellm.exists() else None
 
 
+def write_proxy_config(folder: Path, deployment: dict[str, Any]) -> Path:
+    """The LiteLLM proxy's config for ``deployment`` as model ``fake``: no retries."""
+    path = folder / "proxy.yaml"
+    path.write_text(json.dumps({
+        "model_list": [{"model_name": "fake", "litellm_params": {**deployment, "max_retries": 0}}],
+        "litellm_settings": {"num_retries": 0, "request_timeout": 600},
+    }))  # fmt: skip
+    return path
+
+
 async def start_proxy(litellm: Path, config: Path, port: int) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
@@ -211,11 +221,7 @@ async def main(args: argparse.Namespace) -> str:
             "model_list": [{"model_name": "fake", "litellm_params": deployment}],
             "server": {"max_sessions": 20_000, "max_message_bytes": 1 << 20, "fast_path": "off"},
         }))  # fmt: skip
-        proxy_config = tmp / "proxy.yaml"
-        proxy_config.write_text(json.dumps({
-            "model_list": [{"model_name": "fake", "litellm_params": {**deployment, "max_retries": 0}}],
-            "litellm_settings": {"num_retries": 0, "request_timeout": 600},
-        }))  # fmt: skip
+        proxy_config = write_proxy_config(tmp, deployment)
 
         long_prompt = "fake:" + json.dumps({"tokens": long_tokens})
         paced = "fake:" + json.dumps({"tokens": streams_tokens, "interval": 1 / PACE})
