@@ -40,7 +40,7 @@ from tokenwire.protocol import (
     ServerFrame,
 )
 
-from . import web
+from . import resume, web
 from .config import ServerSettings
 from .core import SessionLife, StopReason
 from .errors import CLOSE_REASONS, CloseCode
@@ -50,7 +50,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .openai_http import FrontConnection, HttpLink, OpenAIHttp
 from .redis_store import Record, RedisStore, Replay
 from .responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_store
-from .resume import GAP, MemoryLogs, key_hash, same_key, seq_of, token_hash
+from .resume import GAP, Cause, MemoryLogs, key_hash, same_key, seq_of, token_hash
 from .session import SKIP_ALL, Session
 from .upstream import Upstream
 
@@ -89,8 +89,9 @@ class TokenwireServer:
         self.no_sessions.set()
         self.sessions: dict[str, Session] = {}
         """Every session, attached or DETACHED, by its token's hash."""
-        self._expired: dict[str, str] = {}
-        """Token hash → key hash of sessions ended by ``resume_ttl`` (the newest few)."""
+        self._expired: dict[str, tuple[str, Cause]] = {}
+        """Token hash → key hash of sessions ended by ``resume_ttl`` or
+        evicted at ``max_sessions`` (the newest few), and which."""
         self.memory_logs = (
             MemoryLogs(settings.resume_generation_bytes, settings.resume_total_bytes)
             if settings.resume == "memory"
@@ -201,9 +202,7 @@ class TokenwireServer:
                 if orphaned >= settings.orphan_timeout and session.core.active:
                     await self._orphan(session)
                 if orphaned >= settings.resume_ttl:
-                    self._expired[session.token_hash] = session.key_hash
-                    while len(self._expired) > EXPIRED_KEPT:
-                        del self._expired[next(iter(self._expired))]
+                    self._expire(session, Cause.RESUME_TTL)
                     await session.end(StopReason.DISCONNECT)
 
     async def drain(self) -> None:
@@ -270,6 +269,12 @@ class TokenwireServer:
         session = self.sessions.get(h)
         if session is not None and (entry := session.core.stop(gid, StopReason.CANCEL)):
             session.interrupt([entry])
+
+    def _expire(self, session: Session, cause: Cause) -> None:
+        """A later resume of ``session`` hears ``expired``."""
+        self._expired[session.token_hash] = session.key_hash, cause
+        while len(self._expired) > EXPIRED_KEPT:
+            del self._expired[next(iter(self._expired))]
 
     def session_ended(self, session: Session) -> None:
         if self.sessions.get(session.token_hash) is session:
@@ -360,8 +365,9 @@ class TokenwireServer:
         session = self.sessions.get(wanted) if wanted != fresh.token_hash else None
         record: Record | None = None
         stored: dict[str, Replay] = {}
-        held_here = session is not None and not self._resume_failure(
-            fresh.key_hash, wanted, session, None
+        held_here = (
+            session is not None
+            and self._resume_failure(fresh.key_hash, wanted, session, None) is None
         )
         if session is not None and held_here:
             self._take_over(fresh, session, link, positions)
@@ -372,9 +378,10 @@ class TokenwireServer:
                 record, stored = await self.redis.fetch(wanted, positions)
             failure = self._resume_failure(fresh.key_hash, wanted, session, record)
             if failure is not None:
-                self.metrics.resumes.labels(failure).inc()
-                link.send([ResumeFailed(id=gid, reason=failure) for gid in positions])
-                link.send([ResumeFailed(id=None, reason=failure)])
+                reason, cause = failure
+                self.metrics.resumes.labels(reason).inc()
+                link.send([ResumeFailed(id=gid, reason=reason) for gid in positions])
+                link.send([resume.failed(self.metrics, None, reason, cause)])
                 return
             assert record is not None  # known to Redis only: its generations ran elsewhere
             session = Session(self, record.key_hash, message.token, record.session_id)
@@ -420,25 +427,32 @@ class TokenwireServer:
 
     def _resume_failure(
         self, key: str, wanted: str, session: Session | None, record: Record | None
-    ) -> ResumeFailure | None:
+    ) -> tuple[ResumeFailure, Cause] | None:
         """Why a resume of ``wanted`` presented with ``key`` fails, or None."""
         if session is not None:
-            return None if same_key(session.key_hash, key) and session.resumable else "unknown"
+            if same_key(session.key_hash, key) and session.resumable:
+                return None
+            return "unknown", Cause.NO_SESSION
         if record is not None:
             if not same_key(record.key_hash, key):
-                return "unknown"
-            return "expired" if record.expired(time.time()) else None
+                return "unknown", Cause.NO_SESSION
+            return ("expired", Cause.RECORD_EXPIRED) if record.expired(time.time()) else None
         expired = self._expired.get(wanted)
-        return "expired" if expired is not None and same_key(expired, key) else "unknown"
+        if expired is not None and same_key(expired[0], key):
+            return "expired", expired[1]
+        return "unknown", Cause.NO_SESSION
 
     def _replay(self, session: Session, gid: str, last_seq: int) -> list[ServerFrame]:
         """``resume: memory``: the frames after ``last_seq``, from the node's memory."""
         frame_log = session.logs.get(gid)
         if frame_log is None:
-            return [ResumeFailed(id=gid, reason="unknown")]
+            return [resume.failed(self.metrics, gid, "unknown", Cause.NOT_STARTED)]
         frames: list[GenerationFrame] | str = frame_log.after(last_seq)
         if frames == GAP or isinstance(frames, str):
-            return [ResumeFailed(id=gid, reason="gap")]
+            cause = frame_log.dropped_by or Cause.TOTAL_BYTES
+            end = frame_log.first_seq - 1 if not frame_log.evicted else None
+            span = (last_seq + 1, end)
+            return [resume.failed(self.metrics, gid, "gap", cause, frames=span)]
         return [Resumed(id=gid, after_seq=last_seq), *frames]
 
     def _replay_stored(
@@ -446,23 +460,45 @@ class TokenwireServer:
     ) -> int:
         """``resume: redis``: the frames after ``last_seq`` as read from Redis;
         the live ones follow (from this node's generation, or relayed from the
-        node running it: ``Session.relay``) after the seq returned."""
+        node running it: ``Session.relay``) after the seq returned.
+
+        A generation of this node that ended may still have frames on their
+        way: waiting to be stored (``RedisStore.queued``), or stored since
+        the read and held for the replay (``Session.parked_for``). They come
+        live, as a running generation's do: only frames that went unkept
+        make a ``gap``.
+        """
         link = session.link
-        assert link is not None
-        here = gid in session.generations or gid in session.owners  # live frames come
+        store = self.redis
+        assert link is not None and store is not None
+        here = (
+            gid in session.generations
+            or gid in session.owners
+            or store.queued(session, gid)
+            or session.parked_for(gid)
+        )
         ended_here = gid in session.known and not here
         elsewhere = None if here or ended_here or record is None else record.requests.get(gid)
         live = here or elsewhere is not None
         frames: list[GenerationFrame] | ResumeFailure = stored
         if stored == "unknown":  # nothing stored after last_seq
-            frames = [] if live else "gap" if gid in session.known else "unknown"
+            frames = [] if live else "gap" if ended_here or gid in session.known else "unknown"
         elif isinstance(stored, list) and not live:
             # Ended without a stored terminal frame: what follows was lost
             # with Redis's data.
             ended = bool(stored) and isinstance(stored[-1], Finish | Error)
             frames = stored if ended else "gap"
+        if frames == "unknown":
+            link.send([resume.failed(self.metrics, gid, "unknown", Cause.NOT_STARTED)])
+            return SKIP_ALL
         if isinstance(frames, str):
-            link.send([ResumeFailed(id=gid, reason=frames)])
+            lost = session.lost.get(gid) or (record.lost.get(gid) if record else None)
+            first = last_seq + 1
+            end = seq_of(stored[0]) - 1 if isinstance(stored, list) and stored else None
+            failure = resume.failed(
+                self.metrics, gid, "gap", lost or Cause.DATA_GONE, frames=(first, end)
+            )
+            link.send([failure])
             return SKIP_ALL
         link.send([Resumed(id=gid, after_seq=last_seq), *frames])
         last = seq_of(frames[-1]) if frames else last_seq

@@ -189,7 +189,11 @@ class Link(LinkBase):
 
     async def _handle(self, data: str | bytes) -> None:
         session = self.session
-        assert session is not None
+        if session is None:
+            # A resume on another connection took the session (this one is
+            # being closed with 4009): what the client still sent here is
+            # not taken; a generate it lists as unknown it sends again.
+            return
         first, self._first = self._first, False
         try:
             message = self._codec.decode_client(data)

@@ -76,6 +76,14 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.resume_failures = Counter(
+            "tokenwire_resume_failures",
+            "Resumes not taken, per generation (and the session itself), by the reason the"
+            " client is told (unknown, expired, gap) and its cause (resume_generation_bytes,"
+            " store_unreachable, data_gone, not_started, ...).",
+            ["reason", "cause"],
+            registry=registry,
+        )
         self.store_outages = Counter(
             "tokenwire_resume_store_outages",
             "Times the resume store (Redis) became unreachable.",

@@ -6,7 +6,9 @@ their last write (refreshed while the session lives)::
 
     tw:{h}:s          hash   key (the API key's hash), id, deadline (when a
                              resume stops being possible; 0 while attached),
-                             g:{gid} (owner node), r:{gid} (the generate)
+                             g:{gid} (owner node), r:{gid} (the generate),
+                             lost:{gid} (why some of its frames are not
+                             kept: a ``resume.Cause``)
     tw:{h}:c          hash   conversation name → its messages (JSON)
     tw:{h}:g:{gid}    stream one entry per stored batch of a generation's
                              frames (MessagePack), id 0-{last seq + 1}: ids
@@ -54,7 +56,7 @@ from tokenwire.protocol import (
 
 from .config import ServerSettings
 from .metrics import Metrics
-from .resume import contiguous, seq_of
+from .resume import Cause, contiguous, seq_of
 
 if TYPE_CHECKING:
     from .session import Session
@@ -63,24 +65,33 @@ log = structlog.get_logger("tokenwire.resume")
 
 APPEND: Final = """
 local maxlen, ttl = ARGV[1], ARGV[2]
+local refused = {''}
 for i, key in ipairs(KEYS) do
   local at = 3 + (i - 1) * 4
   local id, data, minid, expire = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local reply
   if minid == '' then
-    redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id, 'f', data)
+    reply = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id, 'f', data)
   else
-    redis.pcall('XADD', key, 'MINID', minid, id, 'f', data)
+    reply = redis.pcall('XADD', key, 'MINID', minid, id, 'f', data)
+  end
+  local err = type(reply) == 'table' and reply.err
+  if err and not string.find(err, 'equal or smaller', 1, true) then
+    refused[1] = err
+    refused[#refused + 1] = i
   end
   if expire == '1' then
     redis.call('EXPIRE', key, ttl)
   end
 end
-return #KEYS
+return refused
 """
 """One entry for each of several streams, in one call: the arguments are, per
 key, the entry id (an id not above the stream's last is refused, quietly: a
 duplicate write), the frames, a MINID to trim to (or none: MAXLEN) and
-whether to set the stream's expiry."""
+whether to set the stream's expiry. Returns the last refusal's message ('':
+none) and the 1-based positions of the keys whose entry Redis refused (out
+of memory, say)."""
 APPEND_SHA: Final = hashlib.sha1(APPEND.encode()).hexdigest()
 CONNECTIONS: Final = 64
 """Pooled connections for storing and reading (each command holds one for
@@ -149,6 +160,8 @@ class Record:
     conversations: dict[str, list[dict[str, Any]]]
     owners: dict[str, str] = field(default_factory=dict)
     requests: dict[str, Generate] = field(default_factory=dict)
+    lost: dict[str, Cause] = field(default_factory=dict)
+    """Why a generation's node could not keep all of its frames."""
 
     def expired(self, now: float) -> bool:
         return 0 < self.deadline < now
@@ -224,6 +237,8 @@ class RedisStore:
         self._pending: dict[Session, list[object]] = {}
         """Frames (and start markers) waiting to be stored, by session, in order."""
         self._flushing: asyncio.Task[None] | None = None
+        self._inflight: dict[Session, list[object]] | None = None
+        """The batch being stored now (its frames are delivered once it is)."""
         self._append_sha = APPEND_SHA
         self._fetches: list[
             tuple[str, Mapping[str, int], asyncio.Future[tuple[Record | None, dict[str, Replay]]]]
@@ -283,22 +298,38 @@ class RedisStore:
             await asyncio.sleep(COALESCE)
             while self._pending:
                 batch, self._pending = self._pending, {}
-                if self.up:
-                    await self._store(batch)
+                self._inflight = batch
+                cause = await self._store(batch) if self.up else Cause.STORE_UNREACHABLE
                 for session, items in batch.items():
+                    if cause is not None:  # delivered all the same, but not kept
+                        session.not_stored(_generation_ids(items), cause)
                     session.deliver([item for item in items if not isinstance(item, Started)])  # type: ignore[misc]
+                self._inflight = None
         finally:
             self._flushing = None
+            self._inflight = None
 
-    async def _store(self, batch: Mapping[Session, Sequence[object]]) -> None:
+    def queued(self, session: Session, gid: str) -> bool:
+        """Whether frames of ``gid`` wait to be stored (they reach the
+        session's link through ``Session.deliver`` once they are)."""
+        for batch in (self._pending, self._inflight or {}):
+            for item in batch.get(session, ()):
+                if getattr(item, "id", None) == gid and not isinstance(item, Started):
+                    return True
+        return False
+
+    async def _store(self, batch: Mapping[Session, Sequence[object]]) -> Cause | None:
         """One round trip: every stream's entry through one script call
         (``APPEND``: a command per token would cost more CPU than the relay),
-        then the rarer writes (records, leases, conversations)."""
+        then the rarer writes (records, leases, conversations). None: all
+        stored; else why not (the generations whose entries Redis refused
+        are told so here)."""
         appends: list[EncodableT] = []
         keys: list[str] = []
+        owners: list[tuple[Session, str]] = []
         rest = self.client.pipeline(transaction=False)
         for session, items in batch.items():
-            self._write(rest, keys, appends, session, items)
+            self._write(rest, keys, owners, appends, session, items)
         pipe = self.client.pipeline(transaction=False)
         if keys:
             pipe.evalsha(self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends)
@@ -307,26 +338,42 @@ class RedisStore:
             results = await pipe.execute(raise_on_error=False)
             if keys and isinstance(results[0], NoScriptError):  # Redis restarted
                 self._append_sha = await self.client.script_load(APPEND)
-                await self.client.evalsha(
+                results[0] = await self.client.evalsha(
                     self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             self.failed(exc)
-            return
-        for result in results:
+            return Cause.STORE_UNREACHABLE
+        refusal = ""
+        if keys:
+            appended = results[0]
+            if isinstance(appended, ResponseError):  # the whole script refused
+                refusal = str(appended)
+                refused = owners
+            else:
+                refusal = appended[0].decode() if appended and appended[0] else ""
+                refused = [owners[int(i) - 1] for i in appended[1:]]
+            for session, gid in refused:
+                session.not_stored([gid], Cause.STORE_REFUSED)
+        for result in results[1:] if keys else results:
             if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
-                log.warning("resume store refused a write", error=str(result))
+                refusal = refusal or str(result)
+        if refusal:
+            log.warning("resume store refused a write", error=refusal)
+        return None
 
     def _write(
         self,
         pipe: Any,
         keys: list[str],
+        owners: list[tuple[Session, str]],
         appends: list[EncodableT],
         session: Session,
         batch: Sequence[object],
     ) -> None:
         """A session's frames (and start markers): the streams' entries as
-        ``APPEND``'s keys and arguments, the rest added to ``pipe``."""
+        ``APPEND``'s keys and arguments (``owners``: whose each key is), the
+        rest added to ``pipe``."""
         h = session.token_hash
         ttl = self.ttl
         by_generation: dict[str, list[GenerationFrame]] = {}
@@ -339,14 +386,6 @@ class RedisStore:
                 by_generation.setdefault(gid, [])
             elif isinstance(item, GENERATION_FRAMES):
                 by_generation.setdefault(item.id or "", []).append(item)
-        if record:
-            record["key"] = session.key_hash
-            record["id"] = session.id
-            pipe.hset(_session(h), mapping=record)
-            pipe.expire(_session(h), ttl)
-            for name in record:
-                if isinstance(name, str) and name.startswith("g:"):
-                    pipe.set(_lease(h, name[2:]), self.node, px=self.lease_ms)
         ended: list[GenerationFrame] = []
         for gid, frames in by_generation.items():
             if not frames:
@@ -360,12 +399,27 @@ class RedisStore:
             first = not kept.entries
             # Past resume_generation_bytes the oldest entries go (MINID).
             minid = kept.add(last_seq, len(data), self.settings.resume_generation_bytes)
+            if minid is not None:
+                session.not_stored([gid], Cause.GENERATION_BYTES)
             last = isinstance(frames[-1], Finish | Error)
             keys.append(key)
+            owners.append((session, gid))
             appends += (_entry_id(last_seq), data, minid or "", "1" if first or last else "")
             if last:
                 ended.append(frames[-1])
                 del session.stored[gid]
+            if (cause := session.lost.get(gid)) is not None and gid not in session.lost_told:
+                # Any node's resume names why frames are missing (``Record.lost``).
+                session.lost_told.add(gid)
+                record[f"lost:{gid}"] = cause.value
+        if record:
+            record["key"] = session.key_hash
+            record["id"] = session.id
+            pipe.hset(_session(h), mapping=record)
+            pipe.expire(_session(h), ttl)
+            for name in record:
+                if isinstance(name, str) and name.startswith("g:"):
+                    pipe.set(_lease(h, name[2:]), self.node, px=self.lease_ms)
         for terminal in ended:
             gid = terminal.id or ""
             conversation = session.conversation_of(gid)
@@ -570,7 +624,14 @@ def _record(raw: Mapping[bytes, bytes], conversations: Mapping[bytes, bytes]) ->
             record.owners[name[2:]] = value.decode()
         elif name.startswith("r:"):
             record.requests[name[2:]] = _decode_request.decode(value)
+        elif name.startswith("lost:"):
+            with contextlib.suppress(ValueError):
+                record.lost[name[5:]] = Cause(value.decode())
     return record
+
+
+def _generation_ids(items: Iterable[object]) -> list[str]:
+    return list({gid: None for item in items if (gid := getattr(item, "id", None))})
 
 
 def _frames_after(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], after_seq: int) -> Replay:

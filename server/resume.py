@@ -16,6 +16,7 @@ resume that needs a frame no longer kept gets ``gap``, never a hole.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
@@ -23,19 +24,97 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Final, Literal
 
+import structlog
+
 from tokenwire.protocol import (
     Error,
     Finish,
     GenerationFrame,
     Reasoning,
+    ResumeFailed,
+    ResumeFailure,
     Token,
     ToolCallChunk,
     ToolCallComplete,
 )
 
+from .metrics import Metrics
+
+log = structlog.get_logger("tokenwire.resume")
+
 FRAME_OVERHEAD: Final = 48
 """Bytes a kept frame is counted for, besides its text."""
 GAP: Final = "gap"
+
+
+class Cause(enum.StrEnum):
+    """Why a resume failed, as the server's log and
+    ``tokenwire_resume_failures_total{reason, cause}`` name it (the client
+    hears only the reason: ``unknown``, ``expired``, ``gap``)."""
+
+    GENERATION_BYTES = "resume_generation_bytes"
+    """gap: the generation's oldest frames were dropped past that bound."""
+    TOTAL_BYTES = "resume_total_bytes"
+    """gap: the node's frames for resumes reached that bound (``memory``)."""
+    STORE_UNREACHABLE = "store_unreachable"
+    """gap: Redis could not be reached while the generation streamed."""
+    STORE_REFUSED = "store_refused"
+    """gap: Redis refused writes (out of memory) while the generation streamed."""
+    DATA_GONE = "data_gone"
+    """gap: the stored frames are gone (Redis flushed or restarted, keys expired)."""
+    NO_SESSION = "no_session"
+    """unknown: no session has this token (or another API key's does)."""
+    NOT_STARTED = "not_started"
+    """unknown: the session never had this generation (its ``generate``
+    never reached the server: resend it)."""
+    WORKER_GONE = "worker_gone"
+    """unknown: the worker process that held the session is gone."""
+    RESUME_TTL = "resume_ttl"
+    """expired: the session waited for a resume longer than ``resume_ttl``."""
+    MAX_SESSIONS = "max_sessions"
+    """expired: the session, detached, made room for a new one at ``max_sessions``."""
+    RECORD_EXPIRED = "record_expired"
+    """expired: Redis holds the session past its deadline."""
+
+
+CAUSE_TEXT: Final[dict[Cause, str]] = {
+    Cause.GENERATION_BYTES: "trimmed by resume_generation_bytes",
+    Cause.TOTAL_BYTES: "evicted by resume_total_bytes",
+    Cause.STORE_UNREACHABLE: "not stored: Redis was unreachable",
+    Cause.STORE_REFUSED: "not stored: Redis refused writes",
+    Cause.DATA_GONE: "gone from the store (flushed or expired)",
+    Cause.NO_SESSION: "no such session for this key",
+    Cause.NOT_STARTED: "the session never had it",
+    Cause.WORKER_GONE: "the worker that held the session is gone",
+    Cause.RESUME_TTL: "past resume_ttl",
+    Cause.MAX_SESSIONS: "evicted to make room at max_sessions",
+    Cause.RECORD_EXPIRED: "past its deadline in the store",
+}
+"""What each cause means, for the log line."""
+
+
+def failed(
+    metrics: Metrics,
+    gid: str | None,
+    reason: ResumeFailure,
+    cause: Cause,
+    *,
+    frames: tuple[int, int | None] | None = None,
+) -> ResumeFailed:
+    """The ``resume_failed`` frame for ``gid`` (None: the session), said once
+    at info with its cause and counted (``tokenwire_resume_failures_total``).
+    ``frames``: the seqs a ``gap`` is missing, first and last (None: not known)."""
+    what = CAUSE_TEXT[cause]
+    if frames is not None:
+        first, last = frames
+        if last is None:
+            span = f"frames from {first}"
+        else:
+            span = f"frame {first}" if last == first else f"frames {first}-{last}"
+        what = f"{span} {what}"
+    metrics.resume_failures.labels(reason, cause.value).inc()
+    log.info(f"resume failed: {reason} ({what})", reason=reason, cause=cause.value, generation=gid)
+    return ResumeFailed(id=gid, reason=reason)
 
 
 def new_token() -> str:
@@ -83,7 +162,7 @@ def contiguous(frames: Sequence[GenerationFrame], after_seq: int) -> bool:
 class FrameLog:
     """One generation's frames, oldest first, kept for a resume."""
 
-    __slots__ = ("ended", "evicted", "first_seq", "frames", "size")
+    __slots__ = ("dropped_by", "ended", "evicted", "first_seq", "frames", "size")
 
     def __init__(self) -> None:
         self.frames: deque[GenerationFrame] = deque()
@@ -92,6 +171,8 @@ class FrameLog:
         self.size = 0
         self.ended = False
         self.evicted = False
+        self.dropped_by: Cause | None = None
+        """The bound that dropped frames of this log (the last one that did)."""
 
     def after(self, last_seq: int) -> list[GenerationFrame] | Literal["gap"]:
         """The frames after ``last_seq``, or ``gap`` when some are no longer kept."""
@@ -100,11 +181,12 @@ class FrameLog:
         start = last_seq + 1 - self.first_seq
         return list(self.frames)[start:]
 
-    def drop_oldest(self) -> int:
+    def drop_oldest(self, cause: Cause) -> int:
         frame = self.frames.popleft()
         self.first_seq = seq_of(frame) + 1
         size = frame_size(frame)
         self.size -= size
+        self.dropped_by = cause
         return size
 
 
@@ -134,18 +216,19 @@ class MemoryLogs:
         log.size += added
         self.size += added
         while log.size > self.per_generation and len(log.frames) > 1:
-            self.size -= log.drop_oldest()
+            self.size -= log.drop_oldest(Cause.GENERATION_BYTES)
         while self.size > self.limit and self._finished:
             oldest, _ = self._finished.popitem(last=False)
             self._evict(oldest)
         while self.size > self.limit and len(log.frames) > 1:
-            self.size -= log.drop_oldest()
+            self.size -= log.drop_oldest(Cause.TOTAL_BYTES)
 
     def _evict(self, log: FrameLog) -> None:
         self.size -= log.size
         log.frames.clear()
         log.size = 0
         log.evicted = True
+        log.dropped_by = Cause.TOTAL_BYTES
 
     def release(self, log: FrameLog) -> None:
         """The log's session is forgotten: its bytes go back."""

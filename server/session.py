@@ -38,11 +38,10 @@ from tokenwire.protocol import (
     Ready,
     Reset,
     ResetDone,
-    ResumeFailed,
     ServerFrame,
 )
 
-from . import core
+from . import core, resume
 from .config import ServerSettings
 from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason
 from .errors import CloseCode
@@ -50,7 +49,7 @@ from .generation import Generation
 from .loop_lag import LoopLag
 from .metrics import Metrics
 from .redis_store import Kept, Started, orphan_error
-from .resume import FrameLog, MemoryLogs, new_token, seq_of, token_hash
+from .resume import Cause, FrameLog, MemoryLogs, new_token, seq_of, token_hash
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -166,6 +165,10 @@ class Session:
         self._redis = context.redis if self.resumable and settings.resume == "redis" else None
         self.stored: dict[str, Kept] = {}
         """The bytes each running generation has in Redis (``resume_generation_bytes``)."""
+        self.lost: dict[str, Cause] = {}
+        """Why some frames of a generation are not in the store (a bound, an outage)."""
+        self.lost_told: set[str] = set()
+        """The generations whose ``lost`` cause the store has been told."""
         self._conversation_of: dict[str, str] = {}
         self.owners: dict[str, str] = {}
         """The node running each generation relayed from another node."""
@@ -338,9 +341,21 @@ class Session:
                 out.append(frame)
                 self.delivered[gid] = seq
             elif seq > last + 1:  # frames the store lost: say so, send no more
-                out.append(ResumeFailed(id=gid, reason="gap"))
+                cause = self.lost.get(gid, Cause.STORE_UNREACHABLE)
+                metrics = self.context.metrics
+                out.append(resume.failed(metrics, gid, "gap", cause, frames=(last + 1, seq - 1)))
                 self.delivered[gid] = SKIP_ALL
         return out
+
+    def not_stored(self, gids: Iterable[str], cause: Cause) -> None:
+        """Frames of ``gids`` went unkept (delivered all the same): a resume
+        that needs them will name ``cause`` (the first one)."""
+        for gid in gids:
+            self.lost.setdefault(gid, cause)
+
+    def parked_for(self, gid: str) -> bool:
+        """Whether live frames of ``gid`` wait for its replay."""
+        return self._parked is not None and bool(self._parked.get(gid))
 
     def park(self, ids: Iterable[str]) -> None:
         """Hold the live frames of ``ids`` while their stored frames are read."""
@@ -435,7 +450,9 @@ class Session:
                 if frames is None:
                     continue
                 if frames == "gap":
-                    self.deliver([ResumeFailed(id=gid, reason="gap")])
+                    record = await store.load(h)
+                    cause = record.lost.get(gid, Cause.DATA_GONE) if record else Cause.DATA_GONE
+                    self.deliver([resume.failed(self.context.metrics, gid, "gap", cause)])
                     return
                 self.deliver(list(frames))
                 last = seq_of(frames[-1])

@@ -37,6 +37,7 @@ from tokenwire.protocol import (
     Encoding,
     Error,
     ErrorCode,
+    Generate,
     GenerationFrame,
     Limits,
     Params,
@@ -156,6 +157,7 @@ class AsyncClient(ResumeAnswers):
         """The session's resume token (None: the server offers no resume)."""
         self._session: str | None = None
         self._recovering: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self.resumes = 0
         """Connections resumed after a drop."""
         self.stray_frames = 0
@@ -312,6 +314,23 @@ class AsyncClient(ResumeAnswers):
     def _forget(self, generation_id: str) -> AsyncGeneration | None:
         return self._generations.pop(generation_id, None)
 
+    def _core(self, generation_id: str) -> GenerationCore | None:
+        generation = self._generations.get(generation_id)
+        return generation._core if generation is not None else None
+
+    def _send_again(self, requests: Sequence[Generate]) -> None:
+        ws = self._ws
+        assert ws is not None
+
+        async def send() -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):  # the next resume lists them
+                for request in requests:
+                    await ws.send(self._codec.encode(request), text=self.encoding.is_text)
+
+        task = asyncio.create_task(send(), name="tokenwire send again")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
     async def _recover(self) -> None:
         """Reconnect and resume after a drop; the generations in flight end
         with ``ConnectionLost`` if that fails."""
@@ -384,7 +403,7 @@ class AsyncClient(ResumeAnswers):
             raise GenerationError.local(
                 ErrorCode.DUPLICATE_ID, f"generation {generation_id!r} is active", generation_id
             )
-        generation = AsyncGeneration(self, GenerationCore(generation_id, model))
+        generation = AsyncGeneration(self, GenerationCore(generation_id, model, message))
         self._generations[generation_id] = generation
         await self._send(message)
         return generation

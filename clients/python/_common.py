@@ -111,7 +111,8 @@ def generate_message(
 
 class ResumeAnswers:
     """The server's answer to a ``resume``, taken alike by both clients,
-    which say how a generation is forgotten and how all are lost."""
+    which say how a generation is found and forgotten, how a ``generate`` is
+    sent again, and how all are lost."""
 
     resumes: int
     _ready: Ready | None
@@ -119,9 +120,20 @@ class ResumeAnswers:
     _session: str | None
     _resuming: frozenset[str] = frozenset()
     """The generations the last ``resume`` listed (those in flight at the drop)."""
+    _unsent: tuple[Generate, ...] = ()
+    """Generations the resumed session never had: their ``generate`` was lost
+    with the dropped connection. They are sent again once the session is back."""
 
     def _forget(self, generation_id: str) -> Any:
         """Remove the generation from the client's table; it, or None."""
+        raise NotImplementedError
+
+    def _core(self, generation_id: str) -> GenerationCore | None:
+        """The generation's received state, if it is in the client's table."""
+        raise NotImplementedError
+
+    def _send_again(self, requests: Sequence[Generate]) -> None:
+        """Send these ``generate`` messages on the current connection."""
         raise NotImplementedError
 
     def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:
@@ -129,18 +141,38 @@ class ResumeAnswers:
             self.resumes += frame.id is None
             if frame.id is None:
                 self._resuming = frozenset()
+                unsent, self._unsent = self._unsent, ()
+                if unsent:
+                    self._send_again(unsent)
         elif frame.id is None:  # the session is gone: this connection's is the new one
             # The generations in flight at the drop are lost; those started
             # since went to the new session, and go on there.
-            lost = ConnectionLost(f"the session could not be resumed ({frame.reason})")
-            resuming, self._resuming = self._resuming, frozenset()
+            lost = ConnectionLost(
+                f"the session could not be resumed ({frame.reason})", resume_failure=frame.reason
+            )
+            resuming, self._resuming, self._unsent = self._resuming, frozenset(), ()
             for gid in resuming:
                 if (generation := self._forget(gid)) is not None:
                     generation._lose(lost)
             assert self._ready is not None
             self._token, self._session = self._ready.resume_token, self._ready.session
+        elif (
+            frame.reason == "unknown"
+            and (core := self._core(frame.id)) is not None
+            and core.request is not None
+            and core.builder.next_seq == 0
+        ):
+            # Nothing of it came, and the session never had it: the server
+            # never read its generate (it was on its way when the connection
+            # dropped). Sending it again repeats nothing.
+            self._unsent = (*self._unsent, core.request)
         elif (generation := self._forget(frame.id)) is not None:
-            generation._lose(ConnectionLost(f"{frame.id} could not be resumed ({frame.reason})"))
+            generation._lose(
+                ConnectionLost(
+                    f"{frame.id} could not be resumed ({frame.reason})",
+                    resume_failure=frame.reason,
+                )
+            )
 
 
 class GenerationView:
@@ -169,9 +201,11 @@ class GenerationView:
 class GenerationCore:
     """One generation's received state: frames checked and built into a result."""
 
-    def __init__(self, generation_id: str, model: str) -> None:
+    def __init__(self, generation_id: str, model: str, request: Generate | None = None) -> None:
         self.id = generation_id
         self.model = model
+        self.request = request
+        """The ``generate`` that started it (sent again if the server never read it)."""
         self.builder = ResultBuilder(generation_id, model=model)
         self.outcome: Result | BaseException | None = None
 

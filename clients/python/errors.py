@@ -70,10 +70,16 @@ class ConnectionLost(TokenwireError):
         *,
         code: int | None = None,
         reason: str | None = None,
+        resume_failure: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
+        self.resume_failure = resume_failure
+        """Why the server could not resume the generation (``unknown``,
+        ``expired``, ``gap``: its ``resume_failed`` reason); None when no
+        resume was answered (the connection could not be reopened, or
+        ``reconnect`` is off)."""
 
 
 class ServerProtocolError(ConnectionLost):

@@ -108,6 +108,8 @@ class Samples:
     resumes: int = 0
     session_failures: Counter[str] = field(default_factory=Counter)
     """Sessions that did not open, by cause."""
+    resume_failures: Counter[str] = field(default_factory=Counter)
+    """Generations the server could not resume, by its reason (``gap``, ``unknown``, ...)."""
     failure_hints: dict[str, str] = field(default_factory=dict)
     """What the client said of each cause, the first time (it says what to do)."""
     live_tokens: int = 0
@@ -136,6 +138,7 @@ class Samples:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
         self.session_failures.update(other.session_failures)
+        self.resume_failures.update(other.resume_failures)
         for cause, hint in other.failure_hints.items():
             self.failure_hints.setdefault(cause, hint)
         for second, row in other.series.items():
@@ -238,8 +241,15 @@ async def _session(
         for _ in remaining:
             try:
                 await _generation(client, options, samples, counters)
-            except ConnectionLost:
-                samples.errors["connection_lost"] += 1
+            except ConnectionLost as exc:
+                # A generation the server could not resume is a failure with
+                # its reason: the answer was lost.
+                cause = exc.resume_failure
+                if cause is not None:
+                    samples.resume_failures[cause] += 1
+                samples.errors[f"resume_failed:{cause}" if cause else "connection_lost"] += 1
+                if len(samples.violation_examples) < 5 and cause:
+                    print(exc, file=sys.stderr)
                 samples.tick(2, options.t0)
                 counters[ERRORS] += 1
 
@@ -333,12 +343,14 @@ def _worker(options: Options, counters: Any, live: Any, out: Any) -> None:
     # asdict() would rebuild the Counters from pairs
     raw["errors"] = dict(samples.errors)
     raw["session_failures"] = dict(samples.session_failures)
+    raw["resume_failures"] = dict(samples.resume_failures)
     out.put(raw)
 
 
 def _samples_from(raw: dict[str, Any]) -> Samples:
     raw["errors"] = Counter(raw["errors"])
     raw["session_failures"] = Counter(raw["session_failures"])
+    raw["resume_failures"] = Counter(raw["resume_failures"])
     return Samples(**raw)
 
 
@@ -451,6 +463,7 @@ def report(samples: Samples, wall: float, options: Options, processes: int) -> d
         "client_cpu_s": round(samples.cpu_s, 3),
         "disconnects": samples.disconnects,
         "resumes": samples.resumes,
+        "resume_failures": dict(sorted(samples.resume_failures.items())),
         "violations": samples.violations,
         "violation_examples": samples.violation_examples,
         "series": series,
@@ -497,7 +510,8 @@ def format_report(data: dict[str, Any]) -> str:
         f"between tokens  {pct('inter_token_ms')}",
         f"handshake       {pct('handshake_ms')}",
         f"client CPU      {data['client_cpu_s']:.2f} s over {data['processes']} process(es)",
-        f"disconnects     {data['disconnects']} cut, {data['resumes']} resumed",
+        f"disconnects     {data['disconnects']} cut, {data['resumes']} resumed"
+        + "".join(f", {n} not resumed ({why})" for why, n in data["resume_failures"].items()),
         f"violations      {data['violations']}",
     ]
     lines += [f"  - {example}" for example in data["violation_examples"]]

@@ -34,6 +34,7 @@ from tokenwire.protocol import (
     Encoding,
     Error,
     ErrorCode,
+    Generate,
     GenerationFrame,
     Limits,
     Params,
@@ -303,6 +304,18 @@ class Client(ResumeAnswers):
         with self._lock:
             return self._generations.pop(generation_id, None)
 
+    def _core(self, generation_id: str) -> GenerationCore | None:
+        with self._lock:
+            generation = self._generations.get(generation_id)
+        return generation._core if generation is not None else None
+
+    def _send_again(self, requests: Sequence[Generate]) -> None:
+        ws = self._ws
+        assert ws is not None
+        with contextlib.suppress(websockets.ConnectionClosed):  # the next resume lists them
+            for request in requests:
+                ws.send(self._codec.encode(request), text=self.encoding.is_text)
+
     def _recover(self, reader: threading.Thread) -> None:
         """Reconnect and resume after a drop (once ``reader``, the dropped
         connection's thread, has ended); the generations in flight end with
@@ -374,7 +387,7 @@ class Client(ResumeAnswers):
             conversation=conversation,
         )
         self._connection()
-        generation = Generation(self, GenerationCore(generation_id, model))
+        generation = Generation(self, GenerationCore(generation_id, model, message))
         with self._lock:
             if generation_id in self._generations:
                 raise GenerationError.local(
