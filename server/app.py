@@ -21,7 +21,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import structlog
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve, unix_serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
@@ -40,7 +40,7 @@ from tokenwire.protocol import (
     ServerFrame,
 )
 
-from . import resume, web
+from . import resume, web, workers
 from .config import ServerSettings
 from .core import SessionLife, StopReason
 from .errors import CLOSE_REASONS, CloseCode
@@ -53,6 +53,7 @@ from .responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_st
 from .resume import GAP, Cause, MemoryLogs, key_hash, same_key, seq_of, token_hash
 from .session import SKIP_ALL, Session
 from .upstream import Upstream
+from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")
 
@@ -70,13 +71,20 @@ NOT_FOUND_HINT: Final = (
     "tokenwire's WebSocket is at /v1/ws (ws://HOST:PORT/v1/ws); the chat page is at /;\n"
     "OpenAI's formats are at /v1/chat/completions, /v1/models and /v1/responses.\n"
 )
+EVICTED_DEADLINE: Final = 1.0
+"""The deadline (in 1970) an evicted session's Redis record gets: past, so
+any node's resume of it hears ``expired``."""
 EXPIRED_KEPT: Final = 65_536
 """Tokens of expired sessions remembered, so that a late resume hears ``expired``."""
 
 
 class TokenwireServer:
-    def __init__(self, settings: ServerSettings, upstream: Upstream) -> None:
+    def __init__(
+        self, settings: ServerSettings, upstream: Upstream, workers: Workers | None = None
+    ) -> None:
         self.settings = settings
+        self.workers = workers if settings.resume != "redis" else None
+        """This worker's peers (``--workers`` without Redis: ``workers.py``)."""
         self.upstream = upstream
         self.models = list(upstream.models)
         self.model_set = frozenset(self.models)
@@ -116,7 +124,7 @@ class TokenwireServer:
         self.started_at = time.time()
         self.websocket_paths = frozenset({WS_PATH, RESPONSES_PATH})
         self.openai_http = OpenAIHttp(self)
-        self.responses: ResponseStore = response_store(settings, self.redis)
+        self.responses: ResponseStore = response_store(settings, self.redis, self.workers)
         """Responses kept for ``previous_response_id`` (``/v1/responses``)."""
 
     # -- lifecycle ------------------------------------------------------------
@@ -144,6 +152,20 @@ class TokenwireServer:
             server_header=SERVER_HEADER,
             reuse_port=reuse_port,
         )
+        peers: Server | None = None
+        if self.workers is not None:  # the other workers reach this one here
+            self.workers.listening()
+            peers = await unix_serve(
+                self._handle,
+                self.workers.socket(self.workers.number),
+                process_request=self._process_peer_request,
+                select_subprotocol=self._select_subprotocol,
+                compression=None,
+                max_size=self.settings.max_message_bytes,
+                max_queue=RECEIVE_QUEUE,
+                close_timeout=CLOSE_TIMEOUT,
+                server_header=SERVER_HEADER,
+            )
         watchdog = asyncio.create_task(self._watch_sends(), name="send watchdog")
         lag = asyncio.create_task(self.loop_lag.run(), name="loop lag")
         sweeper = asyncio.create_task(self._sweep(), name="orphan sweeper")
@@ -158,6 +180,9 @@ class TokenwireServer:
             yield bound[0], bound[1]
         finally:
             self._server.close()
+            if peers is not None:
+                peers.close()
+                await peers.wait_closed()
             await self._server.wait_closed()
             # Detached sessions' generations end before the upstream closes.
             await asyncio.gather(
@@ -296,6 +321,7 @@ class TokenwireServer:
             link = ResponsesLink(self, connection, self._codecs[Encoding.JSON], self.responses)
         else:
             link = Link(self, connection, self._codecs[encoding])
+        link.key = key
         session = self.open_session(link, key, attach=False)  # link.run greets it
         try:
             await link.run(session)
@@ -308,12 +334,13 @@ class TokenwireServer:
         """A new session served by ``link``, of its surface (the OpenAI
         surfaces' sessions are not resumable)."""
         surface = link.surface
-        session = Session(self, key_hash(key), resumable=surface == "ws", surface=surface)
+        token = self.workers.new_token() if self.workers is not None else None
+        session = Session(self, key_hash(key), token, resumable=surface == "ws", surface=surface)
         self._make_room()
         self.sessions[session.token_hash] = session
         self.connections.add(link)
         self.no_sessions.clear()
-        self.metrics.sessions.inc()
+        self.metrics.attached.inc()
         self.metrics.sessions_opened.inc()
         if attach:
             session.attach(link)
@@ -330,11 +357,13 @@ class TokenwireServer:
         self.connections.discard(link)
         if not self.connections:
             self.no_sessions.set()
-        self.metrics.sessions.dec()
+        self.metrics.attached.dec()
 
     def _make_room(self) -> None:
-        """Sessions are bounded by ``max_sessions`` in all, attached or not:
-        past it the session DETACHED longest ago is forgotten."""
+        """Sessions are bounded by ``max_sessions`` in all, attached or not
+        (the handshake refuses only when that many are attached): past it
+        the session DETACHED longest ago is forgotten, its generations
+        cancelled, and a later resume of it hears ``expired``."""
         excess = len(self.sessions) - self.settings.max_sessions
         if excess < 0:
             return
@@ -343,8 +372,13 @@ class TokenwireServer:
             key=lambda s: s.detached_at,
         )
         for session in detached[: excess + 1]:
+            log.info("session evicted", session=session.id, reason="max_sessions")
+            self.metrics.sessions_evicted.inc()
+            self._expire(session, Cause.MAX_SESSIONS)
             self.session_ended(session)
-            asyncio.get_running_loop().create_task(session.end(StopReason.DISCONNECT))
+            if self.redis is not None:  # so that no node resumes it
+                self.background(self.redis.set_deadline(session, EVICTED_DEADLINE))
+            self.background(session.end(StopReason.DISCONNECT))
 
     async def resume(self, link: Link, message: Resume) -> None:
         """A ``resume``, the first message on ``link``: attach the session it
@@ -358,6 +392,10 @@ class TokenwireServer:
         meanwhile (``Session.park``), so none falls between the read and the
         attach.
         """
+        owner = self.workers.token_owner(message.token) if self.workers is not None else None
+        if owner is not None:  # another worker holds the session
+            await workers.pipe(self, link, message, owner)
+            return
         fresh = link.session
         assert fresh is not None
         wanted = token_hash(message.token)
@@ -516,6 +554,19 @@ class TokenwireServer:
                 return subprotocol
         return None
 
+    async def _process_peer_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """A request from another worker, on this one's Unix socket: a piped
+        session's handshake, or a stored response's chain."""
+        path = request.path.partition("?")[0]
+        if not path.startswith(workers.CHAIN_PATH):
+            return self._process_request(connection, request)
+        chain = await self.responses.chain(path[len(workers.CHAIN_PATH) :])
+        if chain is None:
+            return _response(HTTPStatus.NOT_FOUND, b"", "application/octet-stream")
+        return _response(HTTPStatus.OK, workers.encode_chain(chain), "application/msgpack")
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path in self.websocket_paths:
@@ -561,7 +612,8 @@ class TokenwireServer:
             return response
         if self.draining:
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
-        if len(self.sessions) >= self.settings.max_sessions:
+        if len(self.connections) >= self.settings.max_sessions:
+            # Only attached sessions count: detached ones make room (_make_room).
             return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "server full")
         return None
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 if TYPE_CHECKING:  # the modules themselves are imported late: see the docstring
     from .config import ServerSettings
     from .upstream import Upstream
+    from .workers import Workers
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
@@ -243,6 +244,8 @@ def _run_workers(
     import structlog
     from prometheus_client import multiprocess
 
+    from .workers import Workers
+
     log = structlog.get_logger("tokenwire")
     family, kind, proto, _, address = socket.getaddrinfo(
         args.host, args.port, type=socket.SOCK_STREAM
@@ -252,6 +255,9 @@ def _run_workers(
     placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     placeholder.bind(address)
     port = placeholder.getsockname()[1]
+    # Where the workers reach each other (resume and previous_response_id
+    # land on any worker: workers.py); mkdtemp makes it 0700.
+    peers = tempfile.mkdtemp(prefix="tokenwire-workers-")
 
     def spawn(number: int) -> int:
         pid = os.fork()
@@ -272,6 +278,7 @@ def _run_workers(
                         started,
                         reuse_port=True,
                         signals=(signal.SIGTERM,),
+                        workers=Workers(peers, number, args.workers),
                     )
                 )
             except BaseException:
@@ -316,6 +323,7 @@ def _run_workers(
         log.error("worker died, starting another", worker=number, status=status)
         workers[spawn(number)] = number
     placeholder.close()
+    shutil.rmtree(peers, ignore_errors=True)
     if failed:
         raise SystemExit(1)
 
@@ -329,13 +337,14 @@ async def _run_server(
     *,
     reuse_port: bool = False,
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    workers: Workers | None = None,
 ) -> None:
     import structlog
 
     from .app import TokenwireServer
 
     log = structlog.get_logger("tokenwire")
-    server = TokenwireServer(settings, upstream)
+    server = TokenwireServer(settings, upstream, workers)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in signals:

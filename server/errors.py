@@ -22,6 +22,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     """A client message larger than ``max_message_bytes`` (sent by websockets)."""
     INTERNAL_ERROR = 1011
+    """The worker holding a piped session went away (``--workers``): resume again."""
     TRY_AGAIN_LATER = 1013
     """A handshake raced past the ``max_sessions`` check."""
     SLOW_READER = 4008
@@ -32,6 +33,7 @@ class CloseCode(enum.IntEnum):
 
 CLOSE_REASONS: dict[CloseCode, str] = {
     CloseCode.GOING_AWAY: "server shutting down",
+    CloseCode.INTERNAL_ERROR: "session lost; resume again",
     CloseCode.TRY_AGAIN_LATER: "server full",
     CloseCode.SLOW_READER: "slow reader",
     CloseCode.RESUMED_ELSEWHERE: "session resumed elsewhere",

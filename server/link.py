@@ -40,6 +40,10 @@ MERGE_BACKLOG: Final = 64
 """Frames queued for a socket past which it counts as behind, so text merges."""
 
 
+def _same(data: bytes) -> bytes:
+    return data
+
+
 def resolve(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
@@ -126,8 +130,19 @@ class Link(LinkBase):
         self._stuck_since = 0.0
         self._task: asyncio.Task[None] | None = None
         self._writer_idle: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._first = True
+        self.key: bytes | None = None
+        """The API key the handshake presented (None: none, or no keys)."""
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    @property
+    def connection(self) -> ServerConnection:
+        return self._ws
 
     @property
     def encoding(self) -> str:
@@ -248,6 +263,8 @@ class Link(LinkBase):
                 if self.state in (SessionState.GONE, SessionState.ABORTING):
                     return
                 if not outbox:
+                    resolve(self._drained)
+                    self._drained = None
                     if self._holding:  # caught up: the held text goes out, merged
                         self.release_held()
                         continue
@@ -258,6 +275,7 @@ class Link(LinkBase):
                     self._writer_idle = waiter = asyncio.get_running_loop().create_future()
                     await waiter
                     self._writer_idle = None
+                    encode = self._encode  # pass_through() may have changed it
                     continue
                 data = encode(outbox.popleft())
                 if not ws.paused and protocol.state is OPEN:
@@ -285,6 +303,7 @@ class Link(LinkBase):
         finally:
             self._send_started = 0.0
             frames_sent.inc(sent)
+            resolve(self._drained)
 
     def check_send(self, now: float, timeout: float) -> None:
         """The watchdog's call: close a reader that took nothing for ``timeout``.
@@ -347,6 +366,25 @@ class Link(LinkBase):
         """Queue frames for the link's task to write, in order."""
         self._queue(frames)
 
+    async def pass_through(self) -> None:
+        """From now on ``forward`` queues messages made elsewhere (a piped
+        session's, ``workers.pipe``), written as they are. (The writer takes
+        the change when it next waits: once what is queued is written.)"""
+        await self.drained()
+        self._encode = _same
+
+    def forward(self, data: bytes) -> None:
+        """Queue a message another worker made (see ``pass_through``)."""
+        self._queue((data,))
+
+    async def drained(self) -> None:
+        """Wait until everything queued has been written (or the link is done)."""
+        if not self._outbox or self.state not in (SessionState.OPEN, SessionState.CLOSING):
+            return
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drained)
+
     def _queue(self, items: Iterable[Any]) -> None:
         """Queue what ``_encode`` makes messages of (frames, or ready bytes)."""
         outbox = self._outbox
@@ -360,12 +398,16 @@ class Link(LinkBase):
 
     _close_code = CloseCode.GOING_AWAY
 
-    async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
-        """Write what is queued, close with ``code``, and wait until the link is closed."""
+    def request_close(self, code: CloseCode) -> None:
+        """Write what is queued, then close with ``code`` (``close`` without the wait)."""
         if self.state is SessionState.OPEN:
             self._close_code = code
             self._move(SessionState.CLOSING)
         self._wake_writer()
+
+    async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """Write what is queued, close with ``code``, and wait until the link is closed."""
+        self.request_close(code)
         if self.state is not SessionState.CLOSED:
             if self._closed is None:
                 self._closed = asyncio.get_running_loop().create_future()

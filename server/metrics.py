@@ -27,9 +27,20 @@ class Metrics:
         self._multiprocess_dir = os.environ.get(MULTIPROCESS_ENV)
         self.sessions = Gauge(
             "tokenwire_sessions",
-            "Open WebSocket sessions.",
+            "Sessions, by state: attached (a connection serves it) or detached (its"
+            " connection dropped; it waits for a resume).",
+            ["state"],
             registry=registry,
             multiprocess_mode="livesum",
+        )
+        self.attached = self.sessions.labels("attached")
+        self.detached = self.sessions.labels("detached")
+        self.attached.set(0)
+        self.detached.set(0)
+        self.sessions_evicted = Counter(
+            "tokenwire_sessions_evicted",
+            "Detached sessions forgotten to make room for a new one at max_sessions.",
+            registry=registry,
         )
         self.sessions_opened = Counter(
             "tokenwire_sessions_opened", "WebSocket sessions opened.", registry=registry

@@ -44,6 +44,7 @@ from .link import Link
 if TYPE_CHECKING:
     from .redis_store import RedisStore
     from .session import SessionContext
+    from .workers import Workers
 
 log = structlog.get_logger("tokenwire.session")
 
@@ -69,6 +70,10 @@ class Kept(msgspec.Struct, array_like=True):
 
 
 class ResponseStore(Protocol):
+    def new_id(self) -> str:
+        """An id for a new response."""
+        ...
+
     async def put(self, response_id: str, kept: Kept) -> None: ...
 
     async def chain(self, response_id: str) -> list[Kept] | None:
@@ -87,6 +92,9 @@ class MemoryResponses:
         self.bytes = 0
         self._kept: OrderedDict[str, tuple[Kept, int, float]] = OrderedDict()
 
+    def new_id(self) -> str:
+        return new_response_id()
+
     async def put(self, response_id: str, kept: Kept) -> None:
         size = len(_encode(kept.messages)) + 200
         now = time.monotonic()
@@ -100,15 +108,41 @@ class MemoryResponses:
 
     async def chain(self, response_id: str) -> list[Kept] | None:
         out: list[Kept] = []
-        now = time.monotonic()
         rid: str | None = response_id
         while rid is not None and len(out) < MAX_CHAIN:
-            entry = self._kept.get(rid)
-            if entry is None or entry[2] < now:
-                return None
-            out.append(entry[0])
-            rid = entry[0].previous
+            kept = self._get(rid)
+            if kept is None:
+                return await self._elsewhere(rid, out)
+            out.append(kept)
+            rid = kept.previous
         return out
+
+    def _get(self, response_id: str) -> Kept | None:
+        entry = self._kept.get(response_id)
+        return None if entry is None or entry[2] < time.monotonic() else entry[0]
+
+    async def _elsewhere(self, response_id: str, newer: list[Kept]) -> list[Kept] | None:
+        """The chain of ``response_id``, not kept here, after ``newer`` (None: nowhere)."""
+        return None
+
+
+class WorkerResponses(MemoryResponses):
+    """``--workers`` without Redis: this worker's kept responses, and the
+    rest of a chain read from the worker whose number ends its ids."""
+
+    def __init__(self, ttl: float, max_bytes: int, workers: Workers) -> None:
+        super().__init__(ttl, max_bytes)
+        self.workers = workers
+
+    def new_id(self) -> str:
+        return self.workers.new_response_id()
+
+    async def _elsewhere(self, response_id: str, newer: list[Kept]) -> list[Kept] | None:
+        owner = self.workers.response_owner(response_id)
+        if owner is None:
+            return None
+        older = await self.workers.chain(owner, response_id)
+        return None if older is None else [*newer, *older][:MAX_CHAIN]
 
 
 CHAIN: Final = """
@@ -137,6 +171,9 @@ class RedisResponses:
         self.ttl = ttl
         self._chain = store.client.register_script(CHAIN)
 
+    def new_id(self) -> str:
+        return new_response_id()
+
     async def put(self, response_id: str, kept: Kept) -> None:
         client = self.store.client
         data = msgspec.msgpack.encode(kept)
@@ -149,10 +186,18 @@ class RedisResponses:
         return [msgspec.msgpack.decode(raw, type=Kept) for raw in found]
 
 
-def response_store(settings: ServerSettings, redis: RedisStore | None) -> ResponseStore:
+def response_store(
+    settings: ServerSettings, redis: RedisStore | None, workers: Workers | None = None
+) -> ResponseStore:
     if redis is not None:
         return RedisResponses(redis, settings.response_ttl)
+    if workers is not None:
+        return WorkerResponses(settings.response_ttl, settings.response_store_bytes, workers)
     return MemoryResponses(settings.response_ttl, settings.response_store_bytes)
+
+
+def new_response_id() -> str:
+    return f"resp_{secrets.token_hex(16)}"
 
 
 def _same(bytes_: bytes) -> bytes:
@@ -201,7 +246,7 @@ class ResponsesLink(Link):
             history = await self._history(request)
             if history is None:
                 return
-            response_id = f"resp_{secrets.token_hex(16)}"
+            response_id = self._store.new_id()
             generate = response_generate(request, response_id, history)
         except BadMessage as exc:
             self._error(ErrorCode.BAD_MESSAGE, exc.message, exc.path)

@@ -186,7 +186,12 @@ class Session:
         """While a resume replays: the last seq sent to the link, per generation."""
 
     def _live(self, to: SessionLife) -> None:
-        self.life = core.advance_life(self.life, to)
+        before, self.life = self.life, core.advance_life(self.life, to)
+        if before is not to:  # tokenwire_sessions{state="detached"}
+            if to is SessionLife.DETACHED:
+                self.context.metrics.detached.inc()
+            elif before is SessionLife.DETACHED:
+                self.context.metrics.detached.dec()
 
     # -- links ------------------------------------------------------------------
 

@@ -164,7 +164,7 @@ async def test_workers_share_one_port_and_one_metrics_view():
         # Whichever worker answers, /metrics counts the sessions of both.
         for _ in range(4):
             text = await asyncio.to_thread(_get, metrics_url)
-            assert "tokenwire_sessions 8.0" in text
+            assert 'tokenwire_sessions{state="attached"} 8.0' in text
             assert "tokenwire_sessions_opened_total 8.0" in text
         # A worker that dies is replaced; the port keeps serving.
         os.kill(events[0]["pid"], signal.SIGKILL)

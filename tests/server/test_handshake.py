@@ -109,7 +109,8 @@ async def test_health_ready_and_metrics_routes(server, connect):
     metrics = dict(
         line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#")
     )
-    assert metrics["tokenwire_sessions"] == "1.0"
+    assert metrics['tokenwire_sessions{state="attached"}'] == "1.0"
+    assert metrics['tokenwire_sessions{state="detached"}'] == "0.0"
     assert float(metrics["tokenwire_frames_sent_total"]) >= 6  # ready, 3 tokens, finish, error
     assert metrics["tokenwire_tokens_sent_total"] == "3.0"
     assert metrics['tokenwire_errors_total{code="unknown_model"}'] == "1.0"
