@@ -171,6 +171,7 @@ async def pipe(server: TokenwireServer, link: Link, message: Resume, owner: int)
             return
         fresh.discard()
         link.session = None
+        log.info("session piped", worker=owner)
         await link.pass_through()
         # The owner counts the session as attached; this end is its pipe.
         server.metrics.attached.dec()

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,24 @@ async def _wait_for(log: Path, pattern: str, process: asyncio.subprocess.Process
             await asyncio.sleep(0.05)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _read(log: Path) -> str:
     return log.read_text(errors="replace")
+
+
+async def loadtest(url: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """``tokenwire loadtest --json`` against ``url``: its exit status and report."""
+    process = await asyncio.create_subprocess_exec(
+        TOKENWIRE, "loadtest", "--url", url, "--json", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 6 * TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, json.loads(out)
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:
@@ -91,18 +108,24 @@ async def hostile_upstream(tmp: Path, name: str = "upstream") -> AsyncIterator[t
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp: Path, config: dict[str, Any], name: str = "server", port: int = 0
+    tmp: Path, config: dict[str, Any], name: str = "server", port: int = 0, workers: int = 1
 ) -> AsyncIterator[Served]:
-    """``tokenwire serve --config`` on a free port, its log in a file."""
+    """``tokenwire serve --config`` on a free port, its log in a file (with
+    ``workers``, once every worker listens)."""
     path = tmp / f"{name}.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     log = tmp / f"{name}.log"
+    if workers > 1 and port == 0:
+        port = _free_port()  # one port for all
     process = await _start_process(
         "serve", "--port", str(port), "--config", str(path), "--log-format", "json",
-        "--log-level", "info", log=log,
+        "--log-level", "info", "--workers", str(workers), log=log,
     )  # fmt: skip
     try:
-        match = await _wait_for(log, r'"url": ?"(ws://[^"]+)"', process)
+        pattern = r'"url": ?"(ws://[^"]+)"'
+        if workers > 1:
+            pattern = "".join([r'"event": ?"listening"[\s\S]*'] * (workers - 1)) + pattern
+        match = await _wait_for(log, pattern, process)
         url = match.group(1)
         yield Served(process, url, url.replace("ws://", "http://").removesuffix("/v1/ws"), log)
     finally:

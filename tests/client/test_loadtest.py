@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
-from pathlib import Path
 
 import websockets
-from conftest import TIMEOUT
+from conftest import TIMEOUT, TOKENWIRE
+from processes import loadtest
 from resume_parts import free_port
-
-TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
-
-
-async def loadtest(url: str, *args: str) -> tuple[int, dict]:
-    process = await asyncio.create_subprocess_exec(
-        TOKENWIRE, "loadtest", "--url", url, "--json", *args, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 6 * TIMEOUT)
-    assert process.returncode is not None
-    return process.returncode, json.loads(out)
 
 
 async def test_a_clean_run_reports_every_figure(server):
