@@ -50,7 +50,16 @@ from .metrics import CONTENT_TYPE, Metrics
 from .openai_http import FrontConnection, HttpLink, OpenAIHttp
 from .redis_store import Record, RedisStore, Replay
 from .responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_store
-from .resume import GAP, Cause, MemoryLogs, key_hash, same_key, seq_of, token_hash
+from .resume import (
+    GAP,
+    Cause,
+    MemoryLogs,
+    contiguous,
+    key_hash,
+    same_key,
+    seq_of,
+    token_hash,
+)
 from .session import SKIP_ALL, Session
 from .upstream import Upstream
 from .workers import Workers
@@ -490,15 +499,17 @@ class TokenwireServer:
             cause = frame_log.dropped_by or Cause.TOTAL_BYTES
             end = frame_log.first_seq - 1 if not frame_log.evicted else None
             span = (last_seq + 1, end)
+            session.delivered[gid] = SKIP_ALL  # nothing more of it goes to this client
             return [resume.failed(self.metrics, gid, "gap", cause, frames=span)]
         return [Resumed(id=gid, after_seq=last_seq), *frames]
 
     def _replay_stored(
         self, session: Session, record: Record | None, gid: str, last_seq: int, stored: Replay
-    ) -> int:
+    ) -> int | None:
         """``resume: redis``: the frames after ``last_seq`` as read from Redis;
         the live ones follow (from this node's generation, or relayed from the
-        node running it: ``Session.relay``) after the seq returned.
+        node running it: ``Session.relay``) after the seq returned (None: the
+        session never had ``gid``).
 
         A generation of this node that ended may still have frames on their
         way: waiting to be stored (``RedisStore.queued``), or stored since
@@ -519,7 +530,9 @@ class TokenwireServer:
         elsewhere = None if here or ended_here or record is None else record.requests.get(gid)
         live = here or elsewhere is not None
         frames: list[GenerationFrame] | ResumeFailure = stored
-        if stored == "unknown":  # nothing stored after last_seq
+        if isinstance(stored, list) and not contiguous(stored, last_seq):
+            frames = "gap"  # the oldest were trimmed, or never stored
+        elif stored == "unknown":  # nothing stored after last_seq
             frames = [] if live else "gap" if ended_here or gid in session.known else "unknown"
         elif isinstance(stored, list) and not live:
             # Ended without a stored terminal frame: what follows was lost
@@ -528,14 +541,18 @@ class TokenwireServer:
             frames = stored if ended else "gap"
         if frames == "unknown":
             link.send([resume.failed(self.metrics, gid, "unknown", Cause.NOT_STARTED)])
-            return SKIP_ALL
+            return None
         if isinstance(frames, str):
             lost = session.lost.get(gid) or (record.lost.get(gid) if record else None)
-            first = last_seq + 1
-            end = seq_of(stored[0]) - 1 if isinstance(stored, list) and stored else None
-            failure = resume.failed(
-                self.metrics, gid, "gap", lost or Cause.DATA_GONE, frames=(first, end)
-            )
+            span: tuple[int, int | None] = (last_seq + 1, None)  # the tail is missing
+            if isinstance(stored, list) and stored:
+                head = seq_of(stored[0])
+                span = (
+                    (last_seq + 1, head - 1)
+                    if head > last_seq + 1
+                    else (seq_of(stored[-1]) + 1, None)
+                )
+            failure = resume.failed(self.metrics, gid, "gap", lost or Cause.DATA_GONE, frames=span)
             link.send([failure])
             return SKIP_ALL
         link.send([Resumed(id=gid, after_seq=last_seq), *frames])

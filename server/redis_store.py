@@ -56,7 +56,7 @@ from tokenwire.protocol import (
 
 from .config import ServerSettings
 from .metrics import Metrics
-from .resume import Cause, contiguous, seq_of
+from .resume import Cause, seq_of
 
 if TYPE_CHECKING:
     from .session import Session
@@ -118,6 +118,8 @@ _json = msgspec.json.Encoder()
 _decode_json = msgspec.json.Decoder(list[dict[str, Any]])
 
 Replay = list[GenerationFrame] | Literal["gap", "unknown"]
+"""Frames read back after a seq (not yet checked to follow on), ``unknown``
+(nothing stored), or ``gap`` (Redis could not be read)."""
 GENERATION_FRAMES: Final = get_args(GenerationFrame)
 
 
@@ -507,8 +509,9 @@ class RedisStore:
 
     async def read(
         self, h: str, gid: str, after_seq: int, block_ms: int
-    ) -> list[GenerationFrame] | Literal["gap"] | None:
-        """Frames stored after ``after_seq``, waiting up to ``block_ms`` (None: none came)."""
+    ) -> list[GenerationFrame] | None:
+        """Frames stored after ``after_seq``, waiting up to ``block_ms`` (None:
+        none came); the caller checks that they follow on."""
         response: Any = await self.relays.xread(
             {_stream(h, gid): _entry_id(after_seq)}, block=block_ms
         )
@@ -516,7 +519,7 @@ class RedisStore:
             return None
         entries = response[0][1]
         frames = _frames_after(entries, after_seq)
-        return frames if frames != "unknown" else None
+        return frames if isinstance(frames, list) else None
 
     async def alive(self, h: str, gid: str) -> bool:
         """Whether a node holds the lease on the generation (it is running)."""
@@ -635,12 +638,13 @@ def _generation_ids(items: Iterable[object]) -> list[str]:
 
 
 def _frames_after(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], after_seq: int) -> Replay:
+    """The stored frames after ``after_seq`` (``unknown``: no entry at all).
+    The caller checks that they follow on (``resume.contiguous``): the
+    oldest may have been trimmed."""
     frames: list[GenerationFrame] = []
     for _, fields in entries:
         frames.extend(f for f in _decode_frames.decode(fields[b"f"]) if seq_of(f) > after_seq)
-    if not entries:
-        return "unknown"
-    return frames if contiguous(frames, after_seq) else "gap"
+    return frames if entries else "unknown"
 
 
 def orphan_error(gid: str, seq: int) -> Error:

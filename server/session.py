@@ -49,7 +49,7 @@ from .generation import Generation
 from .loop_lag import LoopLag
 from .metrics import Metrics
 from .redis_store import Kept, Started, orphan_error
-from .resume import Cause, FrameLog, MemoryLogs, new_token, seq_of, token_hash
+from .resume import Cause, FrameLog, MemoryLogs, contiguous, new_token, seq_of, token_hash
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -366,10 +366,15 @@ class Session:
         """Hold the live frames of ``ids`` while their stored frames are read."""
         self._parked = {gid: [] for gid in ids}
 
-    def unpark(self, gid: str, last_seq: int) -> None:
-        """``gid``'s stored frames up to ``last_seq`` were sent: the parked ones follow."""
+    def unpark(self, gid: str, last_seq: int | None) -> None:
+        """``gid``'s stored frames up to ``last_seq`` were sent: the parked ones
+        follow (None: the session never had ``gid``; a generate the client
+        sends again starts it afresh)."""
         parked = self._parked.pop(gid, []) if self._parked is not None else []
-        self.delivered[gid] = last_seq
+        if last_seq is None:
+            self.delivered.pop(gid, None)
+        else:
+            self.delivered[gid] = last_seq
         if not self._parked:
             self._parked = None
         self.deliver(list(parked))
@@ -452,12 +457,14 @@ class Session:
                 except (RedisError, OSError, TimeoutError) as exc:
                     store.failed(exc)
                     frames = [orphan_error(gid, last + 1)]
-                if frames is None:
+                if not frames:
                     continue
-                if frames == "gap":
+                if not contiguous(frames, last):
                     record = await store.load(h)
                     cause = record.lost.get(gid, Cause.DATA_GONE) if record else Cause.DATA_GONE
-                    self.deliver([resume.failed(self.context.metrics, gid, "gap", cause)])
+                    span = (last + 1, seq_of(frames[0]) - 1)
+                    failure = resume.failed(self.context.metrics, gid, "gap", cause, frames=span)
+                    self.deliver([failure])
                     return
                 self.deliver(list(frames))
                 last = seq_of(frames[-1])
@@ -506,6 +513,7 @@ class Session:
             self.refuse(admitted)
             return
         self.generated = True
+        self.delivered.pop(request.id, None)  # a resume's filter was for an older one
         self.known.pop(request.id, None)
         self.known[request.id] = None
         if len(self.known) > KNOWN_GENERATIONS:

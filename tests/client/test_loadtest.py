@@ -207,3 +207,19 @@ async def test_progress_counts_tokens_while_generations_stream(server):
     await child.expect(pexpect.EOF, async_=True)
     child.close()
     assert child.exitstatus == 0
+
+
+async def test_a_generation_not_resumed_is_a_failure_with_its_reason(start_server):
+    # Frames kept for a resume are bounded to one: a drop loses more, so
+    # the resume fails with gap, and the run fails with it.
+    async with start_server(resume="memory", resume_generation_bytes=50) as handle:
+        prompt = "fake:" + json.dumps({"tokens": 400, "interval": 0.002})
+        status, report = await loadtest(
+            handle.url, "--model", "fake", "--sessions", "8", "--prompt", prompt,
+            "--disconnect-rate", "4",
+        )  # fmt: skip
+    gaps = report["resume_failures"].get("gap", 0)
+    assert gaps > 0, report
+    assert report["generations_failed"]["resume_failed:gap"] == gaps
+    assert "connection_lost" not in report["generations_failed"]
+    assert report["error_rate"] > 0 and status == 3

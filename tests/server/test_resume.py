@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog
+import websockets
 from conftest import TIMEOUT, say
 from resume_parts import RawSession, resume_settings
 
+from tokenwire.client import connect as connect_client
 from tokenwire.protocol import (
     Error,
     Finish,
@@ -155,8 +158,16 @@ async def test_frames_past_resume_generation_bytes_are_a_gap_never_a_hole(
         reference = await first.until_terminal("g")
         await first.drop()
         again = await RawSession.open(handle.url)
-        replies = await again.resume(first.token, {"g": 0})
+        with structlog.testing.capture_logs() as logs:
+            replies = await again.resume(first.token, {"g": 0})
         assert replies == [Resumed(id=None), ResumeFailed(id="g", reason="gap")]
+        # The server names the bound, once, and counts it.
+        (failed,) = [e for e in logs if e["event"].startswith("resume failed")]
+        assert failed["reason"] == "gap" and failed["cause"] == "resume_generation_bytes"
+        assert failed["event"].startswith("resume failed: gap (frames 1-")
+        assert failed["event"].endswith(" trimmed by resume_generation_bytes)")
+        assert failed["log_level"] == "info" and failed["generation"] == "g"
+        assert _failures(handle) == {("gap", "resume_generation_bytes"): 1.0}
         # The last frames are still kept.
         late = await RawSession.open(handle.url)
         last = reference[-1].seq
@@ -233,3 +244,98 @@ async def test_text_sent_while_nobody_listens_is_not_lost(start_server, store, r
         rest = await again.until_terminal("g")
         tokens = [f.text for f in rest if isinstance(f, Token)]
         assert "tok0 " + "".join(tokens) == "".join(f"tok{i} " for i in range(30))
+
+
+def _failures(handle) -> dict[tuple[str, str], float]:
+    """``tokenwire_resume_failures_total`` by (reason, cause)."""
+    out = {}
+    for line in handle.server.metrics.render().decode().splitlines():
+        if line.startswith("tokenwire_resume_failures_total{"):
+            labels, _, value = line.partition("} ")
+            fields = dict(part.split("=") for part in labels.split("{")[1].split(","))
+            out[fields["reason"].strip('"'), fields["cause"].strip('"')] = float(value)
+    return out
+
+
+def _sessions(handle) -> dict[str, float]:
+    """``tokenwire_sessions`` by state, and the evictions."""
+    out = {}
+    for line in handle.server.metrics.render().decode().splitlines():
+        if line.startswith("tokenwire_sessions{state="):
+            state, _, value = line.partition("} ")
+            out[state.split('"')[1]] = float(value)
+        elif line.startswith("tokenwire_sessions_evicted_total "):
+            out["evicted"] = float(line.split()[1])
+    return out
+
+
+async def test_detached_sessions_make_room_for_attached_ones(start_server, store, redis_url):
+    settings = resume_settings(store, redis_url, max_sessions=2, orphan_timeout=30)
+    async with start_server(**settings) as handle:
+        dropped = [await RawSession.open(handle.url) for _ in range(2)]
+        for client in dropped:
+            await client.generate("g", say(tokens=200, interval=0.02))
+            await client.frames_until("g", seq=2)
+            await client.drop()
+        await _until(lambda: _sessions(handle)["detached"] == 2)
+        # The server is "full" of sessions nobody is attached to: two new
+        # clients connect at once, and stream.
+        fresh = await asyncio.gather(*(RawSession.open(handle.url) for _ in range(2)))
+        for client in fresh:
+            await client.generate("h", say(tokens=5))
+        for client in fresh:
+            frames = await client.until_terminal("h")
+            assert isinstance(frames[-1], Finish) and frames[-1].reason == "stop"
+        assert _sessions(handle) == {"attached": 2.0, "detached": 0.0, "evicted": 2.0}
+        # Now every session is attached: the next handshake is refused.
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await RawSession.open(handle.url)
+        assert refused.value.response.status_code == 503
+        # The evicted sessions' generations were cancelled; a resume hears expired.
+        await fresh[1].ws.close()
+        late = await RawSession.open(handle.url)
+        replies = await late.resume(dropped[0].token, {"g": 2})
+        expired = [ResumeFailed(id=None, reason="expired"), ResumeFailed(id="g", reason="expired")]
+        assert replies == expired
+
+
+async def test_a_generate_the_server_never_read_is_sent_again_after_the_resume(
+    start_server, store, redis_url
+):
+    # The client registered a generation whose generate never reached the
+    # server (the connection dropped under it): the resume hears unknown,
+    # and the client sends the generate again instead of losing it.
+    settings = resume_settings(store, redis_url)
+    async with (
+        start_server(**settings) as handle,
+        connect_client(handle.url, reconnect=True) as client,
+    ):
+        warm = await client.generate(model="fake", messages=say(tokens=2))
+        await warm.result()
+        unsent = client.generate(model="fake", messages=say(tokens=30, interval=0.01), id="u")
+        sent = await _without_sending(client, unsent)
+        with structlog.testing.capture_logs() as logs:
+            assert client._drop()
+            result = await sent.result()
+        assert result.content == "".join(f"tok{i} " for i in range(30))
+        assert client.resumes == 1
+        (failed,) = [e for e in logs if e["event"].startswith("resume failed")]
+        assert (failed["reason"], failed["cause"]) == ("unknown", "not_started")
+
+
+async def _without_sending(client, generate) -> object:
+    """Run ``client.generate(...)`` with its send swallowed, as a dropped
+    connection would; the generation it registered."""
+    real = client._send
+
+    async def lost(message):
+        client._send = real
+
+    client._send = lost
+    return await generate
+
+
+async def _until(condition) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():  # noqa: ASYNC110 (a metric: nothing to await)
+            await asyncio.sleep(0.01)

@@ -7,10 +7,12 @@ import asyncio
 import urllib.request
 from collections.abc import Callable
 
+import structlog
 from conftest import TIMEOUT, say
 from resume_parts import RawSession, redis_server
 
 from tokenwire.protocol import Finish, ResultBuilder, Resumed, ResumeFailed
+from tokenwire.server.resume import token_hash as _hash
 
 
 def _whole(frames: list, tokens: int) -> None:
@@ -33,9 +35,15 @@ async def test_redis_flushed_mid_stream_streaming_goes_on_and_a_resume_fails(sta
         _whole([*seen, *rest], 60)  # live streaming went on, whole
         await client.drop()
         again = await RawSession.open(handle.url)
-        replies = await again.resume(client.token, {"g": 10})
+        with structlog.testing.capture_logs() as logs:
+            replies = await again.resume(client.token, {"g": 10})
         assert replies[0] == Resumed(id=None)  # the session is still on this node
         assert replies[1] == ResumeFailed(id="g", reason="gap")
+        (failed,) = [e for e in logs if e["event"].startswith("resume failed")]
+        assert failed["cause"] == "data_gone", failed
+        assert failed["event"].startswith("resume failed: gap (frames 11-")
+        assert failed["event"].endswith("gone from the store (flushed or expired))")
+        assert 'cause="data_gone",reason="gap"} 1.0' in handle.server.metrics.render().decode()
         # After the flush, what was stored is whole again.
         late = await RawSession.open(handle.url)
         replies = await late.resume(client.token, {"g": rest[-2].seq})
@@ -70,10 +78,36 @@ async def test_redis_down_streams_on_reports_resume_off_and_says_so_once(
             assert back.ready.resume_token is not None
             await client.drop()
             again = await RawSession.open(handle.url)
-            replies = await again.resume(client.token, {"g": 5})
+            with structlog.testing.capture_logs() as logs:
+                replies = await again.resume(client.token, {"g": 5})
             assert replies[1] == ResumeFailed(id="g", reason="gap")
+            (failed,) = [e for e in logs if e["event"].startswith("resume failed")]
+            assert failed["cause"] == "store_unreachable", failed
+            assert "not stored: Redis was unreachable" in failed["event"]
             metrics = await asyncio.to_thread(_get, handle.http + "/metrics")
             assert "tokenwire_resume_store_outages_total 1.0" in metrics
+            assert 'cause="store_unreachable",reason="gap"} 1.0' in metrics
+
+
+async def test_a_generation_that_just_ended_here_is_replayed_whole(start_server, redis):
+    # Redis takes no write for a while: the generation ends with its last
+    # frames, the terminal one among them, still waiting to be stored (and
+    # so not yet sent). A resume then must wait for them, not call the
+    # missing terminal frame a gap (1 answer in 13 was lost so under drops).
+    redis.cli("FLUSHALL")
+    async with start_server(resume="redis", redis_url=redis.url) as handle:
+        client = await RawSession.open(handle.url)
+        await client.generate("g", say(tokens=20, interval=0.005))
+        seen = await client.frames_until("g", seq=5)
+        assert "OK" in redis.cli("CLIENT", "PAUSE", "700", "WRITE")
+        await asyncio.sleep(0.3)  # the generation ends meanwhile (20 × 5 ms)
+        assert not handle.server.sessions[_hash(client.token)].generations
+        await client.drop()
+        again = await RawSession.open(handle.url)
+        replies = await again.resume(client.token, {"g": 5})
+        assert replies == [Resumed(id=None), Resumed(id="g", after_seq=5)]
+        rest = await again.until_terminal("g")
+        _whole([*seen, *rest], 20)
 
 
 async def _until(condition: Callable[[], bool]) -> None:
