@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -46,13 +47,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def start_server(config: Path) -> tuple[asyncio.subprocess.Process, str, float]:
+async def start_server(
+    config: Path, workers: int = 1
+) -> tuple[asyncio.subprocess.Process, str, float]:
     started = time.monotonic()
+    extra = (
+        ["--workers", str(workers), "--port", str(_free_port())] if workers > 1 else ["--port", "0"]
+    )
     process = await asyncio.create_subprocess_exec(
         TOKENWIRE,
         "serve",
-        "--port",
-        "0",
+        *extra,
         "--log-format",
         "json",
         "--log-level",
@@ -62,16 +67,32 @@ async def start_server(config: Path) -> tuple[asyncio.subprocess.Process, str, f
         stderr=asyncio.subprocess.PIPE,
     )
     # --log-level warning hides "listening": read the port from /proc instead.
-    url = await _listening_url(process.pid)
+    url = await _listening_url(process.pid, workers)
     return process, url, time.monotonic() - started
 
 
-async def _listening_url(pid: int) -> str:
+def children(pid: int) -> list[int]:
+    """The process's children (``--workers``: the workers)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _listening_url(pid: int, workers: int = 1) -> str:
     async with asyncio.timeout(120):
         while True:
-            port = _listening_port(pid)
-            if port:
-                return f"ws://127.0.0.1:{port}/v1/ws"
+            listening = [
+                p for p in ([pid] if workers == 1 else children(pid)) if _listening_port(p)
+            ]
+            if len(listening) == workers:
+                return f"ws://127.0.0.1:{_listening_port(listening[0])}/v1/ws"
             await asyncio.sleep(0.02)
 
 

@@ -9,9 +9,11 @@ free port, no persistence) and three ``tokenwire serve`` processes, one per
 processes) with ``--streams`` concurrent streams of ``--tokens`` tokens at
 50 tokens/s. The modes run in turn, ``--runs`` times, so that the machine's
 drift hits them alike; the best run of each is printed with its ratio to
-``off`` (the bounds: memory within 1.05×, redis within 1.25×).
+``off`` (the bounds: memory within 1.05×, redis within 1.25×). Then the same
+with ``--workers 2`` (``w2``): ``memory`` against ``off``, both with two
+workers (the bound: 1.05×; a resume there may be piped between workers).
 
-Then, for ``memory`` and ``redis``: ``--resumes`` sessions each drop their
+Then, for ``memory``, ``redis`` and ``w2 memory``: ``--resumes`` sessions each drop their
 connection mid-answer and resume at once, concurrently: the latency from
 opening the new connection to the first replayed frame. Last, Redis's
 ``used_memory`` per finished 1,000-token generation (paced, so each token is
@@ -42,7 +44,8 @@ from run import free_port, measured, ws_load
 
 from tokenwire.server.fake_upstream import FakeUpstream
 
-MODES = ("off", "memory", "redis")
+MODES = ("off", "memory", "redis", "w2 off", "w2 memory")
+"""The resume modes, one process each, then ``--workers 2`` with ``off`` and ``memory``."""
 PACE = 50
 
 
@@ -50,13 +53,17 @@ def scenario(tokens: int, pace: float = PACE) -> str:
     return "fake:" + json.dumps({"tokens": tokens, "interval": 1 / pace})
 
 
+def workers_of(mode: str) -> int:
+    return 2 if mode.startswith("w2 ") else 1
+
+
 def write_config(tmp: Path, mode: str, base_url: str, redis_url: str) -> Path:
-    server: dict[str, Any] = {"resume": mode, "max_sessions": 20_000}
+    server: dict[str, Any] = {"resume": mode.removeprefix("w2 "), "max_sessions": 20_000}
     if mode == "redis":
         server["redis_url"] = redis_url
     params = {"model": "openai/fake-model", "api_base": base_url, "api_key": "sk-bench"}
     config = {"model_list": [{"model_name": "fake", "litellm_params": params}], "server": server}
-    path = tmp / f"{mode}.yaml"
+    path = tmp / f"{mode.replace(' ', '-')}.yaml"
     path.write_text(json.dumps(config))
     return path
 
@@ -175,7 +182,7 @@ async def main(args: argparse.Namespace) -> str:
             servers = {}
             for mode in MODES:
                 config = write_config(tmp, mode, fake.base_url, redis_url)
-                process, url, _ = await start_server(config)
+                process, url, _ = await start_server(config, workers_of(mode))
                 servers[mode] = (process, url)
             try:
                 for _ in range(args.runs):
@@ -185,7 +192,7 @@ async def main(args: argparse.Namespace) -> str:
                         reports[mode].append(report)
                         if "gateway_cpu_s_per_1k_tokens" in report:
                             cpu[mode].append(report["gateway_cpu_s_per_1k_tokens"])
-                for mode in ("memory", "redis"):
+                for mode in ("memory", "redis", "w2 memory"):
                     latencies[mode] = await resume_latency(servers[mode][1], args.resumes)
                 per_generation = await redis_bytes_per_generation(servers["redis"][1], redis_url)
             finally:
@@ -200,6 +207,7 @@ async def main(args: argparse.Namespace) -> str:
 
 def render(args, cpu, reports, latencies, per_generation) -> str:  # type: ignore[no-untyped-def]
     base = min(cpu["off"]) if cpu["off"] else float("nan")
+    base_w2 = min(cpu["w2 off"]) if cpu["w2 off"] else float("nan")
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.split()[2]
@@ -207,27 +215,28 @@ def render(args, cpu, reports, latencies, per_generation) -> str:  # type: ignor
         f"# resume: {args.streams} streams of {args.tokens} tokens at {PACE} tokens/s, "
         f"{args.runs} runs each, best shown ({redis_version})",
         "",
-        f"{'':34}{'off':>10}{'memory':>10}{'redis':>10}",
+        "".join([f"{'':34}", *(f"{m:>11}" for m in MODES)]),
     ]
     row = "gateway CPU s / 1k tokens"
     lines.append(
-        f"{row:34}" + "".join(f"{min(cpu[m]) if cpu[m] else float('nan'):>10.4f}" for m in MODES)
+        f"{row:34}" + "".join(f"{min(cpu[m]) if cpu[m] else float('nan'):>11.4f}" for m in MODES)
     )
-    lines.append(f"{'  ratio to off':34}" + "".join(f"{min(cpu[m]) / base:>10.2f}" for m in MODES))
+    ratios = [min(cpu[m]) / (base_w2 if workers_of(m) > 1 else base) for m in MODES]
+    lines.append(f"{'  ratio to off (same workers)':34}" + "".join(f"{r:>11.2f}" for r in ratios))
     for name, key in (("inter-token p99 ms", "inter_token_ms"), ("first token p99 ms", "ttft_ms")):
         values = [
             min((r.get(key) or {}).get("p99") or float("nan") for r in reports[m]) for m in MODES
         ]
-        lines.append(f"{name:34}" + "".join(f"{v:>10.1f}" for v in values))
+        lines.append(f"{name:34}" + "".join(f"{v:>11.1f}" for v in values))
     completed = [sum(r.get("generations_completed", 0) for r in reports[m]) for m in MODES]
-    lines.append(f"{'generations completed':34}" + "".join(f"{v:>10}" for v in completed))
+    lines.append(f"{'generations completed':34}" + "".join(f"{v:>11}" for v in completed))
     for mode in MODES:
         lines.append(f"  {mode} runs: " + ", ".join(f"{v:.4f}" for v in cpu[mode]))
     lines.append("")
     lines.append(f"resume latency, {args.resumes} at once (connect → first replayed frame)")
     for mode, values in latencies.items():
         lines.append(
-            f"  {mode:8} p50 {pct(values, 0.5) * 1000:6.1f} ms   p99 {pct(values, 0.99) * 1000:6.1f} ms"
+            f"  {mode:10} p50 {pct(values, 0.5) * 1000:6.1f} ms   p99 {pct(values, 0.99) * 1000:6.1f} ms"
             f"   max {max(values) * 1000:6.1f} ms"
         )
     lines.append("")

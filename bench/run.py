@@ -33,7 +33,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import aiohttp
-from core import cancel_through_tokenwire, idle_sessions, pct, rss_kb, start_server
+from core import cancel_through_tokenwire, children, idle_sessions, pct, rss_kb, start_server
 
 from tokenwire.server.fake_upstream import FakeUpstream
 
@@ -48,8 +48,10 @@ PROXY_KEY = "sk-" + os.urandom(32).hex()
 
 
 def cpu_s(pid: int) -> float:
+    """CPU seconds of the process and of its live children (``--workers``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_s(child) for child in children(pid))
 
 
 async def run_json(*command: str, timeout: float) -> dict[str, Any]:

@@ -58,7 +58,10 @@ export declare class GenerationError extends Error {
   id: string | null;
 }
 
-export declare class ConnectionLost extends Error {}
+export declare class ConnectionLost extends Error {
+  /** The server's resume_failed reason (unknown, expired, gap), or null. */
+  readonly resumeFailure: "unknown" | "expired" | "gap" | null;
+}
 
 export declare class Generation implements AsyncIterable<StreamEvent> {
   readonly id: string;

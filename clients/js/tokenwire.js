@@ -43,9 +43,11 @@ export class GenerationError extends Error {
 
 /** The connection dropped while a generation or a reset was pending. */
 export class ConnectionLost extends Error {
-  constructor(message = "the connection to the server was lost") {
+  /** resumeFailure: the server's resume_failed reason (unknown, expired, gap), or null. */
+  constructor(message = "the connection to the server was lost", resumeFailure = null) {
     super(message);
     this.name = "ConnectionLost";
+    this.resumeFailure = resumeFailure;
   }
 }
 
@@ -248,6 +250,7 @@ export class Client extends EventTarget {
       generation._end(new ConnectionLost("not connected"));
       return generation;
     }
+    generation._request = message; // sent again if the server never read it
     this._generations.set(generationId, generation);
     this._send(message);
     return generation;
@@ -378,18 +381,25 @@ export class Client extends EventTarget {
     const ok = frame.type === "resumed";
     if (typeof frame.id === "string") {
       const generation = this._generations.get(frame.id);
-      if (!ok && generation) {
-        generation._end(new ConnectionLost(`${frame.id} could not be resumed (${frame.reason})`));
+      if (!ok && generation && frame.reason === "unknown" && generation._nextSeq === 0) {
+        // Nothing of it came and the session never had it: its generate was
+        // on its way when the connection dropped. Sent again once resumed.
+        (this._unsent ??= []).push(generation._request);
+      } else if (!ok && generation) {
+        generation._end(new ConnectionLost(`${frame.id} could not be resumed (${frame.reason})`, frame.reason));
         this._generations.delete(frame.id);
       }
       return;
     }
+    const unsent = this._unsent ?? [];
+    this._unsent = null;
     if (ok) {
       this.resumes += 1;
+      for (const message of unsent) this._send(message);
     } else {
       // The session is gone: this connection's new one stands. The generations
       // in flight at the drop are lost; those started since go on there.
-      const lost = new ConnectionLost(`the session could not be resumed (${frame.reason})`);
+      const lost = new ConnectionLost(`the session could not be resumed (${frame.reason})`, frame.reason);
       for (const id of this._listed ?? []) {
         this._generations.get(id)?._end(lost);
         this._generations.delete(id);
