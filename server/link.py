@@ -11,6 +11,7 @@ a ``resume`` on a new connection attaches that link instead.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -36,6 +37,8 @@ OPEN: Final = State.OPEN
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds the closing handshake may take before the TCP connection is aborted."""
 LARGE_MESSAGE: Final = 64 * 1024
+LARGE_PAUSE: Final = 0.5
+"""Most seconds a session waits after a large message before its next one."""
 MERGE_BACKLOG: Final = 64
 """Frames queued for a socket past which it counts as behind, so text merges."""
 
@@ -183,18 +186,24 @@ class Link(LinkBase):
             await session.detach(self, end=self.state is SessionState.ABORTING)
 
     async def _read_loop(self) -> None:
+        clock = time.perf_counter
         try:
             async for data in self._ws:
+                started = clock()
                 try:
                     await self._handle(data)
                 except Exception:  # a bug must not take the session down
                     log.exception("message handling failed")
                     self.refuse(error_frame(None, ErrorCode.INTERNAL, "internal error"))
                 if len(data) > LARGE_MESSAGE:
-                    # Decoding and checking it took a while (≈40 ms a MB): let
-                    # other sessions have the loop before the next one, which
-                    # websockets may already hold.
-                    await asyncio.sleep(0)
+                    # Decoding and checking it held the loop a while (≈50 ms
+                    # for a MB of 55,000 messages): the others get as long
+                    # before this session's next message, which websockets
+                    # may already hold. A session that sends large messages
+                    # has half the loop at most. (One turn was not enough:
+                    # another session's token needs several, from its
+                    # upstream's socket to its client's.)
+                    await asyncio.sleep(min(clock() - started, LARGE_PAUSE))
         except ConnectionClosed:
             pass
         # The peer closed (or the connection failed): the writer stops too.
