@@ -155,7 +155,7 @@ def finish_reason(reason: str) -> str:
     return "stop" if reason == "cancelled" else reason
 
 
-def openai_error(frame: Error) -> dict[str, Any]:
+def frame_error_body(frame: Error) -> dict[str, Any]:
     """An ``error`` frame as OpenAI's error body."""
     return error_body(frame.message, error_kind(frame.code), frame.code)
 
@@ -208,7 +208,7 @@ class ChatChunks:
                 out += self._head[: -len(b'{"index":0,"delta":')] + b'],"usage":' + usage + b"}\n\n"
             return out + b"data: [DONE]\n\n"
         if isinstance(frame, Error):
-            return b"data: " + _encode(openai_error(frame)) + b"\n\n"
+            return b"data: " + _encode(frame_error_body(frame)) + b"\n\n"
         return b""  # tool_call_complete: the fragments said it all
 
     def _delta(self, delta: dict[str, Any]) -> bytes:

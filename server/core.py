@@ -23,7 +23,7 @@ websockets' ``State`` and h11's table do::
     session:    ATTACHED ◄──► DETACHED (dropped, resumable) ──► ENDED
                    └──────────────────────────────────────────────┘
 
-A session outlives its connections when resume is on: ``SessionState``
+A session outlives its connections when resume is on: ``ConnectionState``
 is one connection's, ``SessionLife`` the session's own.
 
 Every terminal path of a generation (finish, upstream error, cancel, reset,
@@ -62,7 +62,7 @@ class GenerationState(enum.Enum):
     ENDED = "ended"
 
 
-class SessionState(enum.Enum):
+class ConnectionState(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     """A close was asked (the drain): what is queued is written, then the close."""
@@ -81,23 +81,28 @@ _GENERATION_MOVES: Final[Mapping[GenerationState, frozenset[GenerationState]]] =
     GenerationState.STOPPING: frozenset({GenerationState.ENDED}),
     GenerationState.ENDED: frozenset(),
 }
-_SESSION_MOVES: Final[Mapping[SessionState, frozenset[SessionState]]] = {
-    SessionState.OPEN: frozenset(
-        {SessionState.CLOSING, SessionState.ABORTING, SessionState.GONE, SessionState.CLOSED}
+_CONNECTION_MOVES: Final[Mapping[ConnectionState, frozenset[ConnectionState]]] = {
+    ConnectionState.OPEN: frozenset(
+        {
+            ConnectionState.CLOSING,
+            ConnectionState.ABORTING,
+            ConnectionState.GONE,
+            ConnectionState.CLOSED,
+        }
     ),
-    SessionState.CLOSING: frozenset(
-        {SessionState.ABORTING, SessionState.GONE, SessionState.CLOSED}
+    ConnectionState.CLOSING: frozenset(
+        {ConnectionState.ABORTING, ConnectionState.GONE, ConnectionState.CLOSED}
     ),
-    SessionState.ABORTING: frozenset({SessionState.GONE, SessionState.CLOSED}),
-    SessionState.GONE: frozenset({SessionState.CLOSED}),
-    SessionState.CLOSED: frozenset(),
+    ConnectionState.ABORTING: frozenset({ConnectionState.GONE, ConnectionState.CLOSED}),
+    ConnectionState.GONE: frozenset({ConnectionState.CLOSED}),
+    ConnectionState.CLOSED: frozenset(),
 }
 
 
 _State = TypeVar("_State", bound=enum.Enum)
 
 
-def _advance(
+def advance(
     moves: Mapping[_State, frozenset[_State]], state: _State, to: _State, what: str
 ) -> _State:
     """``to`` if ``moves`` allows it from ``state``, else ``IllegalTransition``."""
@@ -106,9 +111,9 @@ def _advance(
     return to
 
 
-def advance_session(state: SessionState, to: SessionState) -> SessionState:
+def advance_connection(state: ConnectionState, to: ConnectionState) -> ConnectionState:
     """A connection's one transition function: ``to``, or ``IllegalTransition``."""
-    return _advance(_SESSION_MOVES, state, to, "connection")
+    return advance(_CONNECTION_MOVES, state, to, "connection")
 
 
 class SessionLife(enum.Enum):
@@ -130,7 +135,7 @@ _LIFE_MOVES: Final[Mapping[SessionLife, frozenset[SessionLife]]] = {
 def advance_life(state: SessionLife, to: SessionLife) -> SessionLife:
     """The session's one transition function (ATTACHED → ATTACHED: a resume
     takes the session from a connection that has not noticed it is dead)."""
-    return _advance(_LIFE_MOVES, state, to, "session")
+    return advance(_LIFE_MOVES, state, to, "session")
 
 
 class StopReason(enum.Enum):
@@ -166,11 +171,11 @@ class Entry:
 
     def move(self, to: GenerationState) -> None:
         """The generation's one transition function."""
-        self.state = _advance(_GENERATION_MOVES, self.state, to, f"generation {self.id}")
+        self.state = advance(_GENERATION_MOVES, self.state, to, f"generation {self.id}")
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class SessionLimits:
     max_generations: int
     max_conversations: int
     max_history_bytes: int
@@ -196,7 +201,7 @@ OVERLOAD_RETRY_MS: Final = 1000
 class SessionCore:
     """One session's generations and conversations, and the rules over them."""
 
-    limits: Limits
+    limits: SessionLimits
     models: frozenset[str]
     active: dict[str, Entry] = field(default_factory=dict)
     conversations: dict[str, Conversation] = field(default_factory=dict)

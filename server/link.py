@@ -24,7 +24,7 @@ from websockets.protocol import State
 from tokenwire.protocol import BadMessage, Codec, ErrorCode, Resume, ServerFrame, error_frame
 
 from . import core
-from .core import SessionState
+from .core import ConnectionState
 from .errors import CLOSE_REASONS, CloseCode
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class Link(LinkBase):
     def __init__(self, context: SessionContext, connection: ServerConnection, codec: Codec):
         self.context = context
         self.session: Session | None = None
-        self.state = SessionState.OPEN
+        self.state = ConnectionState.OPEN
         self._ws = connection
         self._codec = codec
         self._encode: Callable[[Any], bytes] = codec.encode
@@ -151,9 +151,9 @@ class Link(LinkBase):
     def encoding(self) -> str:
         return self._codec.encoding.value
 
-    def _move(self, to: SessionState) -> None:
-        """The connection's state moves (``core.advance_session`` refuses an illegal move)."""
-        self.state = core.advance_session(self.state, to)
+    def _move(self, to: ConnectionState) -> None:
+        """The connection's state moves (``core.advance_connection`` refuses an illegal move)."""
+        self.state = core.advance_connection(self.state, to)
 
     # -- the link's task ------------------------------------------------------
 
@@ -172,7 +172,7 @@ class Link(LinkBase):
             await self._close()
         finally:
             await self._leave()
-            self._move(SessionState.CLOSED)
+            self._move(ConnectionState.CLOSED)
             resolve(self._closed)
             log.info("connection closed", code=self._ws.close_code)
 
@@ -183,7 +183,7 @@ class Link(LinkBase):
             self.session = None
             # A reader closed for taking nothing (4008) is not a dropped
             # connection: its session ends, resume or not.
-            await session.detach(self, end=self.state is SessionState.ABORTING)
+            await session.detach(self, end=self.state is ConnectionState.ABORTING)
 
     async def _read_loop(self) -> None:
         clock = time.perf_counter
@@ -207,8 +207,8 @@ class Link(LinkBase):
         except ConnectionClosed:
             pass
         # The peer closed (or the connection failed): the writer stops too.
-        if self.state in (SessionState.OPEN, SessionState.CLOSING, SessionState.ABORTING):
-            self._move(SessionState.GONE)
+        if self.state in (ConnectionState.OPEN, ConnectionState.CLOSING, ConnectionState.ABORTING):
+            self._move(ConnectionState.GONE)
         self._wake_writer()
 
     async def _handle(self, data: str | bytes) -> None:
@@ -269,7 +269,7 @@ class Link(LinkBase):
         sent = 0
         try:
             while True:
-                if self.state in (SessionState.GONE, SessionState.ABORTING):
+                if self.state in (ConnectionState.GONE, ConnectionState.ABORTING):
                     return
                 if not outbox:
                     resolve(self._drained)
@@ -277,7 +277,7 @@ class Link(LinkBase):
                     if self._holding:  # caught up: the held text goes out, merged
                         self.release_held()
                         continue
-                    if self.state is SessionState.CLOSING:  # all written: now the close
+                    if self.state is ConnectionState.CLOSING:  # all written: now the close
                         return
                     frames_sent.inc(sent)
                     sent = 0
@@ -303,7 +303,7 @@ class Link(LinkBase):
                     self.release_held()
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if self.state is not SessionState.ABORTING or task is None:
+            if self.state is not ConnectionState.ABORTING or task is None:
                 raise
             task.uncancel()
             log.warning("slow reader", queued=len(outbox))
@@ -337,18 +337,18 @@ class Link(LinkBase):
 
     def _stall(self) -> None:
         """Give up on the reader: close with 4008, interrupting a blocked send."""
-        if self.state not in (SessionState.OPEN, SessionState.CLOSING):
+        if self.state not in (ConnectionState.OPEN, ConnectionState.CLOSING):
             return
-        self._move(SessionState.ABORTING)
+        self._move(ConnectionState.ABORTING)
         self._wake_writer()
         if self._send_started and self._task is not None:
             self._task.cancel()  # the writer turns it into the close (see _write_loop)
 
     async def _close(self) -> None:
         """The closing handshake asked for (4008 or 1001), aborted after ``CLOSE_TIMEOUT``."""
-        if self.state is SessionState.ABORTING:
+        if self.state is ConnectionState.ABORTING:
             code = CloseCode.SLOW_READER
-        elif self.state is SessionState.CLOSING:
+        elif self.state is ConnectionState.CLOSING:
             code = self._close_code
         else:  # the peer went away, or the connection closed under the writer
             return
@@ -388,7 +388,7 @@ class Link(LinkBase):
 
     async def drained(self) -> None:
         """Wait until everything queued has been written (or the link is done)."""
-        if not self._outbox or self.state not in (SessionState.OPEN, SessionState.CLOSING):
+        if not self._outbox or self.state not in (ConnectionState.OPEN, ConnectionState.CLOSING):
             return
         if self._drained is None:
             self._drained = asyncio.get_running_loop().create_future()
@@ -409,15 +409,15 @@ class Link(LinkBase):
 
     def request_close(self, code: CloseCode) -> None:
         """Write what is queued, then close with ``code`` (``close`` without the wait)."""
-        if self.state is SessionState.OPEN:
+        if self.state is ConnectionState.OPEN:
             self._close_code = code
-            self._move(SessionState.CLOSING)
+            self._move(ConnectionState.CLOSING)
         self._wake_writer()
 
     async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
         """Write what is queued, close with ``code``, and wait until the link is closed."""
         self.request_close(code)
-        if self.state is not SessionState.CLOSED:
+        if self.state is not ConnectionState.CLOSED:
             if self._closed is None:
                 self._closed = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._closed)

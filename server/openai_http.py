@@ -130,7 +130,7 @@ def _is_http(line: bytes) -> bool:
     return method != b"GET" or path in HTTP_PATHS
 
 
-def openai_error(
+def json_error(
     kind: OpenAIErrorKind,
     message: str,
     code: str | None,
@@ -151,7 +151,7 @@ def error_response(frame: Error) -> web.Response:
     headers = None
     if frame.retry_after_ms is not None:
         headers = {"Retry-After": str(max(1, -(-frame.retry_after_ms // 1000)))}
-    return openai_error(error_kind(frame.code), frame.message, frame.code, headers=headers)
+    return json_error(error_kind(frame.code), frame.message, frame.code, headers=headers)
 
 
 class OpenAIHttp:
@@ -186,7 +186,7 @@ class OpenAIHttp:
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
-            return openai_error(METHOD_NOT_ALLOWED, f"{request.method} is not allowed here", None)
+            return json_error(METHOD_NOT_ALLOWED, f"{request.method} is not allowed here", None)
         key = self.server.key_of(request.headers.getall("Authorization", []))
         if (refused := self._refused(request, key, need_room=False)) is not None:
             return refused
@@ -199,7 +199,7 @@ class OpenAIHttp:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
-            return openai_error(METHOD_NOT_ALLOWED, "use POST", None)
+            return json_error(METHOD_NOT_ALLOWED, "use POST", None)
         key = self.server.key_of(request.headers.getall("Authorization", []))
         if (refused := self._refused(request, key, need_room=True)) is not None:
             return refused
@@ -207,7 +207,7 @@ class OpenAIHttp:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             limit = self.server.settings.max_message_bytes
-            return openai_error(PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes", None)
+            return json_error(PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes", None)
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         try:
             try:
@@ -218,7 +218,7 @@ class OpenAIHttp:
         except BadMessage as exc:
             self.server.metrics.errors.labels("bad_message").inc()
             kind = error_kind("bad_message")
-            return openai_error(kind, exc.message, "bad_message", param=exc.path)
+            return json_error(kind, exc.message, "bad_message", param=exc.path)
         return await HttpLink(self.server, request, chat).serve(key)
 
     async def other(self, request: web.Request) -> web.StreamResponse:
@@ -229,12 +229,12 @@ class OpenAIHttp:
             response.headers["Content-Type"] = content_type
             return response
         if path in self.server.websocket_paths:
-            return openai_error(
+            return json_error(
                 OpenAIErrorKind(426, "invalid_request_error"),
                 f"{path} is a WebSocket endpoint: open it with a WebSocket client",
                 None,
             )
-        return openai_error(
+        return json_error(
             NOT_FOUND,
             f"no route {request.method} {path[:100]}: tokenwire serves POST {CHAT_PATH}, "
             f"GET {MODELS_PATH}, and WebSockets at /v1/responses and /v1/ws",
@@ -247,12 +247,10 @@ class OpenAIHttp:
         """An error response if the request may not be served (``key``: the one it presented)."""
         server = self.server
         if not server.origin_allowed(request.headers.getall("Origin", [])):
-            return openai_error(
-                OpenAIErrorKind(403, "permission_error"), "origin not allowed", None
-            )
+            return json_error(OpenAIErrorKind(403, "permission_error"), "origin not allowed", None)
         if server.requires_key and key is None:
             server.metrics.handshakes_rejected.labels("401").inc()
-            return openai_error(
+            return json_error(
                 UNAUTHORIZED,
                 "missing or wrong API key (send Authorization: Bearer <key>)",
                 "invalid_api_key",
@@ -260,7 +258,7 @@ class OpenAIHttp:
             )
         if need_room and (server.draining or len(server.sessions) >= server.settings.max_sessions):
             reason = "shutting down" if server.draining else "server full"
-            return openai_error(
+            return json_error(
                 error_kind("overloaded"), reason, "overloaded", headers={"Retry-After": "1"}
             )
         return None

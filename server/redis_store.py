@@ -130,7 +130,7 @@ class Started:
     request: Generate
 
 
-class Kept:
+class StreamEntries:
     """The entries of one generation's stream, as its node wrote them: their
     bytes are bounded by ``resume_generation_bytes``, the oldest trimmed first."""
 
@@ -397,7 +397,7 @@ class RedisStore:
             last_seq = seq_of(frames[-1])
             kept = session.stored.get(gid)
             if kept is None:
-                kept = session.stored[gid] = Kept()
+                kept = session.stored[gid] = StreamEntries()
             first = not kept.entries
             # Past resume_generation_bytes the oldest entries go (MINID).
             minid = kept.add(last_seq, len(data), self.settings.resume_generation_bytes)

@@ -19,10 +19,11 @@ Redis, so that another connection, on any node, continues it.
 
 from __future__ import annotations
 
+import enum
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
@@ -39,6 +40,7 @@ from tokenwire.protocol.openai_responses import (
 )
 
 from .config import ServerSettings
+from .core import advance
 from .link import Link
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
 
-class Kept(msgspec.Struct, array_like=True):
+class KeptResponse(msgspec.Struct, array_like=True):
     """A kept response: the messages it added, and the response it continued."""
 
     key: str
@@ -74,28 +76,28 @@ class ResponseStore(Protocol):
         """An id for a new response."""
         ...
 
-    async def put(self, response_id: str, kept: Kept) -> None: ...
+    async def put(self, response_id: str, kept: KeptResponse) -> None: ...
 
-    async def chain(self, response_id: str) -> list[Kept] | None:
+    async def chain(self, response_id: str) -> list[KeptResponse] | None:
         """The kept responses from ``response_id`` back to its chain's first
         (newest first); None if one of them is not kept."""
         ...
 
 
 class MemoryResponses:
-    """Kept responses in this node's memory: ``response_ttl`` seconds each, at
+    """KeptResponse responses in this node's memory: ``response_ttl`` seconds each, at
     most ``response_store_bytes`` in all (the oldest go first)."""
 
     def __init__(self, ttl: float, max_bytes: int) -> None:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._kept: OrderedDict[str, tuple[Kept, int, float]] = OrderedDict()
+        self._kept: OrderedDict[str, tuple[KeptResponse, int, float]] = OrderedDict()
 
     def new_id(self) -> str:
         return new_response_id()
 
-    async def put(self, response_id: str, kept: Kept) -> None:
+    async def put(self, response_id: str, kept: KeptResponse) -> None:
         size = len(_encode(kept.messages)) + 200
         now = time.monotonic()
         self._kept[response_id] = (kept, size, now + self.ttl)
@@ -106,8 +108,8 @@ class MemoryResponses:
             _, (_, gone, _) = self._kept.popitem(last=False)
             self.bytes -= gone
 
-    async def chain(self, response_id: str) -> list[Kept] | None:
-        out: list[Kept] = []
+    async def chain(self, response_id: str) -> list[KeptResponse] | None:
+        out: list[KeptResponse] = []
         rid: str | None = response_id
         while rid is not None and len(out) < MAX_CHAIN:
             kept = self._get(rid)
@@ -117,11 +119,13 @@ class MemoryResponses:
             rid = kept.previous
         return out
 
-    def _get(self, response_id: str) -> Kept | None:
+    def _get(self, response_id: str) -> KeptResponse | None:
         entry = self._kept.get(response_id)
         return None if entry is None or entry[2] < time.monotonic() else entry[0]
 
-    async def _elsewhere(self, response_id: str, newer: list[Kept]) -> list[Kept] | None:
+    async def _elsewhere(
+        self, response_id: str, newer: list[KeptResponse]
+    ) -> list[KeptResponse] | None:
         """The chain of ``response_id``, not kept here, after ``newer`` (None: nowhere)."""
         return None
 
@@ -137,7 +141,9 @@ class WorkerResponses(MemoryResponses):
     def new_id(self) -> str:
         return self.workers.new_response_id()
 
-    async def _elsewhere(self, response_id: str, newer: list[Kept]) -> list[Kept] | None:
+    async def _elsewhere(
+        self, response_id: str, newer: list[KeptResponse]
+    ) -> list[KeptResponse] | None:
         owner = self.workers.response_owner(response_id)
         if owner is None:
             return None
@@ -162,7 +168,7 @@ return out
 
 
 class RedisResponses:
-    """Kept responses in Redis (``resume: redis``), ``response_ttl`` seconds
+    """KeptResponse responses in Redis (``resume: redis``), ``response_ttl`` seconds
     each: ``tw:r:{id}`` holds a response (MessagePack), and one script call
     reads a chain back."""
 
@@ -174,16 +180,16 @@ class RedisResponses:
     def new_id(self) -> str:
         return new_response_id()
 
-    async def put(self, response_id: str, kept: Kept) -> None:
+    async def put(self, response_id: str, kept: KeptResponse) -> None:
         client = self.store.client
         data = msgspec.msgpack.encode(kept)
         await self.store.quietly(lambda: client.set(f"tw:r:{response_id}", data, ex=self.ttl))
 
-    async def chain(self, response_id: str) -> list[Kept] | None:
+    async def chain(self, response_id: str) -> list[KeptResponse] | None:
         found = await self.store.quietly(lambda: self._chain(args=[response_id, MAX_CHAIN]))
         if not found:
             return None
-        return [msgspec.msgpack.decode(raw, type=Kept) for raw in found]
+        return [msgspec.msgpack.decode(raw, type=KeptResponse) for raw in found]
 
 
 def response_store(
@@ -204,6 +210,28 @@ def _same(bytes_: bytes) -> bytes:
     return bytes_
 
 
+class ResponseState(enum.Enum):
+    """A ``/v1/responses`` connection's response in flight::
+
+    IDLE ──► ADMITTING ──► STREAMING ──► IDLE
+                └── refused ──────────────┘
+    """
+
+    IDLE = "idle"
+    """No response in flight: a ``response.create`` is taken."""
+    ADMITTING = "admitting"
+    """Its generation is being admitted; a refusal is an ``error`` event."""
+    STREAMING = "streaming"
+    """Admitted: ``response.created`` went, its events follow."""
+
+
+_RESPONSE_MOVES: Final[Mapping[ResponseState, frozenset[ResponseState]]] = {
+    ResponseState.IDLE: frozenset({ResponseState.ADMITTING}),
+    ResponseState.ADMITTING: frozenset({ResponseState.STREAMING, ResponseState.IDLE}),
+    ResponseState.STREAMING: frozenset({ResponseState.IDLE}),
+}
+
+
 class ResponsesLink(Link):
     """A ``/v1/responses`` connection: ``response.create`` in, ``response.*`` events out."""
 
@@ -219,9 +247,9 @@ class ResponsesLink(Link):
         super().__init__(context, connection, codec)
         self._encode = _same  # events are encoded as they are made
         self._store = store
+        self.response_state = ResponseState.IDLE
         self._events: ResponseEvents | None = None
-        """The response in flight."""
-        self._started = False
+        """The response in flight (ADMITTING or STREAMING)."""
         self._turn: list[dict[str, Any]] = []
         """The in-flight response's history and input: its conversation so far."""
         self._made: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
@@ -230,7 +258,7 @@ class ResponsesLink(Link):
     async def _handle(self, data: str | bytes) -> None:
         session = self.session
         assert session is not None
-        if self._events is not None:
+        if self._events is not None:  # ADMITTING is over once session.handle returns
             self._error(
                 RESPONSE_IN_FLIGHT,
                 f"response {self._events.id} is in flight: responses run one at a time "
@@ -261,11 +289,18 @@ class ResponsesLink(Link):
             )
             return
         events = ResponseEvents(request, response_id, int(time.time()))
-        self._events, self._started, self._turn = events, False, conversation
+        self._events, self._turn = events, conversation
+        self._advance_response(ResponseState.ADMITTING)
         session.handle(generate)
         if response_id in session.generations:  # admitted (else refused: an error event went)
-            self._started = True
+            self._advance_response(ResponseState.STREAMING)
             self._queue(events.created())
+
+    def _advance_response(self, to: ResponseState) -> None:
+        """The in-flight response's one transition function."""
+        self.response_state = advance(_RESPONSE_MOVES, self.response_state, to, "response")
+        if to is ResponseState.IDLE:
+            self._events = None
 
     async def _history(self, request: ResponseRequest) -> list[dict[str, Any]] | None:
         """The conversation ``previous_response_id`` names (None: an error event went)."""
@@ -302,10 +337,10 @@ class ResponsesLink(Link):
                 if isinstance(frame, Error) and frame.id is None:
                     out.append(error_event(frame.code, frame.message))
                 continue
-            if not self._started:  # refused before it started
+            if self.response_state is ResponseState.ADMITTING:  # refused before it started
                 assert isinstance(frame, Error)
                 out.append(error_event(frame.code, frame.message))
-                self._events = None
+                self._advance_response(ResponseState.IDLE)
                 continue
             out += events.feed(frame)  # type: ignore[arg-type]
             if isinstance(frame, Finish | Error):
@@ -314,7 +349,7 @@ class ResponsesLink(Link):
             self._queue(out)
 
     def _ended(self, events: ResponseEvents, frame: Finish | Error) -> None:
-        self._events = None
+        self._advance_response(ResponseState.IDLE)
         if not isinstance(frame, Finish):
             return
         answer: dict[str, Any] = {"role": "assistant", "content": frame.content}
@@ -327,7 +362,7 @@ class ResponsesLink(Link):
         while len(self._made) > CONNECTION_RESPONSES:
             self._made.popitem(last=False)
         if request.store and self.session is not None:
-            kept = Kept(
+            kept = KeptResponse(
                 key=self.session.key_hash,
                 previous=request.previous_response_id,
                 messages=[*request.input, answer],

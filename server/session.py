@@ -48,7 +48,7 @@ from .errors import CloseCode
 from .generation import Generation
 from .loop_lag import LoopLag
 from .metrics import Metrics
-from .redis_store import Kept, Started, orphan_error
+from .redis_store import Started, StreamEntries, orphan_error
 from .resume import Cause, FrameLog, MemoryLogs, contiguous, new_token, seq_of, token_hash
 from .upstream import Upstream
 
@@ -148,7 +148,7 @@ class Session:
         self.life = SessionLife.ATTACHED
         self.link: SessionLink | None = None
         self.core = SessionCore(
-            core.Limits(
+            core.SessionLimits(
                 max_generations=settings.max_generations,
                 max_conversations=settings.max_conversations,
                 max_history_bytes=settings.max_history_bytes,
@@ -163,7 +163,7 @@ class Session:
         """Each generation's frames, kept for a resume (``resume: memory``)."""
         self._memory = context.memory_logs if self.resumable else None
         self._redis = context.redis if self.resumable and settings.resume == "redis" else None
-        self.stored: dict[str, Kept] = {}
+        self.stored: dict[str, StreamEntries] = {}
         """The bytes each running generation has in Redis (``resume_generation_bytes``)."""
         self.lost: dict[str, Cause] = {}
         """Why some frames of a generation are not in the store (a bound, an outage)."""

@@ -52,7 +52,7 @@ from .resume import Cause, new_token
 if TYPE_CHECKING:
     from .app import TokenwireServer
     from .link import Link
-    from .responses import Kept
+    from .responses import KeptResponse
 
 log = structlog.get_logger("tokenwire.workers")
 
@@ -103,9 +103,9 @@ class Workers:
         with contextlib.suppress(FileNotFoundError):
             Path(self.socket(self.number)).unlink()
 
-    async def chain(self, owner: int, response_id: str) -> list[Kept] | None:
+    async def chain(self, owner: int, response_id: str) -> list[KeptResponse] | None:
         """Worker ``owner``'s chain of ``response_id`` (None: not kept, or the worker is gone)."""
-        from .responses import Kept
+        from .responses import KeptResponse
 
         try:
             async with asyncio.timeout(PEER_TIMEOUT):
@@ -122,12 +122,12 @@ class Workers:
         if not head.startswith(b"HTTP/1.1 200 "):
             return None
         try:
-            return msgspec.msgpack.decode(body, type=list[Kept])
+            return msgspec.msgpack.decode(body, type=list[KeptResponse])
         except msgspec.DecodeError:
             return None
 
 
-def encode_chain(chain: list[Kept]) -> bytes:
+def encode_chain(chain: list[KeptResponse]) -> bytes:
     return msgspec.msgpack.encode(chain)
 
 

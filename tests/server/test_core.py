@@ -11,20 +11,20 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tokenwire.protocol import Error, Finish, Generate, Usage
 from tokenwire.server.core import (
+    ConnectionState,
     Entry,
     GenerationState,
-    Limits,
     ServerView,
     SessionCore,
-    SessionState,
+    SessionLimits,
     StopReason,
-    advance_session,
+    advance_connection,
 )
 from tokenwire.server.errors import IllegalTransition
 
 IDS = st.sampled_from(["a", "b", "c", "d", "e"])
 CONVERSATIONS = st.sampled_from([None, "x", "y", "z"])
-LIMITS = Limits(
+LIMITS = SessionLimits(
     max_generations=3,
     max_conversations=2,
     max_history_bytes=400,
@@ -171,10 +171,12 @@ TestSessionRules.settings = settings(max_examples=200, stateful_step_count=40, d
 
 def test_illegal_moves_are_refused():
     with pytest.raises(IllegalTransition):
-        advance_session(SessionState.CLOSED, SessionState.OPEN)
+        advance_connection(ConnectionState.CLOSED, ConnectionState.OPEN)
     with pytest.raises(IllegalTransition):
-        advance_session(SessionState.GONE, SessionState.CLOSING)
-    assert advance_session(SessionState.OPEN, SessionState.CLOSING) is SessionState.CLOSING
+        advance_connection(ConnectionState.GONE, ConnectionState.CLOSING)
+    assert (
+        advance_connection(ConnectionState.OPEN, ConnectionState.CLOSING) is ConnectionState.CLOSING
+    )
     core = SessionCore(LIMITS, frozenset({"m"}))
     entry = core.admit(_request("a", None), ServerView())
     assert isinstance(entry, Entry)
