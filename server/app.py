@@ -43,7 +43,7 @@ from tokenwire.protocol import (
 from . import resume, web, workers
 from .config import ServerSettings
 from .core import SessionLife, StopReason
-from .errors import CLOSE_REASONS, CloseCode
+from .errors import CLOSE_REASONS, CloseCode, Refusal
 from .link import CLOSE_TIMEOUT, Link
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
@@ -620,26 +620,39 @@ class TokenwireServer:
             return True
         return len(origins) <= 1 and (not origins or origins[0] in self._origins)
 
+    def admission(
+        self, origins: Sequence[str], key: bytes | None, *, need_room: bool = True
+    ) -> Refusal | None:
+        """Whether a new client may be served, judged once for every surface
+        in the contract's order (origin, key, draining, full); the refusal
+        is counted here and each surface renders it (a WebSocket handshake's
+        status, OpenAI's error body). ``key``: the configured key the
+        request presented; ``need_room``: it opens a session (a model list
+        does not). Only attached sessions count against ``max_sessions``:
+        detached ones make room (``_make_room``)."""
+        refusal = None
+        if not self.origin_allowed(origins):
+            refusal = Refusal.ORIGIN
+        elif self._keys and key is None:
+            refusal = Refusal.KEY
+        elif need_room and self.draining:
+            refusal = Refusal.DRAINING
+        elif need_room and len(self.connections) >= self.settings.max_sessions:
+            refusal = Refusal.FULL
+        if refusal is not None:
+            self.metrics.handshakes_rejected.labels(str(refusal.status.value)).inc()
+        return refusal
+
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        if not self.origin_allowed(request.headers.get_all("Origin")):
-            return self._refuse(connection, HTTPStatus.FORBIDDEN, "origin not allowed")
-        if self._keys and not self._authenticated(request.headers):
-            response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "missing or wrong API key")
+        refusal = self.admission(
+            request.headers.get_all("Origin"), self._presented_key(request.headers)
+        )
+        if refusal is None:
+            return None
+        response = connection.respond(refusal.status, refusal.text + "\n")
+        if refusal is Refusal.KEY:
             response.headers["WWW-Authenticate"] = 'Bearer realm="tokenwire"'
-            return response
-        if self.draining:
-            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
-        if len(self.connections) >= self.settings.max_sessions:
-            # Only attached sessions count: detached ones make room (_make_room).
-            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "server full")
-        return None
-
-    def _refuse(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
-        self.metrics.handshakes_rejected.labels(str(status.value)).inc()
-        return connection.respond(status, text + "\n")
-
-    def _authenticated(self, headers: Headers) -> bool:
-        return self._presented_key(headers) is not None
+        return response
 
     def _presented_key(self, headers: Headers) -> bytes | None:
         """The configured key the handshake presented (None: none, or no keys)."""

@@ -11,6 +11,7 @@ Exception tree::
 from __future__ import annotations
 
 import enum
+from http import HTTPStatus
 
 
 class CloseCode(enum.IntEnum):
@@ -38,6 +39,19 @@ CLOSE_REASONS: dict[CloseCode, str] = {
     CloseCode.SLOW_READER: "slow reader",
     CloseCode.RESUMED_ELSEWHERE: "session resumed elsewhere",
 }
+
+
+class Refusal(enum.Enum):
+    """Why a new client is not served (``TokenwireServer.admission``)."""
+
+    ORIGIN = (HTTPStatus.FORBIDDEN, "origin not allowed")
+    KEY = (HTTPStatus.UNAUTHORIZED, "missing or wrong API key")
+    DRAINING = (HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+    FULL = (HTTPStatus.SERVICE_UNAVAILABLE, "server full")
+
+    def __init__(self, status: HTTPStatus, text: str) -> None:
+        self.status = status
+        self.text = text
 
 
 class ServerError(Exception):

@@ -44,7 +44,7 @@ from tokenwire.protocol.openai_common import (
     error_kind,
 )
 
-from .errors import CloseCode
+from .errors import CloseCode, Refusal
 from .link import MERGE_BACKLOG, LinkBase, resolve
 
 if TYPE_CHECKING:
@@ -245,23 +245,28 @@ class OpenAIHttp:
         self, request: web.Request, key: bytes | None, *, need_room: bool
     ) -> web.Response | None:
         """An error response if the request may not be served (``key``: the one it presented)."""
-        server = self.server
-        if not server.origin_allowed(request.headers.getall("Origin", [])):
-            return json_error(OpenAIErrorKind(403, "permission_error"), "origin not allowed", None)
-        if server.requires_key and key is None:
-            server.metrics.handshakes_rejected.labels("401").inc()
-            return json_error(
-                UNAUTHORIZED,
-                "missing or wrong API key (send Authorization: Bearer <key>)",
-                "invalid_api_key",
-                headers={"WWW-Authenticate": 'Bearer realm="tokenwire"'},
-            )
-        if need_room and (server.draining or len(server.sessions) >= server.settings.max_sessions):
-            reason = "shutting down" if server.draining else "server full"
-            return json_error(
-                error_kind("overloaded"), reason, "overloaded", headers={"Retry-After": "1"}
-            )
-        return None
+        origins = request.headers.getall("Origin", [])
+        match self.server.admission(origins, key, need_room=need_room):
+            case None:
+                return None
+            case Refusal.ORIGIN:
+                return json_error(
+                    OpenAIErrorKind(403, "permission_error"), "origin not allowed", None
+                )
+            case Refusal.KEY:
+                return json_error(
+                    UNAUTHORIZED,
+                    "missing or wrong API key (send Authorization: Bearer <key>)",
+                    "invalid_api_key",
+                    headers={"WWW-Authenticate": 'Bearer realm="tokenwire"'},
+                )
+            case refusal:
+                return json_error(
+                    error_kind("overloaded"),
+                    refusal.text,
+                    "overloaded",
+                    headers={"Retry-After": "1"},
+                )
 
 
 class HttpLink(LinkBase):

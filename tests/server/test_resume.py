@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 import structlog
 import websockets
@@ -339,3 +340,21 @@ async def _until(condition) -> None:
     async with asyncio.timeout(TIMEOUT):
         while not condition():  # noqa: ASYNC110 (a metric: nothing to await)
             await asyncio.sleep(0.01)
+
+
+async def test_a_detached_session_makes_room_for_a_chat_completion(start_server, store, redis_url):
+    # Admission is one rule for every surface: at max_sessions a chat
+    # completion evicts the detached session too, and is served.
+    settings = resume_settings(store, redis_url, max_sessions=1)
+    async with start_server(**settings) as handle:
+        dropped = await RawSession.open(handle.url)
+        await dropped.generate("g", say(tokens=200, interval=0.02))
+        await dropped.frames_until("g", seq=2)
+        await dropped.drop()
+        await _until(lambda: _sessions(handle)["detached"] == 1)
+        async with httpx.AsyncClient(base_url=handle.http, timeout=TIMEOUT) as http:
+            body = {"model": "fake", "messages": say(tokens=3)}
+            answer = await http.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+        assert _sessions(handle)["evicted"] == 1.0
