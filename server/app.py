@@ -3,20 +3,19 @@
 ``TokenwireServer`` holds what sessions share (settings, the upstream, the
 metrics, the draining flag) and runs a ``websockets`` server on one port:
 ``/v1/ws`` upgrades to a session; ``/healthz``, ``/readyz`` and ``/metrics``
-answer plain HTTP. Handshakes are judged in the contract's order: origin
-(403), key (401), draining or full (503).
+answer plain HTTP. Who may be served is the ``Gate``'s to judge (``gate.py``),
+the same for every surface; a ``resume`` is the ``Resumer``'s
+(``resuming.py``). The server keeps the session registry, the sweeper of
+detached sessions, the leases (``resume: redis``) and the drain.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
-import hmac
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -30,47 +29,34 @@ from tokenwire.protocol import (
     ENCODING_BY_SUBPROTOCOL,
     Codec,
     Encoding,
-    Error,
-    Finish,
-    GenerationFrame,
     Resume,
-    Resumed,
-    ResumeFailed,
-    ResumeFailure,
-    ServerFrame,
 )
 
-from . import resume, web, workers
+from . import web, workers
 from .config import ServerSettings
 from .core import SessionLife, StopReason
-from .errors import CLOSE_REASONS, CloseCode, Refusal
+from .errors import CLOSE_REASONS, CloseCode
+from .gate import Gate
+from .gate import auth_subprotocol as auth_subprotocol  # where tests and tools import it from
 from .link import CLOSE_TIMEOUT, Link
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
 from .openai_http import FrontConnection, HttpLink, OpenAIHttp
-from .redis_store import Record, RedisStore, Replay
+from .redis_store import RedisStore
 from .responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_store
 from .resume import (
-    GAP,
     Cause,
     MemoryLogs,
-    contiguous,
     key_hash,
-    same_key,
-    seq_of,
-    token_hash,
 )
-from .session import SKIP_ALL, Session
+from .resuming import Resumer
+from .session import Session
 from .upstream import Upstream
 from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")
 
 WS_PATH: Final = "/v1/ws"
-AUTH_SUBPROTOCOL_PREFIX: Final = "tokenwire.bearer."
-"""Browsers cannot set headers on a WebSocket handshake: they offer the key as
-an extra subprotocol ``tokenwire.bearer.<base64url(key)>``, which the server
-reads and never selects."""
 RECEIVE_QUEUE: Final = 4
 """Client messages buffered before the server stops reading the socket; with
 ``max_message_bytes`` it bounds what one session can make the server hold."""
@@ -106,9 +92,6 @@ class TokenwireServer:
         self.no_sessions.set()
         self.sessions: dict[str, Session] = {}
         """Every session, attached or DETACHED, by its token's hash."""
-        self._expired: dict[str, tuple[str, Cause]] = {}
-        """Token hash → key hash of sessions ended by ``resume_ttl`` or
-        evicted at ``max_sessions`` (the newest few), and which."""
         self.memory_logs = (
             MemoryLogs(settings.resume_generation_bytes, settings.resume_total_bytes)
             if settings.resume == "memory"
@@ -125,8 +108,8 @@ class TokenwireServer:
         """Bytes of conversation history all sessions keep (``max_total_history_bytes``)."""
         self._idle = asyncio.Event()
         self._idle.set()
-        self._keys = [k.encode() for k in settings.api_keys or ()]
-        self._origins = frozenset(settings.allowed_origins or ())
+        self.gate = Gate(settings, self.metrics, self)
+        """Who may be served (keys, origins, room): asked by every surface."""
         self._codecs = {encoding: Codec(encoding) for encoding in Encoding}
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,6 +118,7 @@ class TokenwireServer:
         self.openai_http = OpenAIHttp(self)
         self.responses: ResponseStore = response_store(settings, self.redis, self.workers)
         """Responses kept for ``previous_response_id`` (``/v1/responses``)."""
+        self.resumer = Resumer(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -236,7 +220,7 @@ class TokenwireServer:
                 if orphaned >= settings.orphan_timeout and session.core.active:
                     await self._orphan(session)
                 if orphaned >= settings.resume_ttl:
-                    self._expire(session, Cause.RESUME_TTL)
+                    self.resumer.expire(session, Cause.RESUME_TTL)
                     await session.end(StopReason.DISCONNECT)
 
     async def drain(self) -> None:
@@ -304,12 +288,6 @@ class TokenwireServer:
         if session is not None and (entry := session.core.stop(gid, StopReason.CANCEL)):
             session.interrupt([entry])
 
-    def _expire(self, session: Session, cause: Cause) -> None:
-        """A later resume of ``session`` hears ``expired``."""
-        self._expired[session.token_hash] = session.key_hash, cause
-        while len(self._expired) > EXPIRED_KEPT:
-            del self._expired[next(iter(self._expired))]
-
     def session_ended(self, session: Session) -> None:
         if self.sessions.get(session.token_hash) is session:
             del self.sessions[session.token_hash]
@@ -324,7 +302,7 @@ class TokenwireServer:
             return
         encoding = ENCODING_BY_SUBPROTOCOL.get(connection.subprotocol or "", Encoding.JSON)
         request = connection.request
-        key = self._presented_key(request.headers) if request else None
+        key = self.gate.presented_key(request.headers) if request else None
         link: Link
         if request is not None and request.path.partition("?")[0] == RESPONSES_PATH:
             link = ResponsesLink(self, connection, self._codecs[Encoding.JSON], self.responses)
@@ -383,184 +361,21 @@ class TokenwireServer:
         for session in detached[: excess + 1]:
             log.info("session evicted", session=session.id, reason="max_sessions")
             self.metrics.sessions_evicted.inc()
-            self._expire(session, Cause.MAX_SESSIONS)
+            self.resumer.expire(session, Cause.MAX_SESSIONS)
             self.session_ended(session)
             if self.redis is not None:  # so that no node resumes it
                 self.background(self.redis.set_deadline(session, EVICTED_DEADLINE))
             self.background(session.end(StopReason.DISCONNECT))
 
     async def resume(self, link: Link, message: Resume) -> None:
-        """A ``resume``, the first message on ``link``: attach the session it
-        names, and replay what each listed generation missed.
-
-        The answers come in the order listed, each ``resumed`` followed by
-        the frames it replays; then the session's own answer (``id`` null);
-        then the live frames. With Redis, one round trip reads the session's
-        record and every listed generation's stored frames. A session this
-        node holds is attached before that read, its live frames held
-        meanwhile (``Session.park``), so none falls between the read and the
-        attach.
-        """
-        owner = self.workers.token_owner(message.token) if self.workers is not None else None
-        if owner is not None:  # another worker holds the session
-            await workers.pipe(self, link, message, owner)
-            return
-        fresh = link.session
-        assert fresh is not None
-        wanted = token_hash(message.token)
-        positions = message.generations
-        session = self.sessions.get(wanted) if wanted != fresh.token_hash else None
-        record: Record | None = None
-        stored: dict[str, Replay] = {}
-        held_here = (
-            session is not None
-            and self._resume_failure(fresh.key_hash, wanted, session, None) is None
-        )
-        if session is not None and held_here:
-            self._take_over(fresh, session, link, positions)
-            if self.redis is not None:
-                record, stored = await self.redis.fetch(wanted, positions)
-        else:
-            if self.redis is not None and wanted != fresh.token_hash:
-                record, stored = await self.redis.fetch(wanted, positions)
-            failure = self._resume_failure(fresh.key_hash, wanted, session, record)
-            if failure is not None:
-                reason, cause = failure
-                self.metrics.resumes.labels(reason).inc()
-                link.send([ResumeFailed(id=gid, reason=reason) for gid in positions])
-                link.send([resume.failed(self.metrics, None, reason, cause)])
-                return
-            assert record is not None  # known to Redis only: its generations ran elsewhere
-            session = Session(self, record.key_hash, message.token, record.session_id)
-            session.generated = True
-            self.sessions[wanted] = session
-            self._take_over(fresh, session, link, positions)
-        if record is not None:
-            for name, messages in record.conversations.items():
-                self.history_bytes += session.core.restore(name, messages)
-        if self.redis is None:
-            for gid, last_seq in positions.items():
-                link.send(self._replay(session, gid, last_seq))
-            link.send([Resumed(id=None)])
-            return
-        self.background(self.redis.set_deadline(session, 0))
-        if session.link is not link:
-            return  # another resume took the session meanwhile
-        replayed = [
-            (gid, self._replay_stored(session, record, gid, last_seq, stored.get(gid, "gap")))
-            for gid, last_seq in positions.items()
-        ]
-        link.send([Resumed(id=None)])
-        for gid, last in replayed:  # now the live frames
-            session.unpark(gid, last)
-
-    def _take_over(
-        self, fresh: Session, session: Session, link: Link, positions: Mapping[str, int]
-    ) -> None:
-        """``link`` serves ``session`` from now on, instead of the new session
-        its ``ready`` announced (which has done nothing yet)."""
-        fresh.discard()
-        session.attach(link)
-        self.metrics.resumes.labels("resumed").inc()
-        log.info("session resumed", session=session.id, generations=len(positions))
-        if self.redis is not None:
-            session.park(positions)
+        """A ``resume``, the first message on ``link`` (``resuming.Resumer``)."""
+        await self.resumer.resume(link, message)
 
     def background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run ``coroutine`` on its own, kept referenced until it is done."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _resume_failure(
-        self, key: str, wanted: str, session: Session | None, record: Record | None
-    ) -> tuple[ResumeFailure, Cause] | None:
-        """Why a resume of ``wanted`` presented with ``key`` fails, or None."""
-        if session is not None:
-            if same_key(session.key_hash, key) and session.resumable:
-                return None
-            return "unknown", Cause.NO_SESSION
-        if record is not None:
-            if not same_key(record.key_hash, key):
-                return "unknown", Cause.NO_SESSION
-            return ("expired", Cause.RECORD_EXPIRED) if record.expired(time.time()) else None
-        expired = self._expired.get(wanted)
-        if expired is not None and same_key(expired[0], key):
-            return "expired", expired[1]
-        return "unknown", Cause.NO_SESSION
-
-    def _replay(self, session: Session, gid: str, last_seq: int) -> list[ServerFrame]:
-        """``resume: memory``: the frames after ``last_seq``, from the node's memory."""
-        frame_log = session.logs.get(gid)
-        if frame_log is None:
-            return [resume.failed(self.metrics, gid, "unknown", Cause.NOT_STARTED)]
-        frames: list[GenerationFrame] | str = frame_log.after(last_seq)
-        if frames == GAP or isinstance(frames, str):
-            cause = frame_log.dropped_by or Cause.TOTAL_BYTES
-            end = frame_log.first_seq - 1 if not frame_log.evicted else None
-            span = (last_seq + 1, end)
-            session.delivered[gid] = SKIP_ALL  # nothing more of it goes to this client
-            return [resume.failed(self.metrics, gid, "gap", cause, frames=span)]
-        return [Resumed(id=gid, after_seq=last_seq), *frames]
-
-    def _replay_stored(
-        self, session: Session, record: Record | None, gid: str, last_seq: int, stored: Replay
-    ) -> int | None:
-        """``resume: redis``: the frames after ``last_seq`` as read from Redis;
-        the live ones follow (from this node's generation, or relayed from the
-        node running it: ``Session.relay``) after the seq returned (None: the
-        session never had ``gid``).
-
-        A generation of this node that ended may still have frames on their
-        way: waiting to be stored (``RedisStore.queued``), or stored since
-        the read and held for the replay (``Session.parked_for``). They come
-        live, as a running generation's do: only frames that went unkept
-        make a ``gap``.
-        """
-        link = session.link
-        store = self.redis
-        assert link is not None and store is not None
-        here = (
-            gid in session.generations
-            or gid in session.owners
-            or store.queued(session, gid)
-            or session.parked_for(gid)
-        )
-        ended_here = gid in session.known and not here
-        elsewhere = None if here or ended_here or record is None else record.requests.get(gid)
-        live = here or elsewhere is not None
-        frames: list[GenerationFrame] | ResumeFailure = stored
-        if isinstance(stored, list) and not contiguous(stored, last_seq):
-            frames = "gap"  # the oldest were trimmed, or never stored
-        elif stored == "unknown":  # nothing stored after last_seq
-            frames = [] if live else "gap" if ended_here or gid in session.known else "unknown"
-        elif isinstance(stored, list) and not live:
-            # Ended without a stored terminal frame: what follows was lost
-            # with Redis's data.
-            ended = bool(stored) and isinstance(stored[-1], Finish | Error)
-            frames = stored if ended else "gap"
-        if frames == "unknown":
-            link.send([resume.failed(self.metrics, gid, "unknown", Cause.NOT_STARTED)])
-            return None
-        if isinstance(frames, str):
-            lost = session.lost.get(gid) or (record.lost.get(gid) if record else None)
-            span: tuple[int, int | None] = (last_seq + 1, None)  # the tail is missing
-            if isinstance(stored, list) and stored:
-                head = seq_of(stored[0])
-                span = (
-                    (last_seq + 1, head - 1)
-                    if head > last_seq + 1
-                    else (seq_of(stored[-1]) + 1, None)
-                )
-            failure = resume.failed(self.metrics, gid, "gap", lost or Cause.DATA_GONE, frames=span)
-            link.send([failure])
-            return SKIP_ALL
-        link.send([Resumed(id=gid, after_seq=last_seq), *frames])
-        last = seq_of(frames[-1]) if frames else last_seq
-        ended = bool(frames) and isinstance(frames[-1], Finish | Error)
-        if not ended and elsewhere is not None and record is not None:
-            session.relay(elsewhere, record.owners.get(gid, ""), last)
-        return last
 
     def _select_subprotocol(
         self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
@@ -587,7 +402,7 @@ class TokenwireServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path in self.websocket_paths:
-            return self._check_handshake(connection, request)
+            return self.gate.handshake(connection, request)
         if (plain := self.plain_route(path)) is not None:
             status, body, content_type, headers = plain
             return _response(status, body, content_type, headers)
@@ -609,91 +424,6 @@ class TokenwireServer:
         if (asset := web.ASSETS.get(path)) is not None:
             return HTTPStatus.OK, asset.body, asset.content_type, asset.headers
         return None
-
-    @property
-    def requires_key(self) -> bool:
-        return bool(self._keys)
-
-    def origin_allowed(self, origins: Sequence[str]) -> bool:
-        """Whether a request with these ``Origin`` headers may be served."""
-        if not self._origins:
-            return True
-        return len(origins) <= 1 and (not origins or origins[0] in self._origins)
-
-    def admission(
-        self, origins: Sequence[str], key: bytes | None, *, need_room: bool = True
-    ) -> Refusal | None:
-        """Whether a new client may be served, judged once for every surface
-        in the contract's order (origin, key, draining, full); the refusal
-        is counted here and each surface renders it (a WebSocket handshake's
-        status, OpenAI's error body). ``key``: the configured key the
-        request presented; ``need_room``: it opens a session (a model list
-        does not). Only attached sessions count against ``max_sessions``:
-        detached ones make room (``_make_room``)."""
-        refusal = None
-        if not self.origin_allowed(origins):
-            refusal = Refusal.ORIGIN
-        elif self._keys and key is None:
-            refusal = Refusal.KEY
-        elif need_room and self.draining:
-            refusal = Refusal.DRAINING
-        elif need_room and len(self.connections) >= self.settings.max_sessions:
-            refusal = Refusal.FULL
-        if refusal is not None:
-            self.metrics.handshakes_rejected.labels(str(refusal.status.value)).inc()
-        return refusal
-
-    def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        refusal = self.admission(
-            request.headers.get_all("Origin"), self._presented_key(request.headers)
-        )
-        if refusal is None:
-            return None
-        response = connection.respond(refusal.status, refusal.text + "\n")
-        if refusal is Refusal.KEY:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="tokenwire"'
-        return response
-
-    def _presented_key(self, headers: Headers) -> bytes | None:
-        """The configured key the handshake presented (None: none, or no keys)."""
-        return self.key_of(
-            headers.get_all("Authorization"), headers.get_all("Sec-WebSocket-Protocol")
-        )
-
-    def key_of(
-        self, authorization: Sequence[str], subprotocols: Sequence[str] = ()
-    ) -> bytes | None:
-        """The configured key presented in these ``Authorization`` headers (as
-        ``Bearer``) or offered subprotocols (None: none, or no keys)."""
-        presented = [
-            value[len("Bearer ") :].strip().encode()
-            for value in authorization
-            if value[: len("Bearer ")].lower() == "bearer "
-        ]
-        for header in subprotocols:
-            for offer in header.split(","):
-                prefix, _, encoded = offer.strip().partition(AUTH_SUBPROTOCOL_PREFIX)
-                if not prefix and encoded and (key := _decode_key(encoded)) is not None:
-                    presented.append(key)
-        # Compare against every key, in constant time for each.
-        found = None
-        for k in self._keys:
-            for p in presented:
-                if hmac.compare_digest(p, k):
-                    found = k
-        return found
-
-
-def _decode_key(encoded: str) -> bytes | None:
-    try:
-        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    except (binascii.Error, ValueError):
-        return None
-
-
-def auth_subprotocol(key: str) -> str:
-    """The subprotocol a browser offers to present ``key``."""
-    return AUTH_SUBPROTOCOL_PREFIX + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
 def _response(

@@ -187,7 +187,7 @@ class OpenAIHttp:
     async def models(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return json_error(METHOD_NOT_ALLOWED, f"{request.method} is not allowed here", None)
-        key = self.server.key_of(request.headers.getall("Authorization", []))
+        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
         if (refused := self._refused(request, key, need_room=False)) is not None:
             return refused
         created = int(self.server.started_at)
@@ -200,7 +200,7 @@ class OpenAIHttp:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return json_error(METHOD_NOT_ALLOWED, "use POST", None)
-        key = self.server.key_of(request.headers.getall("Authorization", []))
+        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
         if (refused := self._refused(request, key, need_room=True)) is not None:
             return refused
         try:
@@ -246,7 +246,7 @@ class OpenAIHttp:
     ) -> web.Response | None:
         """An error response if the request may not be served (``key``: the one it presented)."""
         origins = request.headers.getall("Origin", [])
-        match self.server.admission(origins, key, need_room=need_room):
+        match self.server.gate.admission(origins, key, need_room=need_room):
             case None:
                 return None
             case Refusal.ORIGIN:
