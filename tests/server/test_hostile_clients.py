@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 
 import litellm
 import msgspec
 import pytest
-import websockets
 from aiohttp import web
 from conftest import TIMEOUT, ServerHandle, model_list, say
 
@@ -284,22 +284,54 @@ async def test_an_error_never_echoes_a_huge_value(server, connect, field):
 # -- 7. a huge prompt costs its own session, not everyone's ------------------------
 
 
-async def _largest_gap(ws, gid: str) -> float:
-    """Send ``gid`` (paced) on a raw connection; the largest pause between two of its frames."""
-    pace = say(tokens=150, interval=0.01)
-    await ws.send(json.dumps({**GEN, "id": gid, "messages": pace}))
-    loop = asyncio.get_running_loop()
-    last = None
-    largest = 0.0
-    async with asyncio.timeout(TIMEOUT):
+WATCHER = """
+import asyncio, json, sys, time
+import websockets
+
+async def main(url, gid, tokens):
+    async with websockets.connect(url) as ws:
+        await ws.recv()  # ready
+        pace = "fake:" + json.dumps({"tokens": tokens, "interval": 0.01})
+        message = {"type": "generate", "id": gid, "model": "fake",
+                   "messages": [{"role": "user", "content": pace}]}
+        await ws.send(json.dumps(message))
+        last, largest = None, 0.0
         while True:
             frame = json.loads(await ws.recv())
-            now = loop.time()
-            if last is not None:
+            now = time.perf_counter()
+            if last is None:
+                print("streaming", flush=True)
+            else:
                 largest = max(largest, now - last)
             last = now
             if frame["type"] in ("finish", "error"):
-                return largest
+                print(largest, flush=True)
+                return
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def _largest_gap(url: str, gid: str, started: asyncio.Event | None = None) -> float:
+    """A paced generation streamed by a client in a process of its own (its
+    reading does not share the server's loop): the largest pause between two
+    of its frames. ``started`` is set once its first frame came."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WATCHER, url, gid, "300", stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(6 * TIMEOUT):
+            assert (await process.stdout.readline()).strip() == b"streaming"
+            if started is not None:
+                started.set()
+            largest = float(await process.stdout.readline())
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return largest
 
 
 @pytest.fixture(scope="module")
@@ -330,13 +362,11 @@ async def test_cancelling_huge_prompts_does_not_stall_other_sessions(outside_ups
 
 
 async def _watch_an_attack(server, connect, huge: list[bytes]) -> None:
-    async with (
-        websockets.connect(server.url) as watcher,
-        connect(server, encoding=Encoding.MSGPACK) as attacker,
-    ):
-        await watcher.recv()  # ready
-        baseline = await _largest_gap(watcher, "quiet")
-        watching = asyncio.create_task(_largest_gap(watcher, "loud"))
+    async with connect(server, encoding=Encoding.MSGPACK) as attacker:
+        baseline = await _largest_gap(server.url, "quiet")
+        streaming = asyncio.Event()
+        watching = asyncio.create_task(_largest_gap(server.url, "loud", streaming))
+        await streaming.wait()
         await asyncio.sleep(0.1)
         for raw in huge:
             await attacker.ws.send(raw)
