@@ -165,9 +165,7 @@ class TokenwireServer:
         background = [watchdog, lag, sweeper]
         if self.redis is not None:
             await self.redis.start()
-            self.redis.on_cancel = self._cancelled_elsewhere
-            background.append(asyncio.create_task(self.redis.listen(), name="cancel listener"))
-            background.append(asyncio.create_task(self._renew(), name="lease renewal"))
+            background += self.redis.serve(self)  # leases, and cancels from other nodes
         try:
             bound = self._server.sockets[0].getsockname()
             yield bound[0], bound[1]
@@ -264,26 +262,12 @@ class TokenwireServer:
         stopped = [e for gid in ids if (e := session.core.stop(gid, StopReason.DISCONNECT))]
         session.interrupt(stopped)
 
-    async def _renew(self) -> None:
-        """``resume: redis``: renew the leases on this node's running
-        generations (three times a lease) and take cancels asked by key."""
-        assert self.redis is not None
-        while True:
-            await asyncio.sleep(self.settings.resume_lease / 3)
-            await self._renew_once()
+    def running(self) -> list[tuple[str, str]]:
+        """This node's running generations, as (session hash, id): their leases."""
+        return [(h, gid) for h, s in self.sessions.items() for gid in s.generations]
 
-    async def _renew_once(self) -> None:
-        assert self.redis is not None
-        running = [(h, gid) for h, s in self.sessions.items() for gid in s.generations]
-        for h, gid in await self.redis.renew(running):
-            self._cancelled_elsewhere(h, gid)
-
-    def _cancelled_elsewhere(self, h: str | None, gid: str | None) -> None:
-        """Another node asked to cancel one of this node's generations (None:
-        check every one, the listener having been away)."""
-        if h is None or gid is None:
-            asyncio.get_running_loop().create_task(self._renew_once())
-            return
+    def cancel(self, h: str, gid: str) -> None:
+        """Another node asked to cancel one of this node's generations."""
         session = self.sessions.get(h)
         if session is not None and (entry := session.core.stop(gid, StopReason.CANCEL)):
             session.interrupt([entry])

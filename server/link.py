@@ -24,6 +24,7 @@ from websockets.protocol import State
 from tokenwire.protocol import BadMessage, Codec, ErrorCode, Resume, ServerFrame, error_frame
 
 from . import core
+from .builder import BUILDER
 from .core import ConnectionState
 from .errors import CLOSE_REASONS, CloseCode
 
@@ -189,6 +190,11 @@ class Link(LinkBase):
         clock = time.perf_counter
         try:
             async for data in self._ws:
+                if len(data) > LARGE_MESSAGE:
+                    # Decoding it holds the loop a while: not beside a long
+                    # prompt's request being built (builder.py), which
+                    # would leave it half the GIL and take twice as long.
+                    await BUILDER.idle(LARGE_PAUSE)
                 started = clock()
                 try:
                     await self._handle(data)

@@ -24,7 +24,6 @@ stays on LiteLLM's own path (``native_route`` returns None).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import io
@@ -42,6 +41,7 @@ from tokenwire.protocol import Delta, ErrorCode, ToolCallDelta, sanitize
 from tokenwire.protocol.sse import EventTooLarge, SseParser
 from tokenwire.protocol.validation import quote
 
+from .builder import BUILDER
 from .failures import UpstreamFailure
 from .litellm_adapter import (
     APIConnectionError,
@@ -171,19 +171,6 @@ MAX_INFLATE_RATIO: Final = 100
 """How many times its size a compressed answer may inflate (SSE compresses ≈10×)."""
 LARGE_BODY: Final = 1 << 20
 THREAD_MESSAGES: Final = 2_000
-_BUILDER: list[concurrent.futures.ThreadPoolExecutor] = []
-
-
-def _builder() -> concurrent.futures.ThreadPoolExecutor:
-    """The one thread that builds long prompts' request bodies, one at a time:
-    each holds the GIL in turns with the event loop, and several at once
-    left the loop a fifth of it (four 55,000-message prompts stalled other
-    sessions 100-150 ms; the default executor ran them side by side)."""
-    if not _BUILDER:
-        _BUILDER.append(
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenwire-build")
-        )
-    return _BUILDER[0]
 
 
 """Messages past which a request's body is built off the event loop."""
@@ -599,10 +586,10 @@ async def open_stream(
         headers=headers,
     )
     # LiteLLM's transformation copies every message (≈1.7 µs each: 55,000
-    # messages held the loop 90 ms); a long prompt's is built on a thread,
-    # which the loop preempts every few ms.
+    # messages held the loop 90 ms); a long prompt's is built on the one
+    # builder thread (builder.py), which the loop preempts every few ms.
     if len(messages) > THREAD_MESSAGES:
-        body = await asyncio.get_running_loop().run_in_executor(_builder(), transform)
+        body = await BUILDER.run(transform)
     else:
         body = transform()
     # The OpenAI SDK (LiteLLM's path) merges `extra_body` into the body.

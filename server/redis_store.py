@@ -35,9 +35,9 @@ import contextlib
 import hashlib
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
 
 import msgspec
 import redis.asyncio as aioredis
@@ -51,12 +51,14 @@ from tokenwire.protocol import (
     Finish,
     Generate,
     GenerationFrame,
+    ServerFrame,
     error_frame,
 )
 
+from . import resume
 from .config import ServerSettings
 from .metrics import Metrics
-from .resume import Cause, seq_of
+from .resume import Cause, contiguous, seq_of
 
 if TYPE_CHECKING:
     from .session import Session
@@ -201,6 +203,18 @@ def _entry_id(last_seq: int) -> str:
     return f"0-{last_seq + 1}"
 
 
+class Node(Protocol):
+    """What the store's background duties need of the node (``TokenwireServer``)."""
+
+    def running(self) -> list[tuple[str, str]]:
+        """The node's running generations, as (session hash, generation id)."""
+        ...
+
+    def cancel(self, h: str, gid: str) -> None:
+        """Another node asked to cancel this one."""
+        ...
+
+
 class RedisStore:
     """One node's connection to the shared Redis."""
 
@@ -234,8 +248,8 @@ class RedisStore:
         self._probe: asyncio.Task[None] | None = None
         self.ttl = int(settings.resume_ttl + settings.orphan_timeout + 60)
         self.lease_ms = int(settings.resume_lease * 1000)
-        self.on_cancel: Any = None
-        """Called with (session hash, generation id) when another node cancels one of ours."""
+        self._node: Node | None = None
+        """This node's generations (``serve``)."""
         self._pending: dict[Session, list[object]] = {}
         """Frames (and start markers) waiting to be stored, by session, in order."""
         self._flushing: asyncio.Task[None] | None = None
@@ -521,6 +535,44 @@ class RedisStore:
         frames = _frames_after(entries, after_seq)
         return frames if isinstance(frames, list) else None
 
+    async def follow(
+        self, h: str, gid: str, after_seq: int
+    ) -> AsyncIterator[Sequence[ServerFrame]]:
+        """The frames another node stores for its generation ``gid`` after
+        ``after_seq``, batch by batch, as they come, up to its terminal frame.
+
+        If that node stops renewing its lease (it died), or Redis cannot be
+        reached, the last batch is a retryable ``upstream_error`` (stored
+        first when it can be, so every node tells the same end). If frames
+        are missing, the last batch is ``resume_failed`` ``gap`` with its
+        cause (logged and counted)."""
+        block_ms = max(50, int(self.settings.resume_lease * 1000 / 3))
+        last = after_seq
+        while True:
+            try:
+                await self.watching(h, gid)
+                frames = await self.read(h, gid, last, block_ms)
+                if frames is None and not await self.alive(h, gid):
+                    frame = orphan_error(gid, last + 1)
+                    if not await self.end_orphan(h, frame):
+                        continue  # its node stored a frame meanwhile: read it
+                    frames = [frame]
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.failed(exc)
+                frames = [orphan_error(gid, last + 1)]
+            if not frames:
+                continue
+            if not contiguous(frames, last):
+                record = await self.load(h)
+                cause = record.lost.get(gid, Cause.DATA_GONE) if record else Cause.DATA_GONE
+                span = (last + 1, seq_of(frames[0]) - 1)
+                yield [resume.failed(self.metrics, gid, "gap", cause, frames=span)]
+                return
+            yield frames
+            if isinstance(frames[-1], Finish | Error):
+                return
+            last = seq_of(frames[-1])
+
     async def alive(self, h: str, gid: str) -> bool:
         """Whether a node holds the lease on the generation (it is running)."""
         return bool(await self.client.exists(_lease(h, gid)))
@@ -579,6 +631,38 @@ class RedisStore:
         results = await self.quietly(pipe.execute)
         return {pair for pair, seen in zip(pairs, results or (), strict=False) if seen}
 
+    def serve(self, node: Node) -> list[asyncio.Task[None]]:
+        """Start the store's background duties for ``node``: renewing the
+        leases on its running generations (three times a lease), and taking
+        the cancels other nodes ask of them (published, and by key)."""
+        self._node = node
+        loop = asyncio.get_running_loop()
+        return [
+            loop.create_task(self._keep_leases(), name="lease renewal"),
+            loop.create_task(self.listen(), name="cancel listener"),
+        ]
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resume_lease / 3)
+            await self._renew_once()
+
+    async def _renew_once(self) -> None:
+        if self._node is None:
+            return
+        for h, gid in await self.renew(self._node.running()):
+            self._node.cancel(h, gid)
+
+    def _cancelled(self, h: str | None, gid: str | None) -> None:
+        """A cancel came for (h, gid); None: check every lease's, the
+        listener having been away."""
+        if self._node is None:
+            return
+        if h is None or gid is None:
+            asyncio.get_running_loop().create_task(self._renew_once())
+        else:
+            self._node.cancel(h, gid)
+
     async def listen(self) -> None:
         """Take cancels published to this node, reconnecting when the
         connection is lost (a restart, ``CLIENT KILL``); after each
@@ -593,14 +677,12 @@ class RedisStore:
                     async with listener.pubsub() as pubsub:
                         await pubsub.subscribe(_channel(self.node))
                         delay = LISTEN_RETRY
-                        if self.on_cancel is not None:
-                            self.on_cancel(None, None)  # check the keys
+                        self._cancelled(None, None)  # check the keys
                         async for message in pubsub.listen():
                             if message.get("type") != "message":
                                 continue
                             h, _, gid = message["data"].decode().partition(" ")
-                            if self.on_cancel is not None:
-                                self.on_cancel(h, gid)
+                            self._cancelled(h, gid)
                 except (RedisError, OSError, TimeoutError) as exc:
                     if delay == LISTEN_RETRY:  # once per loss, not per attempt
                         log.warning("cancel listener reconnecting", error=repr(exc))

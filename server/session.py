@@ -26,7 +26,6 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol, assert_never
 
 import structlog
-from redis.exceptions import RedisError
 
 from tokenwire.protocol import (
     Cancel,
@@ -48,8 +47,8 @@ from .errors import CloseCode
 from .generation import Generation
 from .loop_lag import LoopLag
 from .metrics import Metrics
-from .redis_store import Started, StreamEntries, orphan_error
-from .resume import Cause, FrameLog, MemoryLogs, contiguous, new_token, seq_of, token_hash
+from .redis_store import Started, StreamEntries
+from .resume import Cause, FrameLog, MemoryLogs, new_token, token_hash
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -434,40 +433,15 @@ class Session:
         relay.add_done_callback(lambda _: self._relays.pop(request.id, None))
 
     async def _relay(self, entry: Entry, after_seq: int) -> None:
-        """Pass on the frames another node stores for ``entry``; if that node
-        stops renewing its lease, end the generation with a retryable
-        ``upstream_error`` (stored first, so every node tells the same end)."""
+        """Pass on the frames another node stores for ``entry``, up to its
+        terminal frame (``RedisStore.follow`` says how that ends when its node
+        dies, or when frames are missing), then take its conversation back."""
         store = self._redis
         assert store is not None
-        gid = entry.id
-        h = self.token_hash
-        block_ms = max(50, int(self.settings.resume_lease * 1000 / 3))
-        last = after_seq
         terminal: Finish | Error | None = None
         try:
-            while terminal is None:
-                try:
-                    await store.watching(h, gid)
-                    frames = await store.read(h, gid, last, block_ms)
-                    if frames is None and not await store.alive(h, gid):
-                        frame = orphan_error(gid, last + 1)
-                        if not await store.end_orphan(h, frame):
-                            continue  # its node stored a frame meanwhile: read it
-                        frames = [frame]
-                except (RedisError, OSError, TimeoutError) as exc:
-                    store.failed(exc)
-                    frames = [orphan_error(gid, last + 1)]
-                if not frames:
-                    continue
-                if not contiguous(frames, last):
-                    record = await store.load(h)
-                    cause = record.lost.get(gid, Cause.DATA_GONE) if record else Cause.DATA_GONE
-                    span = (last + 1, seq_of(frames[0]) - 1)
-                    failure = resume.failed(self.context.metrics, gid, "gap", cause, frames=span)
-                    self.deliver([failure])
-                    return
+            async for frames in store.follow(self.token_hash, entry.id, after_seq):
                 self.deliver(list(frames))
-                last = seq_of(frames[-1])
                 if isinstance(frames[-1], Finish | Error):
                     terminal = frames[-1]
         finally:
@@ -475,7 +449,7 @@ class Session:
             self.context.generation_ended()
             name = entry.request.conversation
             if isinstance(terminal, Finish) and name is not None:
-                record = await store.load(h)
+                record = await store.load(self.token_hash)
                 if record is not None and name in record.conversations:
                     self.context.history_bytes += self.core.restore(
                         name, record.conversations[name]

@@ -379,5 +379,10 @@ async def _watch_an_attack(server, connect, huge: list[bytes]) -> None:
     assert all(r.reason == "cancelled" and r.usage and r.usage.estimated for r in results)
     assert results[0].usage is not None and results[0].usage.prompt_tokens > 55_000 // 4
     print(f"largest gap: {baseline * 1000:.0f} ms alone, {stalled * 1000:.0f} ms beside the attack")
-    # 50 ms, plus what this test's own attacking client costs the shared loop.
-    assert stalled - baseline < 0.05 + 0.05
+    # Decoding and checking one such message holds the loop ≈50 ms, by design
+    # (it is what a session may cost the others, once, before it waits as
+    # long); its neighbour then needs a few turns more, and this test's own
+    # attacking client shares the loop. Measured on the 2-core machine: 52-98
+    # ms past the quiet baseline in 12 runs (the regression this guards
+    # stalled every session 1.7-3.1 s).
+    assert stalled - baseline < 0.05 + 0.1
