@@ -147,7 +147,10 @@ class Resumer:
         if record is not None:
             if not same_key(record.key_hash, key):
                 return "unknown", Cause.NO_SESSION
-            return ("expired", Cause.RECORD_EXPIRED) if record.expired(time.time()) else None
+            if not record.expired(time.time()):
+                return None
+            known = self.expired.get(wanted)  # this node knows why (evicted, say)
+            return "expired", known[1] if known is not None else Cause.RECORD_EXPIRED
         expired = self.expired.get(wanted)
         if expired is not None and same_key(expired[0], key):
             return "expired", expired[1]

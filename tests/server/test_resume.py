@@ -295,9 +295,12 @@ async def test_detached_sessions_make_room_for_attached_ones(start_server, store
         # The evicted sessions' generations were cancelled; a resume hears expired.
         await fresh[1].ws.close()
         late = await RawSession.open(handle.url)
-        replies = await late.resume(dropped[0].token, {"g": 2})
+        with structlog.testing.capture_logs() as logs:
+            replies = await late.resume(dropped[0].token, {"g": 2})
         expired = [ResumeFailed(id=None, reason="expired"), ResumeFailed(id="g", reason="expired")]
         assert replies == expired
+        (failed,) = [e for e in logs if e["event"].startswith("resume failed")]
+        assert failed["cause"] == "max_sessions"
 
 
 async def test_a_generate_the_server_never_read_is_sent_again_after_the_resume(
