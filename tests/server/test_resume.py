@@ -278,7 +278,7 @@ async def test_detached_sessions_make_room_for_attached_ones(start_server, store
             await client.generate("g", say(tokens=200, interval=0.02))
             await client.frames_until("g", seq=2)
             await client.drop()
-        await _until(lambda: _sessions(handle)["detached"] == 2)
+        await _until(lambda: _sessions(handle) | {"evicted": 0} == _gone(2))
         # The server is "full" of sessions nobody is attached to: two new
         # clients connect at once, and stream.
         fresh = await asyncio.gather(*(RawSession.open(handle.url) for _ in range(2)))
@@ -294,6 +294,7 @@ async def test_detached_sessions_make_room_for_attached_ones(start_server, store
         assert refused.value.response.status_code == 503
         # The evicted sessions' generations were cancelled; a resume hears expired.
         await fresh[1].ws.close()
+        await _until(lambda: _sessions(handle)["attached"] == 1)  # the server saw it go
         late = await RawSession.open(handle.url)
         with structlog.testing.capture_logs() as logs:
             replies = await late.resume(dropped[0].token, {"g": 2})
@@ -339,6 +340,11 @@ async def _without_sending(client, generate) -> object:
     return await generate
 
 
+def _gone(n: int) -> dict[str, float]:
+    """``_sessions`` once ``n`` dropped sessions are detached and their links closed."""
+    return {"attached": 0.0, "detached": float(n), "evicted": 0}
+
+
 async def _until(condition) -> None:
     async with asyncio.timeout(TIMEOUT):
         while not condition():  # noqa: ASYNC110 (a metric: nothing to await)
@@ -354,7 +360,7 @@ async def test_a_detached_session_makes_room_for_a_chat_completion(start_server,
         await dropped.generate("g", say(tokens=200, interval=0.02))
         await dropped.frames_until("g", seq=2)
         await dropped.drop()
-        await _until(lambda: _sessions(handle)["detached"] == 1)
+        await _until(lambda: _sessions(handle) | {"evicted": 0} == _gone(1))
         async with httpx.AsyncClient(base_url=handle.http, timeout=TIMEOUT) as http:
             body = {"model": "fake", "messages": say(tokens=3)}
             answer = await http.post("/v1/chat/completions", json=body)
