@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import os
 import shutil
@@ -170,6 +171,10 @@ def _fail(message: str, status: int) -> NoReturn:
 
 def _serve(args: argparse.Namespace) -> None:
     started = time.monotonic()
+    # A crash in a C extension (one segfault in libpython's collector was
+    # seen once under the soak, 2026-12-06) then leaves every thread's
+    # Python stack in the log instead of nothing.
+    faulthandler.enable()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if args.workers < 1:
         _fail("--workers: must be at least 1", EXIT_CONFIG)
