@@ -44,7 +44,9 @@ MERGE_BACKLOG: Final = 64
 """Frames queued for a socket past which it counts as behind, so text merges."""
 
 
-def _same(data: bytes) -> bytes:
+def written_as_is(data: bytes) -> bytes:
+    """The encoder of a link whose queue holds ready messages (Responses
+    events, a piped session's frames)."""
     return data
 
 
@@ -386,7 +388,7 @@ class Link(LinkBase):
         session's, ``workers.pipe``), written as they are. (The writer takes
         the change when it next waits: once what is queued is written.)"""
         await self.drained()
-        self._encode = _same
+        self._encode = written_as_is
 
     def forward(self, data: bytes) -> None:
         """Queue a message another worker made (see ``pass_through``)."""

@@ -41,7 +41,7 @@ from tokenwire.protocol.openai_responses import (
 
 from .config import ServerSettings
 from .core import advance
-from .link import Link
+from .link import Link, written_as_is
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
@@ -206,10 +206,6 @@ def new_response_id() -> str:
     return f"resp_{secrets.token_hex(16)}"
 
 
-def _same(bytes_: bytes) -> bytes:
-    return bytes_
-
-
 class ResponseState(enum.Enum):
     """A ``/v1/responses`` connection's response in flight::
 
@@ -245,7 +241,7 @@ class ResponsesLink(Link):
         store: ResponseStore,
     ) -> None:
         super().__init__(context, connection, codec)
-        self._encode = _same  # events are encoded as they are made
+        self._encode = written_as_is  # events are encoded as they are made
         self._store = store
         self.response_state = ResponseState.IDLE
         self._events: ResponseEvents | None = None
