@@ -29,7 +29,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import websockets
 
-from tokenwire.server.fake_upstream import FakeUpstream
+from tokenwire.server.engines.fake_upstream import FakeUpstream
 
 TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
 SLOW = "fake:" + json.dumps({"tokens": 10_000, "interval": 0.02})

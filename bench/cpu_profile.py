@@ -25,8 +25,8 @@ import websockets
 from tokenwire.server import logs
 from tokenwire.server.app import TokenwireServer
 from tokenwire.server.config import ServerSettings, parse
-from tokenwire.server.fake_upstream import FakeUpstream
-from tokenwire.server.upstream import Upstream
+from tokenwire.server.engines.fake_upstream import FakeUpstream
+from tokenwire.server.engines.upstream import Upstream
 
 PACKAGES = ("tokenwire", "litellm", "pydantic", "openai", "httpx", "httpcore", "aiohttp",
             "websockets", "msgspec", "asyncio", "tiktoken", "json")  # fmt: skip

@@ -42,7 +42,7 @@ from run import (
     ws_load,
 )
 
-from tokenwire.server.fake_upstream import FakeUpstream
+from tokenwire.server.engines.fake_upstream import FakeUpstream
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -42,7 +42,7 @@ import websockets
 from core import pct, start_server
 from run import free_port, measured, ws_load
 
-from tokenwire.server.fake_upstream import FakeUpstream
+from tokenwire.server.engines.fake_upstream import FakeUpstream
 
 MODES = ("off", "memory", "redis", "w2 off", "w2 memory")
 """The resume modes, one process each, then ``--workers 2`` with ``off`` and ``memory``."""

@@ -35,7 +35,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import aiohttp
 from core import cancel_through_tokenwire, children, idle_sessions, pct, rss_kb, start_server
 
-from tokenwire.server.fake_upstream import FakeUpstream
+from tokenwire.server.engines.fake_upstream import FakeUpstream
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable

@@ -32,26 +32,29 @@ from tokenwire.protocol import (
     Resume,
 )
 
-from . import web, workers
+from . import workers
 from .config import ServerSettings
-from .core import SessionLife, StopReason
+from .engines.upstream import Upstream
 from .errors import CLOSE_REASONS, CloseCode
-from .gate import Gate
-from .gate import auth_subprotocol as auth_subprotocol  # where tests and tools import it from
-from .link import CLOSE_TIMEOUT, Link
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
-from .openai_http import FrontConnection, HttpLink, OpenAIHttp
-from .redis_store import RedisStore
-from .responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_store
-from .resume import (
+from .sessions.core import SessionLife, StopReason
+from .sessions.link import CLOSE_TIMEOUT, Link
+from .sessions.resuming import Resumer
+from .sessions.session import Session
+from .stores.redis_store import RedisStore
+from .stores.resume import (
     Cause,
     MemoryLogs,
     key_hash,
 )
-from .resuming import Resumer
-from .session import Session
-from .upstream import Upstream
+from .surfaces import web
+from .surfaces.chat_completions import FrontConnection, HttpLink, OpenAIHttp
+from .surfaces.gate import Gate
+from .surfaces.gate import (
+    auth_subprotocol as auth_subprotocol,  # where tests and tools import it from
+)
+from .surfaces.responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_store
 from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")

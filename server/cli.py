@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 if TYPE_CHECKING:  # the modules themselves are imported late: see the docstring
     from .config import ServerSettings
-    from .upstream import Upstream
+    from .engines.upstream import Upstream
     from .workers import Workers
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace) -> None:
         args.log_level, json=None if args.log_format is None else args.log_format == "json"
     )
 
-    from .upstream import Upstream  # imports LiteLLM: seconds, done once
+    from .engines.upstream import Upstream  # imports LiteLLM: seconds, done once
 
     try:
         upstream = Upstream(config, repeated_chunk_limit=config.server.repeated_chunk_limit)
@@ -387,7 +387,7 @@ def _loadtest(args: argparse.Namespace) -> None:
 
 
 def _fake_upstream(args: argparse.Namespace) -> None:
-    from .fake_upstream import Scenario, serve
+    from .engines.fake_upstream import Scenario, serve
 
     interval = 1.0 / args.tokens_per_second if args.tokens_per_second > 0 else 0.0
     try:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from . import litellm_keys
+from .engines import litellm_keys
 from .errors import ServerError
 
 ENV_PREFIX: Final = "os.environ/"
@@ -113,7 +113,7 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     or off); past it the oldest are forgotten first."""
     fast_path: FastPath = "auto"
     """``auto``: models whose provider streams plain OpenAI SSE skip LiteLLM's
-    per-chunk code (``tokenwire.server.native``); ``off``: every model goes
+    per-chunk code (``tokenwire.server.engines.native``); ``off``: every model goes
     through ``litellm.acompletion``. A deployment's ``model_info.fast_path``
     overrides it."""
 

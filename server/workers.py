@@ -45,14 +45,14 @@ from websockets.typing import Subprotocol
 
 from tokenwire.protocol import Codec, Resume, Resumed, ResumeFailed
 
-from . import resume
 from .errors import CloseCode
-from .resume import Cause, new_token
+from .stores import resume
+from .stores.resume import Cause, new_token
 
 if TYPE_CHECKING:
     from .app import TokenwireServer
-    from .link import Link
-    from .responses import KeptResponse
+    from .sessions.link import Link
+    from .surfaces.responses import KeptResponse
 
 log = structlog.get_logger("tokenwire.workers")
 
@@ -105,7 +105,7 @@ class Workers:
 
     async def chain(self, owner: int, response_id: str) -> list[KeptResponse] | None:
         """Worker ``owner``'s chain of ``response_id`` (None: not kept, or the worker is gone)."""
-        from .responses import KeptResponse
+        from .surfaces.responses import KeptResponse
 
         try:
             async with asyncio.timeout(PEER_TIMEOUT):

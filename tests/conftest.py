@@ -38,7 +38,7 @@ from tokenwire.protocol import (
     ServerFrame,
 )
 from tokenwire.server.config import Config, ServerSettings, parse
-from tokenwire.server.fake_upstream import FakeUpstream
+from tokenwire.server.engines.fake_upstream import FakeUpstream
 
 TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
 TIMEOUT = 10.0
@@ -249,7 +249,7 @@ def config(fake: FakeUpstream) -> Config:
 
 @pytest.fixture(scope="session")
 def upstream(config: Config) -> Any:
-    from tokenwire.server.upstream import Upstream
+    from tokenwire.server.engines.upstream import Upstream
 
     upstream = Upstream(config, repeated_chunk_limit=ServerSettings().repeated_chunk_limit)
     upstream.warm_up()  # as `tokenwire serve` does: no tokenizer loads mid-test

@@ -33,7 +33,7 @@ def test_the_wheel_holds_only_the_tokenwire_package(tmp_path):
     for package in ("protocol", "server", "client"):
         assert f"tokenwire/{package}/__init__.py" in names
         assert f"tokenwire/{package}/py.typed" in names
-    assert "tokenwire/server/litellm_keys.json" in names  # data the config check reads
+    assert "tokenwire/server/engines/litellm_keys.json" in names  # data the config check reads
     for asset in ("tokenwire.js", "tokenwire.d.ts", "page/index.html", "page/app.js"):
         assert f"tokenwire/web/{asset}" in names
     assert not any(name.startswith("tokenwire/__init__.py") for name in names)  # a namespace

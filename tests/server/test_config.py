@@ -148,12 +148,12 @@ def test_serve_stops_on_a_missing_config_file(tmp_path):
 
 
 def test_the_litellm_sections_keys_are_the_installed_litellms():
-    """server/litellm_keys.py is generated (scripts/litellm-keys) from the pinned
+    """server/engines/litellm_keys.py is generated (scripts/litellm-keys) from the pinned
     LiteLLM: the keys it checks before importing LiteLLM are LiteLLM's own."""
     import litellm
     from litellm import Router
 
-    from tokenwire.server import litellm_keys
+    from tokenwire.server.engines import litellm_keys
 
     assert sorted(litellm_keys.ROUTER_SETTINGS) == litellm_keys.router_keys(Router)
     # The module grows attributes as it is used (lazily loaded model lists):

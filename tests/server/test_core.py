@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tokenwire.protocol import Error, Finish, Generate, Usage
-from tokenwire.server.core import (
+from tokenwire.server.errors import IllegalTransition
+from tokenwire.server.sessions.core import (
     ConnectionState,
     Entry,
     GenerationState,
@@ -20,7 +21,6 @@ from tokenwire.server.core import (
     StopReason,
     advance_connection,
 )
-from tokenwire.server.errors import IllegalTransition
 
 IDS = st.sampled_from(["a", "b", "c", "d", "e"])
 CONVERSATIONS = st.sampled_from([None, "x", "y", "z"])

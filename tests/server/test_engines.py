@@ -1,5 +1,5 @@
 """The two upstream engines give the same frames: LiteLLM's ``acompletion``
-stream and the native path (``tokenwire.server.native``).
+stream and the native path (``tokenwire.server.engines.native``).
 
 Every scenario of the fake upstream — text, reasoning in both fields, parallel
 tool calls, usage where it comes and where it does not, and every failure —
@@ -19,7 +19,7 @@ import pytest
 from conftest import ServerHandle, model_list, say
 
 from tokenwire.server.config import Config, ServerSettings, parse
-from tokenwire.server.upstream import Upstream
+from tokenwire.server.engines.upstream import Upstream
 
 TOOLS = [
     {
@@ -309,7 +309,7 @@ async def test_a_model_can_be_kept_on_litellm_by_its_model_info(fake):
 
 
 def test_only_plain_openai_stream_providers_take_the_native_path():
-    from tokenwire.server.native import native_route
+    from tokenwire.server.engines.native import native_route
 
     for model in ("openai/gpt-4o-mini", "hosted_vllm/llama", "deepseek/deepseek-chat"):
         assert native_route({"model": model, "api_base": "http://127.0.0.1:1/v1"}) is not None

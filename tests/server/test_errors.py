@@ -11,7 +11,7 @@ import websockets
 from conftest import PROMPT_CLOSE_S, TIMEOUT, say
 
 from tokenwire.protocol import Encoding, Error, ErrorCode, Token
-from tokenwire.server.failures import classify
+from tokenwire.server.engines.failures import classify
 
 
 async def _untagged_error(client) -> Error:
@@ -257,7 +257,7 @@ async def test_an_upstream_connection_failure_logs_deployment_host_and_cause():
 
     from tokenwire.server.app import TokenwireServer
     from tokenwire.server.config import ServerSettings, parse
-    from tokenwire.server.upstream import Upstream
+    from tokenwire.server.engines.upstream import Upstream
 
     port = free_port()  # nothing listens there
     generate_down = {

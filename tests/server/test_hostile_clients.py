@@ -339,7 +339,7 @@ def outside_upstream(outside_fake):
     """An upstream on the fake in its own process: its parsing of 2.4 MB
     bodies must not count as the server's stall."""
     from tokenwire.server.config import parse
-    from tokenwire.server.upstream import Upstream
+    from tokenwire.server.engines.upstream import Upstream
 
     upstream = Upstream(parse({"model_list": model_list(outside_fake)}), repeated_chunk_limit=100)
     upstream.warm_up()

@@ -1,7 +1,7 @@
 """The LiteLLM internals tokenwire relies on exist, with the parameters it passes.
 
 Everything tokenwire uses of LiteLLM beyond its documented API goes through
-``tokenwire.server.litellm_adapter``; this test names each one that a new
+``tokenwire.server.engines.litellm_adapter``; this test names each one that a new
 LiteLLM release moved or renamed (``scripts/litellm-canary`` runs it against
 the newest release).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenwire.server import litellm_adapter
+from tokenwire.server.engines import litellm_adapter
 
 SERVER = Path(litellm_adapter.__file__).parent
 

@@ -24,7 +24,7 @@ from conftest import PROMPT_CLOSE_S, TIMEOUT, ServerHandle, model_list, say
 from openai.types.responses import ResponsesServerEvent
 
 from tokenwire.server.config import ServerSettings, parse
-from tokenwire.server.upstream import Upstream
+from tokenwire.server.engines.upstream import Upstream
 
 EVENT = pydantic.TypeAdapter(ResponsesServerEvent)
 TERMINAL = ("response.completed", "response.incomplete", "response.failed", "error")

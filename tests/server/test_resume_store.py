@@ -12,7 +12,7 @@ from conftest import TIMEOUT, say
 from resume_parts import RawSession, redis_server
 
 from tokenwire.protocol import Finish, ResultBuilder, Resumed, ResumeFailed
-from tokenwire.server.resume import token_hash as _hash
+from tokenwire.server.stores.resume import token_hash as _hash
 
 
 def _whole(frames: list, tokens: int) -> None:

@@ -18,7 +18,7 @@ import msgspec
 from conftest import TIMEOUT, ServerHandle, model_list, say
 
 from tokenwire.server.config import ServerSettings, parse
-from tokenwire.server.upstream import Upstream
+from tokenwire.server.engines.upstream import Upstream
 
 TICK = 0.01
 MAX_LATE = 0.1

@@ -21,7 +21,7 @@ import openai
 
 from tokenwire.protocol import ErrorCode
 
-from .errors import ServerError
+from ..errors import ServerError
 from .litellm_adapter import RouterRateLimitError
 from .litellm_adapter import errors as llm
 

@@ -43,7 +43,7 @@ import msgspec
 from tokenwire.protocol import Error, ErrorCode, Finish, Generate, error_frame
 from tokenwire.protocol.validation import quote
 
-from .errors import IllegalTransition
+from ..errors import IllegalTransition
 
 _encode_json: Final = msgspec.json.Encoder().encode
 

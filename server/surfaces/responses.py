@@ -39,14 +39,14 @@ from tokenwire.protocol.openai_responses import (
     response_request,
 )
 
-from .config import ServerSettings
-from .core import advance
-from .link import Link, written_as_is
+from ..config import ServerSettings
+from ..sessions.core import advance
+from ..sessions.link import Link, written_as_is
 
 if TYPE_CHECKING:
-    from .redis_store import RedisStore
-    from .session import SessionContext
-    from .workers import Workers
+    from ..sessions.session import SessionContext
+    from ..stores.redis_store import RedisStore
+    from ..workers import Workers
 
 log = structlog.get_logger("tokenwire.session")
 

@@ -55,13 +55,13 @@ from tokenwire.protocol import (
     error_frame,
 )
 
+from ..config import ServerSettings
+from ..metrics import Metrics
 from . import resume
-from .config import ServerSettings
-from .metrics import Metrics
 from .resume import Cause, contiguous, seq_of
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ..sessions.session import Session
 
 log = structlog.get_logger("tokenwire.resume")
 

@@ -44,12 +44,12 @@ from tokenwire.protocol.openai_common import (
     error_kind,
 )
 
-from .errors import CloseCode, Refusal
-from .link import MERGE_BACKLOG, LinkBase, resolve
+from ..errors import CloseCode, Refusal
+from ..sessions.link import MERGE_BACKLOG, LinkBase, resolve
 
 if TYPE_CHECKING:
-    from .app import TokenwireServer
-    from .session import Session
+    from ..app import TokenwireServer
+    from ..sessions.session import Session
 
 log = structlog.get_logger("tokenwire.server")
 

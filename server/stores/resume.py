@@ -38,7 +38,7 @@ from tokenwire.protocol import (
     ToolCallComplete,
 )
 
-from .metrics import Metrics
+from ..metrics import Metrics
 
 log = structlog.get_logger("tokenwire.resume")
 

@@ -19,9 +19,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .config import ServerSettings
-from .errors import Refusal
-from .metrics import Metrics
+from ..config import ServerSettings
+from ..errors import Refusal
+from ..metrics import Metrics
 
 AUTH_SUBPROTOCOL_PREFIX: Final = "tokenwire.bearer."
 """Browsers cannot set headers on a WebSocket handshake: they offer the key as

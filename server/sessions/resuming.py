@@ -29,13 +29,14 @@ from tokenwire.protocol import (
     ServerFrame,
 )
 
-from . import resume, workers
-from .redis_store import Record, Replay
-from .resume import GAP, Cause, contiguous, same_key, seq_of, token_hash
+from .. import workers
+from ..stores import resume
+from ..stores.redis_store import Record, Replay
+from ..stores.resume import GAP, Cause, contiguous, same_key, seq_of, token_hash
 from .session import SKIP_ALL, Session
 
 if TYPE_CHECKING:
-    from .app import TokenwireServer
+    from ..app import TokenwireServer
     from .link import Link
 
 log = structlog.get_logger("tokenwire.server")

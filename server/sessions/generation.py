@@ -26,9 +26,9 @@ from tokenwire.protocol import (
     Usage,
 )
 
+from ..engines.failures import UpstreamFailure, classify
+from ..loop_lag import Silence
 from .core import Entry, GenerationState, StopReason
-from .failures import UpstreamFailure, classify
-from .loop_lag import Silence
 
 if TYPE_CHECKING:
     from .session import Session

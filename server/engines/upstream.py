@@ -29,8 +29,8 @@ import msgspec
 
 from tokenwire.protocol import Delta, Params, Usage, sanitize
 
+from ..config import Config
 from . import demo, guard, native
-from .config import Config
 from .failures import GUARD_FAILURE
 from .litellm_adapter import (
     Router,

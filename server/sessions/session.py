@@ -40,22 +40,23 @@ from tokenwire.protocol import (
     ServerFrame,
 )
 
-from . import core, resume
-from .config import ServerSettings
+from ..config import ServerSettings
+from ..engines.upstream import Upstream
+from ..errors import CloseCode
+from ..loop_lag import LoopLag
+from ..metrics import Metrics
+from ..stores import resume
+from ..stores.redis_store import Started, StreamEntries
+from ..stores.resume import Cause, FrameLog, MemoryLogs, new_token, token_hash
+from . import core
 from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason
-from .errors import CloseCode
 from .generation import Generation
-from .loop_lag import LoopLag
-from .metrics import Metrics
-from .redis_store import Started, StreamEntries
-from .resume import Cause, FrameLog, MemoryLogs, new_token, token_hash
-from .upstream import Upstream
 
 if TYPE_CHECKING:
     from tokenwire.protocol import Resume
 
+    from ..stores.redis_store import RedisStore
     from .link import Link
-    from .redis_store import RedisStore
 
 log = structlog.get_logger("tokenwire.session")
 

@@ -41,7 +41,7 @@ from tokenwire.protocol import Delta, ErrorCode, ToolCallDelta, sanitize
 from tokenwire.protocol.sse import EventTooLarge, SseParser
 from tokenwire.protocol.validation import quote
 
-from .builder import BUILDER
+from ..sessions.builder import BUILDER
 from .failures import UpstreamFailure
 from .litellm_adapter import (
     APIConnectionError,

@@ -23,10 +23,10 @@ from websockets.protocol import State
 
 from tokenwire.protocol import BadMessage, Codec, ErrorCode, Resume, ServerFrame, error_frame
 
+from ..errors import CLOSE_REASONS, CloseCode
 from . import core
 from .builder import BUILDER
 from .core import ConnectionState
-from .errors import CLOSE_REASONS, CloseCode
 
 if TYPE_CHECKING:
     from .generation import Generation
