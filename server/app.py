@@ -42,19 +42,16 @@ from .sessions.core import SessionLife, StopReason
 from .sessions.link import CLOSE_TIMEOUT, Link
 from .sessions.resuming import Resumer
 from .sessions.session import Session
-from .stores.redis_store import RedisStore
-from .stores.resume import (
-    Cause,
-    MemoryLogs,
-    key_hash,
-)
+from .stores import open_store
+from .stores.contract import ResponseStore
+from .stores.resume import Cause, key_hash
 from .surfaces import web
 from .surfaces.chat_completions import FrontConnection, HttpLink, OpenAIHttp
 from .surfaces.gate import Gate
 from .surfaces.gate import (
     auth_subprotocol as auth_subprotocol,  # where tests and tools import it from
 )
-from .surfaces.responses import RESPONSES_PATH, ResponsesLink, ResponseStore, response_store
+from .surfaces.responses import RESPONSES_PATH, ResponsesLink
 from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")
@@ -81,12 +78,14 @@ class TokenwireServer:
         self, settings: ServerSettings, upstream: Upstream, workers: Workers | None = None
     ) -> None:
         self.settings = settings
-        self.workers = workers if settings.resume != "redis" else None
-        """This worker's peers (``--workers`` without Redis: ``workers.py``)."""
+        self.metrics = Metrics()
+        self.store = open_store(settings, self.metrics)
+        """Where sessions are kept for a resume (``stores.contract``)."""
+        self.workers = workers if not self.store.shared else None
+        """This worker's peers (``--workers`` without a shared store: ``workers.py``)."""
         self.upstream = upstream
         self.models = list(upstream.models)
         self.model_set = frozenset(self.models)
-        self.metrics = Metrics()
         self.draining = False
         self.connections: set[Link | HttpLink] = set()
         """Every open link: WebSocket connections and chat completions in progress."""
@@ -95,16 +94,6 @@ class TokenwireServer:
         self.no_sessions.set()
         self.sessions: dict[str, Session] = {}
         """Every session, attached or DETACHED, by its token's hash."""
-        self.memory_logs = (
-            MemoryLogs(settings.resume_generation_bytes, settings.resume_total_bytes)
-            if settings.resume == "memory"
-            else None
-        )
-        self.redis = (
-            RedisStore(settings.redis_url or "", settings, self.metrics)
-            if settings.resume == "redis"
-            else None
-        )
         self.active_generations = 0
         self.loop_lag = LoopLag()
         self.history_bytes = 0
@@ -119,7 +108,7 @@ class TokenwireServer:
         self.started_at = time.time()
         self.websocket_paths = frozenset({WS_PATH, RESPONSES_PATH})
         self.openai_http = OpenAIHttp(self)
-        self.responses: ResponseStore = response_store(settings, self.redis, self.workers)
+        self.responses: ResponseStore = self.store.responses(self.workers)
         """Responses kept for ``previous_response_id`` (``/v1/responses``)."""
         self.resumer = Resumer(self)
 
@@ -166,9 +155,8 @@ class TokenwireServer:
         lag = asyncio.create_task(self.loop_lag.run(), name="loop lag")
         sweeper = asyncio.create_task(self._sweep(), name="orphan sweeper")
         background = [watchdog, lag, sweeper]
-        if self.redis is not None:
-            await self.redis.start()
-            background += self.redis.serve(self)  # leases, and cancels from other nodes
+        await self.store.start()
+        background += self.store.serve(self)  # leases, and cancels from other nodes
         try:
             bound = self._server.sockets[0].getsockname()
             yield bound[0], bound[1]
@@ -185,8 +173,7 @@ class TokenwireServer:
             for task in background:
                 task.cancel()
             await self.openai_http.close()
-            if self.redis is not None:
-                await self.redis.close()
+            await self.store.close()
             await self.upstream.close()
 
     async def _watch_sends(self) -> None:
@@ -254,14 +241,11 @@ class TokenwireServer:
         """Cancel a DETACHED session's generations, except those another node
         relays to the client that resumed there."""
         ids = list(session.generations)
-        if self.redis is not None:
-            watched = await self.redis.watched((session.token_hash, gid) for gid in ids)
-            if session.life is not SessionLife.DETACHED:
-                return  # resumed meanwhile
-            ids = [gid for gid in ids if (session.token_hash, gid) not in watched]
-            for gid in list(session.core.active):
-                if session.core.active[gid].remote:
-                    ids.append(gid)
+        watched = await self.store.watched((session.token_hash, gid) for gid in ids)
+        if session.life is not SessionLife.DETACHED:
+            return  # resumed meanwhile
+        ids = [gid for gid in ids if (session.token_hash, gid) not in watched]
+        ids += [gid for gid, entry in session.core.active.items() if entry.remote]
         stopped = [e for gid in ids if (e := session.core.stop(gid, StopReason.DISCONNECT))]
         session.interrupt(stopped)
 
@@ -350,8 +334,7 @@ class TokenwireServer:
             self.metrics.sessions_evicted.inc()
             self.resumer.expire(session, Cause.MAX_SESSIONS)
             self.session_ended(session)
-            if self.redis is not None:  # so that no node resumes it
-                self.background(self.redis.set_deadline(session, EVICTED_DEADLINE))
+            self.background(session.kept.detached(EVICTED_DEADLINE))  # no node resumes it
             self.background(session.end(StopReason.DISCONNECT))
 
     async def resume(self, link: Link, message: Resume) -> None:

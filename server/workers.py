@@ -19,7 +19,7 @@ directory the parent makes (mode 0700, removed at exit):
   that resumes nothing pays nothing.
 - A stored response's id ends with its worker's number (``resp_…_1``):
   ``previous_response_id`` reads the chain from the worker that keeps it,
-  one HTTP request over its socket (``WorkerResponses``).
+  one HTTP request over its socket (``stores.memory.MemoryResponses`` with peers).
 - A worker that dies takes its sessions and responses with it, and only
   those: a piped connection is closed with 1011 (the client resumes again),
   a resume of its sessions hears ``unknown`` (the replacement worker never
@@ -52,7 +52,7 @@ from .stores.resume import Cause, new_token
 if TYPE_CHECKING:
     from .app import TokenwireServer
     from .sessions.link import Link
-    from .surfaces.responses import KeptResponse
+    from .stores.contract import KeptResponse
 
 log = structlog.get_logger("tokenwire.workers")
 
@@ -105,7 +105,7 @@ class Workers:
 
     async def chain(self, owner: int, response_id: str) -> list[KeptResponse] | None:
         """Worker ``owner``'s chain of ``response_id`` (None: not kept, or the worker is gone)."""
-        from .surfaces.responses import KeptResponse
+        from .stores.contract import KeptResponse
 
         try:
             async with asyncio.timeout(PEER_TIMEOUT):

@@ -3,9 +3,9 @@ connection and replays what each listed generation missed.
 
 ``Resumer`` answers it (the contract's order: each generation's answer with
 its replay, then the session's, then the live frames) from the node's
-memory (``resume: memory``), from Redis (``resume: redis``: the session may
-have run on another node, whose generations are then relayed), or from the
-worker holding it (``--workers``: ``workers.pipe``). Every refusal names
+store (``stores.contract``: from the node's memory, or from Redis, where
+the session may have run on another node, whose generations are then
+relayed), or from the worker holding it (``--workers``: ``workers.pipe``). Every refusal names
 its cause (``resume.failed``). It also remembers the sessions that expired
 or were evicted, so that a late resume hears ``expired``, not ``unknown``.
 """
@@ -18,22 +18,13 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from tokenwire.protocol import (
-    Error,
-    Finish,
-    GenerationFrame,
-    Resume,
-    Resumed,
-    ResumeFailed,
-    ResumeFailure,
-    ServerFrame,
-)
+from tokenwire.protocol import Resume, Resumed, ResumeFailed, ResumeFailure
 
 from .. import workers
 from ..stores import resume
-from ..stores.redis_store import Record, Replay
-from ..stores.resume import GAP, Cause, contiguous, same_key, seq_of, token_hash
-from .session import SKIP_ALL, Session
+from ..stores.contract import Record, Replay
+from ..stores.resume import Cause, same_key, token_hash
+from .session import Session
 
 if TYPE_CHECKING:
     from ..app import TokenwireServer
@@ -89,11 +80,10 @@ class Resumer:
         )
         if session is not None and held_here:
             self._take_over(fresh, session, link, positions)
-            if server.redis is not None:
-                record, stored = await server.redis.fetch(wanted, positions)
+            record, stored = await server.store.fetch(wanted, positions)
         else:
-            if server.redis is not None and wanted != fresh.token_hash:
-                record, stored = await server.redis.fetch(wanted, positions)
+            if wanted != fresh.token_hash:
+                record, stored = await server.store.fetch(wanted, positions)
             failure = self._failure(fresh.key_hash, wanted, session, record)
             if failure is not None:
                 reason, cause = failure
@@ -101,7 +91,7 @@ class Resumer:
                 link.send([ResumeFailed(id=gid, reason=reason) for gid in positions])
                 link.send([resume.failed(server.metrics, None, reason, cause)])
                 return
-            assert record is not None  # known to Redis only: its generations ran elsewhere
+            assert record is not None  # known to the store only: it ran on another node
             session = Session(server, record.key_hash, message.token, record.session_id)
             session.generated = True
             server.sessions[wanted] = session
@@ -109,18 +99,14 @@ class Resumer:
         if record is not None:
             for name, messages in record.conversations.items():
                 server.history_bytes += session.core.restore(name, messages)
-        if server.redis is None:
-            for gid, last_seq in positions.items():
-                link.send(self._replay(session, gid, last_seq))
-            link.send([Resumed(id=None)])
-            return
-        server.background(server.redis.set_deadline(session, 0))
+        server.background(session.kept.detached(0))
         if session.link is not link:
             return  # another resume took the session meanwhile
-        replayed = [
-            (gid, self._replay_stored(session, record, gid, last_seq, stored.get(gid, "gap")))
-            for gid, last_seq in positions.items()
-        ]
+        replayed: list[tuple[str, int | None]] = []
+        for gid, last_seq in positions.items():
+            frames, last = session.kept.replay(gid, last_seq, record, stored.get(gid, "gap"))
+            link.send(frames)
+            replayed.append((gid, last))
         link.send([Resumed(id=None)])
         for gid, last in replayed:  # now the live frames
             session.unpark(gid, last)
@@ -134,8 +120,7 @@ class Resumer:
         session.attach(link)
         self.server.metrics.resumes.labels("resumed").inc()
         log.info("session resumed", session=session.id, generations=len(positions))
-        if self.server.redis is not None:
-            session.park(positions)
+        session.park(positions)  # the live frames wait for the replay
 
     def _failure(
         self, key: str, wanted: str, session: Session | None, record: Record | None
@@ -156,78 +141,3 @@ class Resumer:
         if expired is not None and same_key(expired[0], key):
             return "expired", expired[1]
         return "unknown", Cause.NO_SESSION
-
-    def _replay(self, session: Session, gid: str, last_seq: int) -> list[ServerFrame]:
-        """``resume: memory``: the frames after ``last_seq``, from the node's memory."""
-        frame_log = session.logs.get(gid)
-        if frame_log is None:
-            return [resume.failed(self.server.metrics, gid, "unknown", Cause.NOT_STARTED)]
-        frames: list[GenerationFrame] | str = frame_log.after(last_seq)
-        if frames == GAP or isinstance(frames, str):
-            cause = frame_log.dropped_by or Cause.TOTAL_BYTES
-            end = frame_log.first_seq - 1 if not frame_log.evicted else None
-            span = (last_seq + 1, end)
-            session.delivered[gid] = SKIP_ALL  # nothing more of it goes to this client
-            return [resume.failed(self.server.metrics, gid, "gap", cause, frames=span)]
-        return [Resumed(id=gid, after_seq=last_seq), *frames]
-
-    def _replay_stored(
-        self, session: Session, record: Record | None, gid: str, last_seq: int, stored: Replay
-    ) -> int | None:
-        """``resume: redis``: the frames after ``last_seq`` as read from Redis;
-        the live ones follow (from this node's generation, or relayed from the
-        node running it: ``Session.relay``) after the seq returned (None: the
-        session never had ``gid``).
-
-        A generation of this node that ended may still have frames on their
-        way: waiting to be stored (``RedisStore.queued``), or stored since
-        the read and held for the replay (``Session.parked_for``). They come
-        live, as a running generation's do: only frames that went unkept
-        make a ``gap``.
-        """
-        link = session.link
-        store = self.server.redis
-        assert link is not None and store is not None
-        here = (
-            gid in session.generations
-            or gid in session.owners
-            or store.queued(session, gid)
-            or session.parked_for(gid)
-        )
-        ended_here = gid in session.known and not here
-        elsewhere = None if here or ended_here or record is None else record.requests.get(gid)
-        live = here or elsewhere is not None
-        frames: list[GenerationFrame] | ResumeFailure = stored
-        if isinstance(stored, list) and not contiguous(stored, last_seq):
-            frames = "gap"  # the oldest were trimmed, or never stored
-        elif stored == "unknown":  # nothing stored after last_seq
-            frames = [] if live else "gap" if ended_here or gid in session.known else "unknown"
-        elif isinstance(stored, list) and not live:
-            # Ended without a stored terminal frame: what follows was lost
-            # with Redis's data.
-            ended = bool(stored) and isinstance(stored[-1], Finish | Error)
-            frames = stored if ended else "gap"
-        if frames == "unknown":
-            link.send([resume.failed(self.server.metrics, gid, "unknown", Cause.NOT_STARTED)])
-            return None
-        if isinstance(frames, str):
-            lost = session.lost.get(gid) or (record.lost.get(gid) if record else None)
-            span: tuple[int, int | None] = (last_seq + 1, None)  # the tail is missing
-            if isinstance(stored, list) and stored:
-                head = seq_of(stored[0])
-                span = (
-                    (last_seq + 1, head - 1)
-                    if head > last_seq + 1
-                    else (seq_of(stored[-1]) + 1, None)
-                )
-            failure = resume.failed(
-                self.server.metrics, gid, "gap", lost or Cause.DATA_GONE, frames=span
-            )
-            link.send([failure])
-            return SKIP_ALL
-        link.send([Resumed(id=gid, after_seq=last_seq), *frames])
-        last = seq_of(frames[-1]) if frames else last_seq
-        ended = bool(frames) and isinstance(frames[-1], Finish | Error)
-        if not ended and elsewhere is not None and record is not None:
-            session.relay(elsewhere, record.owners.get(gid, ""), last)
-        return last

@@ -46,8 +46,9 @@ from ..errors import CloseCode
 from ..loop_lag import LoopLag
 from ..metrics import Metrics
 from ..stores import resume
-from ..stores.redis_store import Started, StreamEntries
-from ..stores.resume import Cause, FrameLog, MemoryLogs, new_token, token_hash
+from ..stores.contract import Keeper, ResumeStore
+from ..stores.memory import NoKeeper
+from ..stores.resume import SKIP_ALL, Cause, new_token, token_hash
 from . import core
 from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason
 from .generation import Generation
@@ -55,13 +56,10 @@ from .generation import Generation
 if TYPE_CHECKING:
     from tokenwire.protocol import Resume
 
-    from ..stores.redis_store import RedisStore
     from .link import Link
 
 log = structlog.get_logger("tokenwire.session")
 
-SKIP_ALL: Final = 1 << 62
-"""A seq past every frame: no more of that generation's frames are sent."""
 KNOWN_GENERATIONS: Final = 4096
 """Generations a session remembers for a resume (the oldest are forgotten first)."""
 
@@ -105,8 +103,7 @@ class SessionContext(Protocol):
     loop_lag: LoopLag
     draining: bool
     history_bytes: int
-    memory_logs: MemoryLogs | None
-    redis: RedisStore | None
+    store: ResumeStore
 
     def generation_started(self) -> None: ...
 
@@ -159,17 +156,9 @@ class Session:
         )
         self.generations: dict[str, Generation] = {}
         """The running side of the core's active local entries, by id."""
-        self.logs: dict[str, FrameLog] = {}
-        """Each generation's frames, kept for a resume (``resume: memory``)."""
-        self._memory = context.memory_logs if self.resumable else None
-        self._redis = context.redis if self.resumable and settings.resume == "redis" else None
-        self.stored: dict[str, StreamEntries] = {}
-        """The bytes each running generation has in Redis (``resume_generation_bytes``)."""
-        self.lost: dict[str, Cause] = {}
-        """Why some frames of a generation are not in the store (a bound, an outage)."""
-        self.lost_told: set[str] = set()
-        """The generations whose ``lost`` cause the store has been told."""
-        self._conversation_of: dict[str, str] = {}
+        self.kept: Keeper = context.store.keeper(self) if self.resumable else NoKeeper(self)
+        """The store's part of the session: every frame goes through it
+        (``stores.contract``), kept for a resume or not."""
         self.owners: dict[str, str] = {}
         """The node running each generation relayed from another node."""
         self._relays: dict[str, asyncio.Task[None]] = {}
@@ -215,7 +204,7 @@ class Session:
 
     def ready(self) -> Ready:
         settings = self.settings
-        resumable = self.resumable and (self.context.redis is None or self.context.redis.up)
+        resumable = self.resumable and self.context.store.up
         return Ready(
             session=self.id,
             models=self.context.models,
@@ -242,9 +231,8 @@ class Session:
         nothing_to_resume = not (self.generated or self.core.active or self.core.conversations)
         if end or not self.resumable or self.context.draining or nothing_to_resume:
             await self.end(StopReason.DISCONNECT)
-        elif self._redis is not None:
-            deadline = time.time() + self.settings.resume_ttl
-            await self._redis.set_deadline(self, deadline)
+        else:
+            await self.kept.detached(time.time() + self.settings.resume_ttl)
 
     def discard(self) -> None:
         """Forget a session that never started anything: the new session of a
@@ -264,8 +252,7 @@ class Session:
         """Stop every generation (their terminal frames are kept), then forget the session."""
         self.interrupt(self.core.stop_all(reason))
         await self.settled()
-        if self._redis is not None:
-            await self._redis.stored(self)
+        await self.kept.flushed()
         if self.life is SessionLife.ATTACHED and self.link is not None:
             return  # a resume attached a link meanwhile
         if self.life is not SessionLife.ENDED:
@@ -273,10 +260,7 @@ class Session:
                 self._live(SessionLife.DETACHED)
             self._live(SessionLife.ENDED)
             self.context.history_bytes -= self.core.forget()
-            if self._memory is not None:
-                for frame_log in self.logs.values():
-                    self._memory.release(frame_log)
-            self.logs.clear()
+            self.kept.release()
             self.context.session_ended(self)
 
     async def settled(self) -> None:
@@ -294,27 +278,24 @@ class Session:
     # -- frames -------------------------------------------------------------------
 
     def send(self, frames: Iterable[ServerFrame]) -> None:
-        """Keep a generation's frames for a resume, and pass them to the link
-        (with Redis: once stored)."""
+        """Keep a generation's frames for a resume (``kept``), which passes
+        them to the link (``deliver``): at once, or once stored."""
         frames = list(frames)
-        if not frames:
-            return
-        if self._redis is not None:
-            self._redis.submit(self, frames)
-            return
-        if self._memory is not None:
-            first = frames[0]
-            gid = getattr(first, "id", None)
-            if gid is not None and (frame_log := self.logs.get(gid)) is not None:
-                self._memory.append(frame_log, frames)  # type: ignore[arg-type]
-        self.deliver(frames)
+        if frames:
+            self.kept.keep(frames)
 
-    def conversation_of(self, gid: str) -> tuple[str, list[dict[str, Any]]] | None:
-        """The conversation generation ``gid`` (now ended) belonged to, as kept now."""
-        name = self._conversation_of.pop(gid, None)
-        if name is None or (conversation := self.core.conversations.get(name)) is None:
-            return None
-        return name, conversation.messages
+    def conversation(self, name: str) -> list[dict[str, Any]] | None:
+        """A conversation's messages as kept now (None: not kept)."""
+        conversation = self.core.conversations.get(name)
+        return None if conversation is None else conversation.messages
+
+    def running(self, gid: str) -> bool:
+        """Whether ``gid`` runs for the session (here, or relayed from
+        another node), or frames of it wait for a replay."""
+        return gid in self.generations or gid in self.owners or self.parked_for(gid)
+
+    def knows(self, gid: str) -> bool:
+        return gid in self.known
 
     def deliver(self, frames: list[ServerFrame]) -> None:
         link = self.link
@@ -346,17 +327,11 @@ class Session:
                 out.append(frame)
                 self.delivered[gid] = seq
             elif seq > last + 1:  # frames the store lost: say so, send no more
-                cause = self.lost.get(gid, Cause.STORE_UNREACHABLE)
+                cause = self.kept.lost(gid) or Cause.STORE_UNREACHABLE
                 metrics = self.context.metrics
                 out.append(resume.failed(metrics, gid, "gap", cause, frames=(last + 1, seq - 1)))
                 self.delivered[gid] = SKIP_ALL
         return out
-
-    def not_stored(self, gids: Iterable[str], cause: Cause) -> None:
-        """Frames of ``gids`` went unkept (delivered all the same): a resume
-        that needs them will name ``cause`` (the first one)."""
-        for gid in gids:
-            self.lost.setdefault(gid, cause)
 
     def parked_for(self, gid: str) -> bool:
         """Whether live frames of ``gid`` wait for its replay."""
@@ -413,7 +388,7 @@ class Session:
         for entry in entries:
             if (generation := self.generations.get(entry.id)) is not None:
                 generation.interrupt()
-            elif entry.remote and self._redis is not None:
+            elif entry.remote:
                 if entry.stop_reason is StopReason.SHUTDOWN:
                     # This node goes; the generation runs on for a resume elsewhere.
                     if (relay := self._relays.get(entry.id)) is not None:
@@ -421,7 +396,8 @@ class Session:
                     continue
                 # Its node is told; the relay passes on the terminal frame it stores.
                 owner = self.owners.get(entry.id, "")
-                self._spawn(self._redis.cancel(self.token_hash, entry.id, owner), "cancel")
+                cancel = self.context.store.cancel(self.token_hash, entry.id, owner)
+                self._spawn(cancel, "cancel")
 
     def relay(self, request: Generate, owner: str, after_seq: int) -> None:
         """Relay generation ``request``, running on node ``owner``, from Redis."""
@@ -437,8 +413,7 @@ class Session:
         """Pass on the frames another node stores for ``entry``, up to its
         terminal frame (``RedisStore.follow`` says how that ends when its node
         dies, or when frames are missing), then take its conversation back."""
-        store = self._redis
-        assert store is not None
+        store = self.context.store
         terminal: Finish | Error | None = None
         try:
             async for frames in store.follow(self.token_hash, entry.id, after_seq):
@@ -494,16 +469,8 @@ class Session:
         if len(self.known) > KNOWN_GENERATIONS:
             forgotten = next(iter(self.known))
             del self.known[forgotten]
-            if self._memory is not None and (old := self.logs.pop(forgotten, None)) is not None:
-                self._memory.release(old)
-        if self._memory is not None:
-            if (old := self.logs.get(request.id)) is not None:
-                self._memory.release(old)
-            self.logs[request.id] = FrameLog()
-        elif self._redis is not None:
-            if request.conversation is not None:
-                self._conversation_of[request.id] = request.conversation
-            self.send([Started(request)])  # type: ignore[list-item]
+            self.kept.forget(forgotten)
+        self.kept.started(request)
         generation = Generation(self, admitted)
         self.generations[request.id] = generation
         context.generation_started()
@@ -513,8 +480,7 @@ class Session:
         entries, stopped, freed = self.core.reset()
         self.context.history_bytes -= freed
         self.interrupt(stopped)
-        if self._redis is not None:
-            self._spawn(self._redis.forget_conversations(self.token_hash), "forget")
+        self._spawn(self.kept.forget_conversations(), "forget")
         ids = [e.id for e in entries]
         tasks = [
             task

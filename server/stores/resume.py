@@ -6,12 +6,8 @@ memory and in Redis, so neither a log line nor a Redis key holds a token.
 The token is bound to the API key that opened the session (``key_hash``):
 presented with another key, it is ``unknown``.
 
-``resume: memory`` keeps each generation's frames in a ``FrameLog``, all of
-a server's logs bounded together by ``MemoryLogs``: past
-``resume_generation_bytes`` a log drops its oldest frames; past
-``resume_total_bytes`` the oldest finished generations are evicted first. A
-resume that needs a frame no longer kept gets ``gap``, never a hole.
-``resume: redis`` is ``redis_store.RedisStore``.
+The stores (``contract.py``) keep the frames; every refusal of a resume
+is a ``resume_failed`` frame made by ``failed``, with its ``Cause``.
 """
 
 from __future__ import annotations
@@ -20,31 +16,23 @@ import enum
 import hashlib
 import hmac
 import secrets
-from collections import OrderedDict, deque
 from collections.abc import Sequence
-from typing import Final, Literal
+from typing import Final
 
 import structlog
 
 from tokenwire.protocol import (
-    Error,
-    Finish,
     GenerationFrame,
-    Reasoning,
     ResumeFailed,
     ResumeFailure,
-    Token,
-    ToolCallChunk,
-    ToolCallComplete,
 )
 
 from ..metrics import Metrics
 
 log = structlog.get_logger("tokenwire.resume")
 
-FRAME_OVERHEAD: Final = 48
-"""Bytes a kept frame is counted for, besides its text."""
-GAP: Final = "gap"
+SKIP_ALL: Final = 1 << 62
+"""A seq past every frame: no more of that generation's frames are sent."""
 
 
 class Cause(enum.StrEnum):
@@ -121,6 +109,11 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def new_response_id() -> str:
+    """An id for a response of OpenAI's surfaces (one process's)."""
+    return f"resp_{secrets.token_hex(16)}"
+
+
 def token_hash(token: str) -> str:
     """The name a session is kept under: the token's SHA-256, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()[:40]
@@ -135,20 +128,6 @@ def same_key(a: str, b: str) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def frame_size(frame: GenerationFrame) -> int:
-    """About the bytes ``frame`` holds in memory (its text, plus a constant)."""
-    match frame:
-        case Token(text=text) | Reasoning(text=text):
-            return FRAME_OVERHEAD + len(text)
-        case ToolCallChunk(arguments=arguments) | ToolCallComplete(arguments=arguments):
-            return 2 * FRAME_OVERHEAD + len(arguments)
-        case Finish(content=content, tool_calls=calls):
-            return 4 * FRAME_OVERHEAD + len(content) + sum(len(c.arguments) for c in calls)
-        case Error(message=message):
-            return 2 * FRAME_OVERHEAD + len(message)
-    return FRAME_OVERHEAD
-
-
 def seq_of(frame: GenerationFrame) -> int:
     """A generation frame's seq (an ``error`` frame's is optional in the type only)."""
     return frame.seq or 0
@@ -159,78 +138,13 @@ def contiguous(frames: Sequence[GenerationFrame], after_seq: int) -> bool:
     return all(seq_of(frame) == after_seq + 1 + i for i, frame in enumerate(frames))
 
 
-class FrameLog:
-    """One generation's frames, oldest first, kept for a resume."""
-
-    __slots__ = ("dropped_by", "ended", "evicted", "first_seq", "frames", "size")
-
-    def __init__(self) -> None:
-        self.frames: deque[GenerationFrame] = deque()
-        self.first_seq = 0
-        """The seq of ``frames[0]``: frames before it were dropped."""
-        self.size = 0
-        self.ended = False
-        self.evicted = False
-        self.dropped_by: Cause | None = None
-        """The bound that dropped frames of this log (the last one that did)."""
-
-    def after(self, last_seq: int) -> list[GenerationFrame] | Literal["gap"]:
-        """The frames after ``last_seq``, or ``gap`` when some are no longer kept."""
-        if self.evicted or last_seq + 1 < self.first_seq:
-            return GAP
-        start = last_seq + 1 - self.first_seq
-        return list(self.frames)[start:]
-
-    def drop_oldest(self, cause: Cause) -> int:
-        frame = self.frames.popleft()
-        self.first_seq = seq_of(frame) + 1
-        size = frame_size(frame)
-        self.size -= size
-        self.dropped_by = cause
-        return size
-
-
-class MemoryLogs:
-    """Every ``FrameLog`` of a server, bounded per generation and in total."""
-
-    def __init__(self, per_generation: int, total: int) -> None:
-        self.per_generation = per_generation
-        self.limit = total
-        self.size = 0
-        self._finished: OrderedDict[FrameLog, None] = OrderedDict()
-        """Logs of ended generations, oldest first: evicted first."""
-
-    def append(self, log: FrameLog, frames: Sequence[GenerationFrame]) -> None:
-        added = 0
-        for frame in frames:
-            kind = type(frame)
-            # Text frames are nearly all of them: sized without a match.
-            if kind is Token or kind is Reasoning:
-                added += FRAME_OVERHEAD + len(frame.text)  # type: ignore[union-attr]
-            else:
-                added += frame_size(frame)
-                if kind is Finish or kind is Error:
-                    log.ended = True
-                    self._finished[log] = None
-        log.frames.extend(frames)
-        log.size += added
-        self.size += added
-        while log.size > self.per_generation and len(log.frames) > 1:
-            self.size -= log.drop_oldest(Cause.GENERATION_BYTES)
-        while self.size > self.limit and self._finished:
-            oldest, _ = self._finished.popitem(last=False)
-            self._evict(oldest)
-        while self.size > self.limit and len(log.frames) > 1:
-            self.size -= log.drop_oldest(Cause.TOTAL_BYTES)
-
-    def _evict(self, log: FrameLog) -> None:
-        self.size -= log.size
-        log.frames.clear()
-        log.size = 0
-        log.evicted = True
-        log.dropped_by = Cause.TOTAL_BYTES
-
-    def release(self, log: FrameLog) -> None:
-        """The log's session is forgotten: its bytes go back."""
-        self._finished.pop(log, None)
-        self._evict(log)
+def gap_span(last_seq: int, stored: Sequence[GenerationFrame]) -> tuple[int, int | None]:
+    """The seqs a ``gap`` after ``last_seq`` is missing, given the frames still
+    kept after it: up to the first kept one, else from past the last (None:
+    to the end)."""
+    if not stored:
+        return last_seq + 1, None
+    head = seq_of(stored[0])
+    if head > last_seq + 1:
+        return last_seq + 1, head - 1
+    return seq_of(stored[-1]) + 1, None

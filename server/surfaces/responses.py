@@ -20,11 +20,10 @@ Redis, so that another connection, on any node, continues it.
 from __future__ import annotations
 
 import enum
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import structlog
@@ -39,171 +38,23 @@ from tokenwire.protocol.openai_responses import (
     response_request,
 )
 
-from ..config import ServerSettings
 from ..sessions.core import advance
 from ..sessions.link import Link, written_as_is
+from ..stores.contract import KeptResponse, ResponseStore
 
 if TYPE_CHECKING:
     from ..sessions.session import SessionContext
-    from ..stores.redis_store import RedisStore
-    from ..workers import Workers
 
 log = structlog.get_logger("tokenwire.session")
 
 RESPONSES_PATH: Final = "/v1/responses"
 CONNECTION_RESPONSES: Final = 64
 """Responses a connection remembers for ``previous_response_id`` (the newest)."""
-MAX_CHAIN: Final = 10_000
-"""Responses a ``previous_response_id`` chain may have."""
 PREVIOUS_NOT_FOUND: Final = "previous_response_not_found"
 RESPONSE_IN_FLIGHT: Final = "response_in_flight"
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-
-
-class KeptResponse(msgspec.Struct, array_like=True):
-    """A kept response: the messages it added, and the response it continued."""
-
-    key: str
-    """The hash of the API key that made it: only that key continues it."""
-    previous: str | None
-    messages: list[dict[str, Any]]
-
-
-class ResponseStore(Protocol):
-    def new_id(self) -> str:
-        """An id for a new response."""
-        ...
-
-    async def put(self, response_id: str, kept: KeptResponse) -> None: ...
-
-    async def chain(self, response_id: str) -> list[KeptResponse] | None:
-        """The kept responses from ``response_id`` back to its chain's first
-        (newest first); None if one of them is not kept."""
-        ...
-
-
-class MemoryResponses:
-    """KeptResponse responses in this node's memory: ``response_ttl`` seconds each, at
-    most ``response_store_bytes`` in all (the oldest go first)."""
-
-    def __init__(self, ttl: float, max_bytes: int) -> None:
-        self.ttl = ttl
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._kept: OrderedDict[str, tuple[KeptResponse, int, float]] = OrderedDict()
-
-    def new_id(self) -> str:
-        return new_response_id()
-
-    async def put(self, response_id: str, kept: KeptResponse) -> None:
-        size = len(_encode(kept.messages)) + 200
-        now = time.monotonic()
-        self._kept[response_id] = (kept, size, now + self.ttl)
-        self.bytes += size
-        while self._kept and (
-            self.bytes > self.max_bytes or next(iter(self._kept.values()))[2] < now
-        ):
-            _, (_, gone, _) = self._kept.popitem(last=False)
-            self.bytes -= gone
-
-    async def chain(self, response_id: str) -> list[KeptResponse] | None:
-        out: list[KeptResponse] = []
-        rid: str | None = response_id
-        while rid is not None and len(out) < MAX_CHAIN:
-            kept = self._get(rid)
-            if kept is None:
-                return await self._elsewhere(rid, out)
-            out.append(kept)
-            rid = kept.previous
-        return out
-
-    def _get(self, response_id: str) -> KeptResponse | None:
-        entry = self._kept.get(response_id)
-        return None if entry is None or entry[2] < time.monotonic() else entry[0]
-
-    async def _elsewhere(
-        self, response_id: str, newer: list[KeptResponse]
-    ) -> list[KeptResponse] | None:
-        """The chain of ``response_id``, not kept here, after ``newer`` (None: nowhere)."""
-        return None
-
-
-class WorkerResponses(MemoryResponses):
-    """``--workers`` without Redis: this worker's kept responses, and the
-    rest of a chain read from the worker whose number ends its ids."""
-
-    def __init__(self, ttl: float, max_bytes: int, workers: Workers) -> None:
-        super().__init__(ttl, max_bytes)
-        self.workers = workers
-
-    def new_id(self) -> str:
-        return self.workers.new_response_id()
-
-    async def _elsewhere(
-        self, response_id: str, newer: list[KeptResponse]
-    ) -> list[KeptResponse] | None:
-        owner = self.workers.response_owner(response_id)
-        if owner is None:
-            return None
-        older = await self.workers.chain(owner, response_id)
-        return None if older is None else [*newer, *older][:MAX_CHAIN]
-
-
-CHAIN: Final = """
-local out = {}
-local id = ARGV[1]
-for i = 1, tonumber(ARGV[2]) do
-  local v = redis.call('GET', 'tw:r:' .. id)
-  if not v then return false end
-  out[#out + 1] = v
-  local prev = cmsgpack.unpack(v)[2]
-  if type(prev) ~= 'string' then return out end
-  id = prev
-end
-return out
-"""
-"""Reads a chain of kept responses, newest first, in one round trip (false: one is missing)."""
-
-
-class RedisResponses:
-    """KeptResponse responses in Redis (``resume: redis``), ``response_ttl`` seconds
-    each: ``tw:r:{id}`` holds a response (MessagePack), and one script call
-    reads a chain back."""
-
-    def __init__(self, store: RedisStore, ttl: int) -> None:
-        self.store = store
-        self.ttl = ttl
-        self._chain = store.client.register_script(CHAIN)
-
-    def new_id(self) -> str:
-        return new_response_id()
-
-    async def put(self, response_id: str, kept: KeptResponse) -> None:
-        client = self.store.client
-        data = msgspec.msgpack.encode(kept)
-        await self.store.quietly(lambda: client.set(f"tw:r:{response_id}", data, ex=self.ttl))
-
-    async def chain(self, response_id: str) -> list[KeptResponse] | None:
-        found = await self.store.quietly(lambda: self._chain(args=[response_id, MAX_CHAIN]))
-        if not found:
-            return None
-        return [msgspec.msgpack.decode(raw, type=KeptResponse) for raw in found]
-
-
-def response_store(
-    settings: ServerSettings, redis: RedisStore | None, workers: Workers | None = None
-) -> ResponseStore:
-    if redis is not None:
-        return RedisResponses(redis, settings.response_ttl)
-    if workers is not None:
-        return WorkerResponses(settings.response_ttl, settings.response_store_bytes, workers)
-    return MemoryResponses(settings.response_ttl, settings.response_store_bytes)
-
-
-def new_response_id() -> str:
-    return f"resp_{secrets.token_hex(16)}"
 
 
 class ResponseState(enum.Enum):

@@ -73,7 +73,7 @@ async def test_redis_down_streams_on_reports_resume_off_and_says_so_once(
             assert "tokenwire_resume_store_outages_total 1.0" in metrics
             # Back: resume is on again; what was streamed during the outage is a gap.
             redis.start()
-            await _until(lambda: handle.server.redis.up)
+            await _until(lambda: handle.server.store.up)
             back = await RawSession.open(handle.url)
             assert back.ready.resume_token is not None
             await client.drop()

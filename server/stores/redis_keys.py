@@ -1,0 +1,235 @@
+"""``resume: redis``: the keys, scripts and encodings of the Redis store.
+
+Keys, for a session named by its token's hash ``h`` (the token itself is
+never stored), all expiring ``resume_ttl`` + ``orphan_timeout`` + 60 s after
+their last write (refreshed while the session lives)::
+
+    tw:{h}:s          hash   key (the API key's hash), id, deadline (when a
+                             resume stops being possible; 0 while attached),
+                             g:{gid} (owner node), r:{gid} (the generate),
+                             lost:{gid} (why some of its frames are not
+                             kept: a ``resume.Cause``)
+    tw:{h}:c          hash   conversation name → its messages (JSON)
+    tw:{h}:g:{gid}    stream one entry per stored batch of a generation's
+                             frames (MessagePack), id 0-{last seq + 1}: ids
+                             grow with seq, so a duplicate write is refused
+    tw:{h}:l:{gid}    string the owner node's lease on a running generation
+    tw:{h}:x:{gid}    string a cancel asked from another node
+    tw:{h}:w:{gid}    string another node relays the generation to its client
+    tw:node:{node}    channel cancels for that node's generations
+    tw:r:{{id}}        string a response kept for ``previous_response_id``
+
+A frame reaches the client only once stored. The frames of all of a
+node's sessions are coalesced for ``COALESCE`` seconds and stored in one
+pipelined round trip: one XADD (with MAXLEN) per generation with frames in
+the batch; a stream's EXPIRE goes with its first and last entries and with
+each lease renewal, not with every entry. When Redis cannot be reached, frames go to the client
+unstored, the outage is logged and counted once, ``ready`` says resume is
+off, and a probe brings it back; a resume that would need the missing frames
+gets ``gap`` (replays check that seqs are contiguous).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, get_args
+
+import msgspec
+
+from tokenwire.protocol import Error, ErrorCode, Generate, GenerationFrame, error_frame
+
+from .contract import Record, Replay
+from .resume import Cause, seq_of
+
+APPEND: Final = """
+local maxlen, ttl = ARGV[1], ARGV[2]
+local refused = {''}
+for i, key in ipairs(KEYS) do
+  local at = 3 + (i - 1) * 4
+  local id, data, minid, expire = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local reply
+  if minid == '' then
+    reply = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id, 'f', data)
+  else
+    reply = redis.pcall('XADD', key, 'MINID', minid, id, 'f', data)
+  end
+  local err = type(reply) == 'table' and reply.err
+  if err and not string.find(err, 'equal or smaller', 1, true) then
+    refused[1] = err
+    refused[#refused + 1] = i
+  end
+  if expire == '1' then
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+return refused
+"""
+"""One entry for each of several streams, in one call: the arguments are, per
+key, the entry id (an id not above the stream's last is refused, quietly: a
+duplicate write), the frames, a MINID to trim to (or none: MAXLEN) and
+whether to set the stream's expiry. Returns the last refusal's message ('':
+none) and the 1-based positions of the keys whose entry Redis refused (out
+of memory, say)."""
+APPEND_SHA: Final = hashlib.sha1(APPEND.encode()).hexdigest()
+CONNECTIONS: Final = 64
+"""Pooled connections for storing and reading (each command holds one for
+its round trip); past it a command waits up to ``TIMEOUT`` for one."""
+RELAY_CONNECTIONS: Final = 512
+"""Pooled connections for relays (each blocks on its stream's next entry);
+past it a relay waits its turn."""
+COALESCE: Final = 0.005
+"""Seconds frames wait to be stored together (one XADD per generation per batch)."""
+MAX_ENTRIES: Final = 100_000
+"""MAXLEN of a generation's stream (entries are batches, so frames are more)."""
+TIMEOUT: Final = 1.0
+"""Seconds any Redis command may take before the store counts as down."""
+PROBE: Final = 1.0
+"""Seconds between attempts to reach Redis while it is down."""
+LISTEN_RETRY: Final = 0.05
+"""Seconds before the cancel listener's first reconnection attempt (then
+doubling up to ``PROBE``): a killed connection is replaced at once."""
+
+encode_frames = msgspec.msgpack.Encoder()
+decode_frames = msgspec.msgpack.Decoder(list[GenerationFrame])
+decode_request = msgspec.msgpack.Decoder(Generate)
+encode_json = msgspec.json.Encoder()
+decode_json = msgspec.json.Decoder(list[dict[str, Any]])
+GENERATION_FRAMES: Final = get_args(GenerationFrame)
+
+
+@dataclass(slots=True)
+class Started:
+    """A marker in a session's queue: generation ``request`` started here."""
+
+    request: Generate
+
+
+class StreamEntries:
+    """The entries of one generation's stream, as its node wrote them: their
+    bytes are bounded by ``resume_generation_bytes``, the oldest trimmed first."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, int]] = deque()  # (last seq, bytes)
+        self.size = 0
+
+    def add(self, last_seq: int, size: int, limit: int) -> str | None:
+        """Count an entry; the MINID to trim the stream to, when past ``limit``."""
+        self.entries.append((last_seq, size))
+        self.size += size
+        trimmed = False
+        while self.size > limit and len(self.entries) > 1:
+            _, dropped = self.entries.popleft()
+            self.size -= dropped
+            trimmed = True
+        return entry_id(self.entries[0][0]) if trimmed else None
+
+
+def session_key(h: str) -> str:
+    return f"tw:{h}:s"
+
+
+def conversations_key(h: str) -> str:
+    return f"tw:{h}:c"
+
+
+def stream_key(h: str, gid: str) -> str:
+    return f"tw:{h}:g:{gid}"
+
+
+def lease_key(h: str, gid: str) -> str:
+    return f"tw:{h}:l:{gid}"
+
+
+def cancel_key(h: str, gid: str) -> str:
+    return f"tw:{h}:x:{gid}"
+
+
+def watch_key(h: str, gid: str) -> str:
+    return f"tw:{h}:w:{gid}"
+
+
+def channel(node: str) -> str:
+    return f"tw:node:{node}"
+
+
+def entry_id(last_seq: int) -> str:
+    return f"0-{last_seq + 1}"
+
+
+def decode_record(
+    raw: Mapping[bytes, bytes], conversations: Mapping[bytes, bytes]
+) -> Record | None:
+    if not raw:
+        return None
+    fields = {k.decode(): v for k, v in raw.items()}
+    record = Record(
+        key_hash=fields.get("key", b"").decode(),
+        session_id=fields.get("id", b"").decode(),
+        deadline=float(fields.get("deadline", b"0") or 0),
+        conversations={
+            name.decode(): decode_json.decode(value) for name, value in conversations.items()
+        },
+    )
+    for name, value in fields.items():
+        if name.startswith("g:"):
+            record.owners[name[2:]] = value.decode()
+        elif name.startswith("r:"):
+            record.requests[name[2:]] = decode_request.decode(value)
+        elif name.startswith("lost:"):
+            with contextlib.suppress(ValueError):
+                record.lost[name[5:]] = Cause(value.decode())
+    return record
+
+
+def generation_ids(items: Iterable[object]) -> list[str]:
+    return list({gid: None for item in items if (gid := getattr(item, "id", None))})
+
+
+def frames_after(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], after_seq: int) -> Replay:
+    """The stored frames after ``after_seq`` (``unknown``: no entry at all).
+    The caller checks that they follow on (``resume.contiguous``): the
+    oldest may have been trimmed."""
+    frames: list[GenerationFrame] = []
+    for _, fields in entries:
+        frames.extend(f for f in decode_frames.decode(fields[b"f"]) if seq_of(f) > after_seq)
+    return frames if entries else "unknown"
+
+
+def orphan_error(gid: str, seq: int) -> Error:
+    """The terminal frame of a generation whose node stopped mid-answer."""
+    return error_frame(
+        gid,
+        ErrorCode.UPSTREAM_ERROR,
+        "the node streaming this generation stopped; retry it",
+        seq=seq,
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL without a password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+CHAIN: Final = """
+local out = {}
+local id = ARGV[1]
+for i = 1, tonumber(ARGV[2]) do
+  local v = redis.call('GET', 'tw:r:' .. id)
+  if not v then return false end
+  out[#out + 1] = v
+  local prev = cmsgpack.unpack(v)[2]
+  if type(prev) ~= 'string' then return out end
+  id = prev
+end
+return out
+"""
+"""Reads a chain of kept responses, newest first, in one round trip (false: one is missing)."""

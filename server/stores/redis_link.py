@@ -1,0 +1,309 @@
+"""``resume: redis``: one node's connection to Redis, and what it reads there.
+
+``RedisLink`` holds the two connection pools (one for commands, one for
+relays' blocking reads), says an outage once and probes until Redis is
+back, and reads: a resume's record and replays (coalesced), a relay's
+stream (``follow``), leases and cancels. ``redis_store.RedisStore`` adds
+the writes. The keys are in ``redis_keys.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from tokenwire.protocol import Error, Finish, GenerationFrame, ServerFrame
+
+from ..config import ServerSettings
+from ..metrics import Metrics
+from . import resume
+from .contract import MAX_CHAIN, KeptResponse, Record, Replay
+from .redis_keys import (
+    APPEND,
+    APPEND_SHA,
+    CHAIN,
+    COALESCE,
+    CONNECTIONS,
+    PROBE,
+    RELAY_CONNECTIONS,
+    TIMEOUT,
+    cancel_key,
+    channel,
+    conversations_key,
+    decode_record,
+    encode_frames,
+    entry_id,
+    frames_after,
+    lease_key,
+    orphan_error,
+    safe_url,
+    session_key,
+    stream_key,
+    watch_key,
+)
+from .resume import Cause, contiguous, new_response_id, seq_of
+
+log = structlog.get_logger("tokenwire.resume")
+
+
+class RedisLink:
+    """One node's connection to the shared Redis, and its reads."""
+
+    def __init__(self, url: str, settings: ServerSettings, metrics: Metrics) -> None:
+        self.url = url
+        self.settings = settings
+        self.metrics = metrics
+        self.node = secrets.token_hex(8)
+        # A burst (a hundred resumes at once) waits for a pooled connection
+        # instead of failing; relays' blocking reads have a pool of their own,
+        # so they never hold up the stores.
+        self.client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=CONNECTIONS,
+                timeout=TIMEOUT,
+                socket_timeout=TIMEOUT,
+                socket_connect_timeout=TIMEOUT,
+            )
+        )
+        self.relays = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=RELAY_CONNECTIONS,
+                timeout=None,
+                socket_timeout=TIMEOUT + self.settings.resume_lease,
+                socket_connect_timeout=TIMEOUT,
+            )
+        )
+        self.up = True
+        self._probe: asyncio.Task[None] | None = None
+        self.ttl = int(settings.resume_ttl + settings.orphan_timeout + 60)
+        self.lease_ms = int(settings.resume_lease * 1000)
+        self._append_sha = APPEND_SHA
+        self._fetches: list[
+            tuple[str, Mapping[str, int], asyncio.Future[tuple[Record | None, dict[str, Replay]]]]
+        ] = []
+        self._fetching: asyncio.Task[None] | None = None
+
+    # -- health ---------------------------------------------------------------
+
+    def failed(self, exc: BaseException) -> None:
+        """Redis could not be reached: said once per outage, never per frame."""
+        if self.up:
+            self.up = False
+            self.metrics.store_outages.inc()
+            log.error("resume store unreachable", url=safe_url(self.url), error=repr(exc))
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self.client.ping()
+                self.up = True
+                log.warning("resume store back", url=safe_url(self.url))
+                return
+
+    async def start(self) -> None:
+        try:
+            await self.client.ping()
+            self._append_sha = await self.client.script_load(APPEND)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        await self.client.aclose()
+        await self.relays.aclose()
+        await self.client.connection_pool.disconnect()
+        await self.relays.connection_pool.disconnect()
+
+    async def quietly(self, command: Any) -> Any:
+        """``command()`` awaited; None if Redis is (or just went) down."""
+        if not self.up:
+            return None
+        try:
+            return await command()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+            return None
+
+    # -- reading ------------------------------------------------------------------
+
+    async def fetch(
+        self, h: str, positions: Mapping[str, int]
+    ) -> tuple[Record | None, dict[str, Replay]]:
+        """The session's record (None: unknown, or Redis down) and, per listed
+        generation, its stored frames after the seq. Resumes that arrive
+        together (a node restarting, a network coming back) share one round
+        trip: their reads wait ``COALESCE`` and go in one pipeline."""
+        if not self.up:
+            return None, {}
+        reply: asyncio.Future[tuple[Record | None, dict[str, Replay]]]
+        reply = asyncio.get_running_loop().create_future()
+        self._fetches.append((h, positions, reply))
+        if self._fetching is None:
+            self._fetching = asyncio.get_running_loop().create_task(self._fetch())
+        return await reply
+
+    async def _fetch(self) -> None:
+        try:
+            await asyncio.sleep(COALESCE)
+            while self._fetches:
+                batch, self._fetches = self._fetches, []
+                pipe = self.client.pipeline(transaction=False)
+                for h, positions, _ in batch:
+                    pipe.hgetall(session_key(h))
+                    pipe.hgetall(conversations_key(h))
+                    for gid, after_seq in positions.items():
+                        pipe.xrange(stream_key(h, gid), min=f"({entry_id(after_seq)}")
+                try:
+                    results = iter(await pipe.execute())
+                except (RedisError, OSError, TimeoutError) as exc:
+                    self.failed(exc)
+                    for *_, reply in batch:
+                        if not reply.done():
+                            reply.set_result((None, {}))
+                    continue
+                for _, positions, reply in batch:
+                    raw, conversations = next(results), next(results)
+                    replays = {
+                        gid: frames_after(next(results), after_seq)
+                        for gid, after_seq in positions.items()
+                    }
+                    if not reply.done():
+                        reply.set_result((decode_record(raw, conversations), replays))
+        finally:
+            self._fetching = None
+
+    async def load(self, h: str) -> Record | None:
+        """The session's record, or None (unknown, or Redis down)."""
+        record, _ = await self.fetch(h, {})
+        return record
+
+    async def read(
+        self, h: str, gid: str, after_seq: int, block_ms: int
+    ) -> list[GenerationFrame] | None:
+        """Frames stored after ``after_seq``, waiting up to ``block_ms`` (None:
+        none came); the caller checks that they follow on."""
+        response: Any = await self.relays.xread(
+            {stream_key(h, gid): entry_id(after_seq)}, block=block_ms
+        )
+        if not response:
+            return None
+        entries = response[0][1]
+        frames = frames_after(entries, after_seq)
+        return frames if isinstance(frames, list) else None
+
+    async def follow(
+        self, h: str, gid: str, after_seq: int
+    ) -> AsyncIterator[Sequence[ServerFrame]]:
+        """The frames another node stores for its generation ``gid`` after
+        ``after_seq``, batch by batch, as they come, up to its terminal frame.
+
+        If that node stops renewing its lease (it died), or Redis cannot be
+        reached, the last batch is a retryable ``upstream_error`` (stored
+        first when it can be, so every node tells the same end). If frames
+        are missing, the last batch is ``resume_failed`` ``gap`` with its
+        cause (logged and counted)."""
+        block_ms = max(50, int(self.settings.resume_lease * 1000 / 3))
+        last = after_seq
+        while True:
+            try:
+                await self.watching(h, gid)
+                frames = await self.read(h, gid, last, block_ms)
+                if frames is None and not await self.alive(h, gid):
+                    frame = orphan_error(gid, last + 1)
+                    if not await self.end_orphan(h, frame):
+                        continue  # its node stored a frame meanwhile: read it
+                    frames = [frame]
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.failed(exc)
+                frames = [orphan_error(gid, last + 1)]
+            if not frames:
+                continue
+            if not contiguous(frames, last):
+                record = await self.load(h)
+                cause = record.lost.get(gid, Cause.DATA_GONE) if record else Cause.DATA_GONE
+                span = (last + 1, seq_of(frames[0]) - 1)
+                yield [resume.failed(self.metrics, gid, "gap", cause, frames=span)]
+                return
+            yield frames
+            if isinstance(frames[-1], Finish | Error):
+                return
+            last = seq_of(frames[-1])
+
+    async def alive(self, h: str, gid: str) -> bool:
+        """Whether a node holds the lease on the generation (it is running)."""
+        return bool(await self.client.exists(lease_key(h, gid)))
+
+    async def watching(self, h: str, gid: str) -> None:
+        """This node relays ``gid`` to its client: its owner must not orphan it."""
+        await self.client.set(watch_key(h, gid), self.node, px=self.lease_ms)
+
+    async def end_orphan(self, h: str, frame: Error) -> bool:
+        """Store the terminal frame of a generation whose owner died; False if
+        the owner stored another frame first (read again)."""
+        gid = frame.id or ""
+        try:
+            await self.client.xadd(
+                stream_key(h, gid),
+                {"f": encode_frames.encode([frame])},
+                id=entry_id(frame.seq or 0),
+            )
+        except ResponseError:
+            return False
+        return True
+
+    async def watched(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of (session hash, id) another node relays now."""
+        pairs = list(pairs)
+        if not pairs or not self.up:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for h, gid in pairs:
+            pipe.exists(watch_key(h, gid))
+        results = await self.quietly(pipe.execute)
+        return {pair for pair, seen in zip(pairs, results or (), strict=False) if seen}
+
+    async def cancel(self, h: str, gid: str, owner: str) -> None:
+        """Ask ``owner`` to cancel its generation: a key (seen at its next lease
+        renewal) and a publish (seen at once)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(cancel_key(h, gid), "1", ex=self.ttl)
+        pipe.publish(channel(owner), f"{h} {gid}")
+        await self.quietly(pipe.execute)
+
+
+class RedisResponses:
+    """Responses kept in Redis, ``response_ttl`` seconds each: ``tw:r:{id}``
+    holds a response (MessagePack), and one script call reads a chain back."""
+
+    def __init__(self, store: RedisLink, ttl: int) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._chain = store.client.register_script(CHAIN)
+
+    def new_id(self) -> str:
+        return new_response_id()
+
+    async def put(self, response_id: str, kept: KeptResponse) -> None:
+        client = self.store.client
+        data = msgspec.msgpack.encode(kept)
+        await self.store.quietly(lambda: client.set(f"tw:r:{response_id}", data, ex=self.ttl))
+
+    async def chain(self, response_id: str) -> list[KeptResponse] | None:
+        found = await self.store.quietly(lambda: self._chain(args=[response_id, MAX_CHAIN]))
+        if not found:
+            return None
+        return [msgspec.msgpack.decode(raw, type=KeptResponse) for raw in found]
