@@ -36,6 +36,7 @@ from .messages import (
     Usage,
 )
 from .openai_common import error_body, error_kind, expect, reject_unknown
+from .surface import SurfaceRequest, Translator
 from .validation import check_generate
 
 PARAMS: Final = Params.__struct_fields__
@@ -123,6 +124,20 @@ def chat_request(body: Any, completion_id: str) -> ChatRequest:
     return ChatRequest(generate, bool(stream), include_usage)
 
 
+def chat_surface(body: Any, completion_id: str, created: int) -> SurfaceRequest:
+    """The surface contract's parser for ``POST /v1/chat/completions``: the
+    ``Generate`` and its translator (``ChatChunks`` to stream, else
+    ``ChatCompletion``). Raises ``BadMessage`` as ``chat_request`` does."""
+    chat = chat_request(body, completion_id)
+    model = chat.generate.model
+    translator: Translator
+    if chat.stream:
+        translator = ChatChunks(completion_id, model, created, include_usage=chat.include_usage)
+    else:
+        translator = ChatCompletion(completion_id, model, created)
+    return SurfaceRequest(chat.generate, translator, chat.stream)
+
+
 def to_generate(fields: dict[str, Any]) -> Generate:
     """``fields`` as a ``Generate``, its types checked (``BadMessage`` with the path)."""
     try:
@@ -182,6 +197,14 @@ class ChatChunks:
         self._include_usage = include_usage
         self._role = True
 
+    def opening(self) -> list[bytes]:
+        return []
+
+    def translate(self, frame: GenerationFrame) -> list[bytes]:
+        """``Translator.translate``: the SSE event for ``frame``, if it says anything."""
+        data = self.feed(frame)
+        return [data] if data else []
+
     def feed(self, frame: GenerationFrame) -> bytes:
         """The SSE bytes for ``frame`` (empty for a frame with nothing to say)."""
         if type(frame) is Token:
@@ -226,6 +249,16 @@ class ChatCompletion:
         self.model = model
         self.created = created
         self._reasoning: list[str] = []
+
+    def opening(self) -> list[bytes]:
+        return []
+
+    def translate(self, frame: GenerationFrame) -> list[bytes]:
+        """``Translator.translate``: nothing until the ``finish`` frame, then the body."""
+        if isinstance(frame, Finish):
+            return [_encode(self.body(frame))]
+        self.feed(frame)
+        return []
 
     def feed(self, frame: GenerationFrame) -> None:
         if isinstance(frame, Reasoning):

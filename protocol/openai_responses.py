@@ -535,6 +535,14 @@ class ResponseEvents:
             self._event("response.in_progress", response=self.response()),
         ]
 
+    def opening(self) -> list[bytes]:
+        """``Translator.opening``: ``created``."""
+        return self.created()
+
+    def translate(self, frame: GenerationFrame) -> list[bytes]:
+        """``Translator.translate``: ``feed``."""
+        return self.feed(frame)
+
     def feed(self, frame: GenerationFrame) -> list[bytes]:
         """The events for one of the response's frames."""
         kind = type(frame)

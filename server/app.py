@@ -31,6 +31,7 @@ from tokenwire.protocol import (
     Encoding,
     Resume,
 )
+from tokenwire.protocol.surface import Surface
 
 from . import workers
 from .config import ServerSettings
@@ -46,17 +47,18 @@ from .stores import open_store
 from .stores.contract import ResponseStore
 from .stores.resume import Cause, key_hash
 from .surfaces import web
-from .surfaces.chat_completions import FrontConnection, HttpLink, OpenAIHttp
+from .surfaces.front import FrontConnection
 from .surfaces.gate import Gate
 from .surfaces.gate import (
     auth_subprotocol as auth_subprotocol,  # where tests and tools import it from
 )
-from .surfaces.responses import RESPONSES_PATH, ResponsesLink
+from .surfaces.http import HttpLink, HttpSurfaces, PlainRoute
+from .surfaces.responses import ResponsesLink
+from .surfaces.routes import WEBSOCKET_ROUTES
 from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")
 
-WS_PATH: Final = "/v1/ws"
 RECEIVE_QUEUE: Final = 4
 """Client messages buffered before the server stops reading the socket; with
 ``max_message_bytes`` it bounds what one session can make the server hold."""
@@ -106,8 +108,7 @@ class TokenwireServer:
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
-        self.websocket_paths = frozenset({WS_PATH, RESPONSES_PATH})
-        self.openai_http = OpenAIHttp(self)
+        self.http = HttpSurfaces(self)
         self.responses: ResponseStore = self.store.responses(self.workers)
         """Responses kept for ``previous_response_id`` (``/v1/responses``)."""
         self.resumer = Resumer(self)
@@ -122,7 +123,7 @@ class TokenwireServer:
 
         ``reuse_port``: share the port with other processes (SO_REUSEPORT).
         """
-        http = await self.openai_http.start()
+        http = await self.http.start()
         self._server = await serve(
             self._handle,
             host,
@@ -172,7 +173,7 @@ class TokenwireServer:
             )
             for task in background:
                 task.cancel()
-            await self.openai_http.close()
+            await self.http.close()
             await self.store.close()
             await self.upstream.close()
 
@@ -275,7 +276,8 @@ class TokenwireServer:
         request = connection.request
         key = self.gate.presented_key(request.headers) if request else None
         link: Link
-        if request is not None and request.path.partition("?")[0] == RESPONSES_PATH:
+        route = WEBSOCKET_ROUTES.get(request.path.partition("?")[0]) if request else None
+        if route is not None and route.surface is Surface.RESPONSES:
             link = ResponsesLink(self, connection, self._codecs[Encoding.JSON], self.responses)
         else:
             link = Link(self, connection, self._codecs[encoding])
@@ -293,7 +295,7 @@ class TokenwireServer:
         surfaces' sessions are not resumable)."""
         surface = link.surface
         token = self.workers.new_token() if self.workers is not None else None
-        session = Session(self, key_hash(key), token, resumable=surface == "ws", surface=surface)
+        session = Session(self, key_hash(key), token, resumable=surface.resumable, surface=surface)
         self._make_room()
         self.sessions[session.token_hash] = session
         self.connections.add(link)
@@ -371,16 +373,14 @@ class TokenwireServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
-        if path in self.websocket_paths:
+        if path in WEBSOCKET_ROUTES:
             return self.gate.handshake(connection, request)
         if (plain := self.plain_route(path)) is not None:
             status, body, content_type, headers = plain
             return _response(status, body, content_type, headers)
         return connection.respond(HTTPStatus.NOT_FOUND, NOT_FOUND_HINT.format(path=path[:100]))
 
-    def plain_route(
-        self, path: str
-    ) -> tuple[HTTPStatus, bytes, str, Sequence[tuple[str, str]]] | None:
+    def plain_route(self, path: str) -> PlainRoute | None:
         """The answer to ``GET path`` for the plain HTTP routes (None: no such route)."""
         text = "text/plain; charset=utf-8"
         if path == "/healthz":

@@ -50,7 +50,7 @@ from .stores import resume
 from .stores.resume import Cause, new_token
 
 if TYPE_CHECKING:
-    from .app import TokenwireServer
+    from .metrics import Metrics
     from .sessions.link import Link
     from .stores.contract import KeptResponse
 
@@ -131,7 +131,7 @@ def encode_chain(chain: list[KeptResponse]) -> bytes:
     return msgspec.msgpack.encode(chain)
 
 
-async def pipe(server: TokenwireServer, link: Link, message: Resume, owner: int) -> None:
+async def pipe(workers: Workers, metrics: Metrics, link: Link, message: Resume, owner: int) -> None:
     """Serve ``link``'s ``resume`` from worker ``owner``, which holds the session.
 
     The answers are passed on as they come. If the owner resumed the
@@ -139,8 +139,6 @@ async def pipe(server: TokenwireServer, link: Link, message: Resume, owner: int)
     close code reaches the client); if not, the connection goes on here as
     the new session its ``ready`` announced, as after any failed resume.
     """
-    workers = server.workers
-    assert workers is not None
     fresh = link.session
     assert fresh is not None
     codec = link.codec
@@ -158,7 +156,6 @@ async def pipe(server: TokenwireServer, link: Link, message: Resume, owner: int)
             await peer.recv()  # the owner's ready, for a session nobody uses
     except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
         log.warning("worker unreachable", worker=owner, error=repr(exc))
-        metrics = server.metrics
         unknown = [
             resume.failed(metrics, gid, "unknown", Cause.WORKER_GONE) for gid in message.generations
         ]
@@ -174,11 +171,11 @@ async def pipe(server: TokenwireServer, link: Link, message: Resume, owner: int)
         log.info("session piped", worker=owner)
         await link.pass_through()
         # The owner counts the session as attached; this end is its pipe.
-        server.metrics.attached.dec()
+        metrics.attached.dec()
         try:
             await _pump(peer, link)
         finally:
-            server.metrics.attached.inc()
+            metrics.attached.inc()
     except websockets.ConnectionClosed:
         link.request_close(CloseCode.INTERNAL_ERROR)  # the owner died: resume again
     finally:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
 
 import structlog
 
@@ -23,15 +24,59 @@ from tokenwire.protocol import (
     FrameAssembler,
     GenerationFrame,
     RepeatedOutput,
+    ServerFrame,
     Usage,
 )
 
+from ..config import ServerSettings
 from ..engines.failures import UpstreamFailure, classify
-from ..loop_lag import Silence
-from .core import Entry, GenerationState, StopReason
+from ..engines.upstream import Upstream
+from ..loop_lag import LoopLag, Silence
+from ..metrics import Metrics
+from .core import Entry, GenerationState, SessionCore, StopReason
 
-if TYPE_CHECKING:
-    from .session import Session
+
+class GenerationContext(Protocol):
+    """What a generation needs of its server."""
+
+    @property
+    def settings(self) -> ServerSettings: ...
+
+    @property
+    def upstream(self) -> Upstream: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def loop_lag(self) -> LoopLag: ...
+
+
+class Owner(Protocol):
+    """What a generation needs of its session (``session.Session`` is one)."""
+
+    @property
+    def context(self) -> GenerationContext: ...
+
+    @property
+    def core(self) -> SessionCore: ...
+
+    @property
+    def surface(self) -> str: ...
+
+    @property
+    def behind(self) -> bool:
+        """Whether the link's client reads slower than frames come."""
+        ...
+
+    def send(self, frames: Iterable[ServerFrame]) -> None: ...
+
+    def hold(self, generation: Generation) -> None: ...
+
+    async def caught_up(self) -> None: ...
+
+    def generation_ended(self, generation: Generation, terminal: Finish | Error | None) -> None: ...
+
 
 log = structlog.get_logger("tokenwire.session")
 
@@ -42,7 +87,7 @@ HOLD_LIMIT: Final = 256 * 1024
 class Generation:
     """One generation: the relay from its upstream stream to its session's outbox."""
 
-    def __init__(self, session: Session, entry: Entry) -> None:
+    def __init__(self, session: Owner, entry: Entry) -> None:
         self.session = session
         self.context = session.context
         self.entry = entry

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from tokenwire.protocol import BadMessage, Codec, ErrorCode, Resume, ServerFrame, error_frame
+from tokenwire.protocol.surface import Surface
 
 from ..errors import CLOSE_REASONS, CloseCode
 from . import core
@@ -29,8 +30,16 @@ from .builder import BUILDER
 from .core import ConnectionState
 
 if TYPE_CHECKING:
+    from tokenwire.protocol import Resume
+
     from .generation import Generation
     from .session import Session, SessionContext
+
+    class LinkContext(SessionContext, Protocol):
+        """What a WebSocket link needs of its server."""
+
+        async def resume(self, link: Link, message: Resume) -> None: ...
+
 
 log = structlog.get_logger("tokenwire.session")
 
@@ -64,7 +73,7 @@ class LinkBase:
 
     context: SessionContext
     session: Session | None
-    surface: str
+    surface: Surface
     _holding: set[Generation] | None = None
     _caught_up: asyncio.Future[None] | None = None
 
@@ -116,10 +125,10 @@ class LinkBase:
 class Link(LinkBase):
     """A WebSocket connection attached to a session: its reader, writer and outbox."""
 
-    surface = "ws"
+    surface = Surface.WS
 
-    def __init__(self, context: SessionContext, connection: ServerConnection, codec: Codec):
-        self.context = context
+    def __init__(self, context: LinkContext, connection: ServerConnection, codec: Codec):
+        self.context: LinkContext = context
         self.session: Session | None = None
         self.state = ConnectionState.OPEN
         self._ws = connection

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
@@ -24,11 +24,19 @@ from .. import workers
 from ..stores import resume
 from ..stores.contract import Record, Replay
 from ..stores.resume import Cause, same_key, token_hash
-from .session import Session
+from .session import Session, SessionContext
 
 if TYPE_CHECKING:
-    from ..app import TokenwireServer
     from .link import Link
+
+
+class ResumeContext(SessionContext, Protocol):
+    """What a resume needs of its server (``app.TokenwireServer`` is one)."""
+
+    sessions: dict[str, Session]
+    """Every session this process holds, by its token's hash."""
+    workers: workers.Workers | None
+
 
 log = structlog.get_logger("tokenwire.server")
 
@@ -39,7 +47,7 @@ EXPIRED_KEPT: Final = 65_536
 class Resumer:
     """A server's resumes."""
 
-    def __init__(self, server: TokenwireServer) -> None:
+    def __init__(self, server: ResumeContext) -> None:
         self.server = server
         self.expired: dict[str, tuple[str, Cause]] = {}
         """Token hash → key hash of sessions ended by ``resume_ttl`` or
@@ -66,7 +74,8 @@ class Resumer:
         server = self.server
         owner = server.workers.token_owner(message.token) if server.workers is not None else None
         if owner is not None:  # another worker holds the session
-            await workers.pipe(server, link, message, owner)
+            assert server.workers is not None
+            await workers.pipe(server.workers, server.metrics, link, message, owner)
             return
         fresh = link.session
         assert fresh is not None

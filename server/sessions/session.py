@@ -23,7 +23,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Final, Protocol, assert_never
+from typing import Any, Final, Protocol, assert_never
 
 import structlog
 
@@ -39,6 +39,7 @@ from tokenwire.protocol import (
     ResetDone,
     ServerFrame,
 )
+from tokenwire.protocol.surface import Surface
 
 from ..config import ServerSettings
 from ..engines.upstream import Upstream
@@ -52,11 +53,6 @@ from ..stores.resume import SKIP_ALL, Cause, new_token, token_hash
 from . import core
 from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason
 from .generation import Generation
-
-if TYPE_CHECKING:
-    from tokenwire.protocol import Resume
-
-    from .link import Link
 
 log = structlog.get_logger("tokenwire.session")
 
@@ -113,8 +109,6 @@ class SessionContext(Protocol):
 
     def background(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
 
-    async def resume(self, link: Link, message: Resume) -> None: ...
-
 
 class Session:
     """A client's generations and conversations; served by one link at a time."""
@@ -127,7 +121,7 @@ class Session:
         session_id: str | None = None,
         *,
         resumable: bool = True,
-        surface: str = "ws",
+        surface: Surface = Surface.WS,
     ) -> None:
         self.id = session_id or secrets.token_urlsafe(12)
         self.context = context

@@ -37,17 +37,17 @@ from tokenwire.protocol.openai_responses import (
     response_generate,
     response_request,
 )
+from tokenwire.protocol.surface import Surface
 
 from ..sessions.core import advance
 from ..sessions.link import Link, written_as_is
 from ..stores.contract import KeptResponse, ResponseStore
 
 if TYPE_CHECKING:
-    from ..sessions.session import SessionContext
+    from ..sessions.link import LinkContext
 
 log = structlog.get_logger("tokenwire.session")
 
-RESPONSES_PATH: Final = "/v1/responses"
 CONNECTION_RESPONSES: Final = 64
 """Responses a connection remembers for ``previous_response_id`` (the newest)."""
 PREVIOUS_NOT_FOUND: Final = "previous_response_not_found"
@@ -82,11 +82,11 @@ _RESPONSE_MOVES: Final[Mapping[ResponseState, frozenset[ResponseState]]] = {
 class ResponsesLink(Link):
     """A ``/v1/responses`` connection: ``response.create`` in, ``response.*`` events out."""
 
-    surface = "responses"
+    surface = Surface.RESPONSES
 
     def __init__(
         self,
-        context: SessionContext,
+        context: LinkContext,
         connection: ServerConnection,
         codec: Codec,
         store: ResponseStore,
@@ -141,7 +141,7 @@ class ResponsesLink(Link):
         session.handle(generate)
         if response_id in session.generations:  # admitted (else refused: an error event went)
             self._advance_response(ResponseState.STREAMING)
-            self._queue(events.created())
+            self._queue(events.opening())
 
     def _advance_response(self, to: ResponseState) -> None:
         """The in-flight response's one transition function."""
@@ -189,7 +189,7 @@ class ResponsesLink(Link):
                 out.append(error_event(frame.code, frame.message))
                 self._advance_response(ResponseState.IDLE)
                 continue
-            out += events.feed(frame)  # type: ignore[arg-type]
+            out += events.translate(frame)  # type: ignore[arg-type]
             if isinstance(frame, Finish | Error):
                 self._ended(events, frame)
         if out:

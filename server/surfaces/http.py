@@ -1,39 +1,31 @@
-"""OpenAI's HTTP surface: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""HTTP surfaces: one generic link that serves any surface's translator.
 
-The server listens on one port for everything. ``FrontConnection`` (the
-``websockets`` connection class the server uses) reads a request's first
-line before websockets does: a request that cannot be a WebSocket
-handshake (any method but GET, or one of ``HTTP_PATHS``) is handed, with
-its socket, to aiohttp's HTTP/1.1 server (keep-alive, chunked bodies,
-``handler_cancellation`` so a client that goes away cancels its request).
-websockets accepts no request body, so a ``POST`` could not be served
-there.
-
-A chat completion is a session of its own, not resumable, with one
-generation: the same admission, limits, engines, assembler and metrics as
-``/v1/ws``. ``HttpLink`` is its link: it writes the frames, translated by
-``tokenwire.protocol.openai_chat``, as SSE (``stream: true``) or as one
+The route table (``routes.py``) names the HTTP surfaces; ``HttpSurfaces``
+is the aiohttp application behind them (and ``GET /v1/models``). A request
+is a session of its own, not resumable, with one generation: the same
+admission (``Gate.admission``), limits, engines, assembler and metrics as
+``/v1/ws``. ``HttpLink`` is its link: it writes the frames, translated by the
+surface's ``Translator`` (``tokenwire.protocol.surface``), as SSE or as one
 JSON body. A refusal or a failure before any output is an HTTP error with
 OpenAI's error body (a 429 carries ``Retry-After``); a failure after output
-has begun is an SSE ``error`` event, as OpenAI sends it.
+has begun is the translator's own (an SSE ``error`` event for Chat
+Completions, as OpenAI sends it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 import structlog
 from aiohttp import web
-from websockets.asyncio.server import ServerConnection
 
 from tokenwire.protocol import BadMessage, Error, Finish, ServerFrame
-from tokenwire.protocol.openai_chat import ChatChunks, ChatCompletion, ChatRequest, chat_request
 from tokenwire.protocol.openai_common import (
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
@@ -43,22 +35,19 @@ from tokenwire.protocol.openai_common import (
     error_body,
     error_kind,
 )
+from tokenwire.protocol.surface import Surface, SurfaceRequest
 
 from ..errors import CloseCode, Refusal
 from ..sessions.link import MERGE_BACKLOG, LinkBase, resolve
+from ..sessions.session import SessionContext
+from .gate import Gate
+from .routes import HTTP_ROUTES, ROUTES, WEBSOCKET_ROUTES, Route
 
 if TYPE_CHECKING:
-    from ..app import TokenwireServer
     from ..sessions.session import Session
 
 log = structlog.get_logger("tokenwire.server")
 
-CHAT_PATH: Final = "/v1/chat/completions"
-MODELS_PATH: Final = "/v1/models"
-HTTP_PATHS: Final = frozenset({CHAT_PATH.encode(), MODELS_PATH.encode()})
-"""Paths served over plain HTTP whatever the method."""
-REQUEST_LINE_LIMIT: Final = 8192
-"""Bytes of a request's first line read before deciding who serves it."""
 KEEPALIVE_TIMEOUT: Final = 75.0
 """Seconds an idle HTTP keep-alive connection stays open."""
 SSE_HEADERS: Final = {
@@ -67,67 +56,30 @@ SSE_HEADERS: Final = {
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
 }
 
+JSON_HEADERS: Final = {"Content-Type": "application/json; charset=utf-8"}
+
 _decode = msgspec.json.decode
+
+PlainRoute = tuple[HTTPStatus, bytes, str, Sequence[tuple[str, str]]]
+"""A plain route's answer: status, body, content type, headers."""
+
+
+class HttpContext(SessionContext, Protocol):
+    """What the HTTP surfaces need of the server (``app.TokenwireServer`` is one)."""
+
+    gate: Gate
+    started_at: float
+
+    def plain_route(self, path: str) -> PlainRoute | None: ...
+
+    def open_session(self, link: HttpLink, key: bytes | None) -> Session: ...
+
+    async def close_session(self, link: HttpLink, session: Session) -> None: ...
 
 
 def _dumps(value: Any) -> str:
     """aiohttp's ``json_response`` encoder: msgspec's."""
     return msgspec.json.encode(value).decode()
-
-
-class _Released:
-    """Stands in for the transport of a connection handed to aiohttp: what
-    websockets does to its transport afterwards (abort it) does nothing."""
-
-    def abort(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return True
-
-
-class FrontConnection(ServerConnection):
-    """websockets' server connection, which first reads the request line and
-    hands a request that is not a WebSocket handshake to aiohttp."""
-
-    def __init__(
-        self, *args: Any, http: Callable[[], asyncio.Protocol] | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._http = http
-        self._line: bytes | None = b"" if http is not None else None
-
-    def data_received(self, data: bytes) -> None:
-        if self._line is None:
-            super().data_received(data)
-            return
-        head = self._line + data
-        end = head.find(b"\n")
-        if end < 0 and len(head) < REQUEST_LINE_LIMIT:
-            self._line = head
-            return
-        self._line = None
-        if end < 0 or not _is_http(head[:end]):
-            super().data_received(head)
-            return
-        assert self._http is not None
-        http = self._http()
-        transport = self.transport
-        transport.set_protocol(http)
-        http.connection_made(transport)
-        http.data_received(head)
-        # websockets' handshake task ends now, leaving the socket to aiohttp.
-        self.transport = _Released()  # type: ignore[assignment]
-        self.request_rcvd.set_result(None)
-
-
-def _is_http(line: bytes) -> bool:
-    method, _, rest = line.partition(b" ")
-    path = rest.partition(b" ")[0].partition(b"?")[0]
-    return method != b"GET" or path in HTTP_PATHS
 
 
 def json_error(
@@ -154,18 +106,19 @@ def error_response(frame: Error) -> web.Response:
     return json_error(error_kind(frame.code), frame.message, frame.code, headers=headers)
 
 
-class OpenAIHttp:
-    """The aiohttp application behind ``/v1/chat/completions`` and ``/v1/models``."""
+class HttpSurfaces:
+    """The aiohttp application behind the HTTP routes (``routes.HTTP_ROUTES``)."""
 
-    def __init__(self, server: TokenwireServer) -> None:
+    def __init__(self, server: HttpContext) -> None:
         self.server = server
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> Callable[[], asyncio.Protocol]:
         """Set the application up; returns the protocol factory connections go to."""
         app = web.Application(client_max_size=self.server.settings.max_message_bytes)
-        app.router.add_route("*", MODELS_PATH, self.models)
-        app.router.add_route("*", CHAT_PATH, self.chat_completions)
+        for route in HTTP_ROUTES.values():
+            handler = self.models if route.surface is None else self._generation(route)
+            app.router.add_route("*", route.path, handler)
         app.router.add_route("*", "/{tail:.*}", self.other)
         self._runner = runner = web.AppRunner(
             app,
@@ -197,29 +150,36 @@ class OpenAIHttp:
         ]
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        if request.method != "POST":
-            return json_error(METHOD_NOT_ALLOWED, "use POST", None)
-        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
-        if (refused := self._refused(request, key, need_room=True)) is not None:
-            return refused
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = self.server.settings.max_message_bytes
-            return json_error(PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes", None)
-        completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-        try:
+    def _generation(self, route: Route) -> Callable[[web.Request], Any]:
+        """The handler of an HTTP surface's route: parse, admit, run one generation."""
+        parse = route.parse
+        surface = route.surface
+        assert parse is not None and surface is not None
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if request.method != route.method:
+                return json_error(METHOD_NOT_ALLOWED, f"use {route.method}", None)
+            key = self.server.gate.key_of(request.headers.getall("Authorization", []))
+            if (refused := self._refused(request, key, need_room=True)) is not None:
+                return refused
             try:
-                body = _decode(raw)
-            except msgspec.DecodeError as exc:
-                raise BadMessage(f"invalid JSON: {exc}") from None
-            chat = chat_request(body, completion_id)
-        except BadMessage as exc:
-            self.server.metrics.errors.labels("bad_message").inc()
-            kind = error_kind("bad_message")
-            return json_error(kind, exc.message, "bad_message", param=exc.path)
-        return await HttpLink(self.server, request, chat).serve(key)
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                limit = self.server.settings.max_message_bytes
+                return json_error(PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes", None)
+            try:
+                try:
+                    body = _decode(raw)
+                except msgspec.DecodeError as exc:
+                    raise BadMessage(f"invalid JSON: {exc}") from None
+                asked = parse(body, route.new_id(), int(time.time()))
+            except BadMessage as exc:
+                self.server.metrics.errors.labels("bad_message").inc()
+                kind = error_kind("bad_message")
+                return json_error(kind, exc.message, "bad_message", param=exc.path)
+            return await HttpLink(self.server, surface, request, asked).serve(key)
+
+        return handle
 
     async def other(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -228,17 +188,18 @@ class OpenAIHttp:
             response = web.Response(status=status, body=body, headers=dict(headers))
             response.headers["Content-Type"] = content_type
             return response
-        if path in self.server.websocket_paths:
+        if path in WEBSOCKET_ROUTES:
             return json_error(
                 OpenAIErrorKind(426, "invalid_request_error"),
                 f"{path} is a WebSocket endpoint: open it with a WebSocket client",
                 None,
             )
+        served = ", ".join(
+            f"{r.method} {r.path}" if not r.websocket else f"a WebSocket at {r.path}"
+            for r in ROUTES
+        )
         return json_error(
-            NOT_FOUND,
-            f"no route {request.method} {path[:100]}: tokenwire serves POST {CHAT_PATH}, "
-            f"GET {MODELS_PATH}, and WebSockets at /v1/responses and /v1/ws",
-            None,
+            NOT_FOUND, f"no route {request.method} {path[:100]}: tokenwire serves {served}", None
         )
 
     def _refused(
@@ -270,19 +231,20 @@ class OpenAIHttp:
 
 
 class HttpLink(LinkBase):
-    """One chat completion's link: its session's frames, written as SSE or
-    as one JSON body to the HTTP response."""
+    """One HTTP request's link: its session's frames, translated by its
+    surface's translator, written as SSE or as one JSON body."""
 
-    surface = "chat_completions"
-
-    def __init__(self, server: TokenwireServer, request: web.Request, chat: ChatRequest) -> None:
+    def __init__(
+        self, server: HttpContext, surface: Surface, request: web.Request, asked: SurfaceRequest
+    ) -> None:
         self.server = server
         self.context = server
+        self.surface = surface
         self.session: Session | None = None
         self.request = request
-        self.chat = chat
-        self.id = chat.generate.id
-        self.encoding = "sse" if chat.stream else "json"
+        self.asked = asked
+        self.id = asked.generate.id
+        self.encoding = "sse" if asked.stream else "json"
         self._outbox: deque[ServerFrame] = deque()
         self._writer_idle: asyncio.Future[None] | None = None
         self._closed = False
@@ -291,13 +253,13 @@ class HttpLink(LinkBase):
         self._done: asyncio.Future[None] | None = None
 
     async def serve(self, key: bytes | None) -> web.StreamResponse:
-        """Run the completion; its response once written (the client gone: cancelled)."""
+        """Run the generation; its response once written (the client gone: cancelled)."""
         server = self.server
         self._task = asyncio.current_task()
         session = server.open_session(self, key)
         try:
-            session.handle(self.chat.generate)
-            if self.chat.stream:
+            session.handle(self.asked.generate)
+            if self.asked.stream:
                 return await self._stream()
             return await self._collect()
         finally:
@@ -323,8 +285,7 @@ class HttpLink(LinkBase):
         return frames
 
     async def _stream(self) -> web.StreamResponse:
-        model = self.chat.generate.model
-        chunks = ChatChunks(self.id, model, int(time.time()), include_usage=self.chat.include_usage)
+        translator = self.asked.translator
         response: web.StreamResponse | None = None
         clock = asyncio.get_running_loop().time
         frames_sent = self.server.metrics.frames_sent
@@ -332,14 +293,17 @@ class HttpLink(LinkBase):
             frames = [f for f in await self._next() if getattr(f, "id", None) == self.id]
             if not frames:
                 continue
+            out: list[bytes] = []
             if response is None:
                 if isinstance(frames[0], Error):
                     return error_response(frames[0])
                 response = web.StreamResponse(headers=SSE_HEADERS)
                 await response.prepare(self.request)
-            data = b"".join(chunks.feed(f) for f in frames)  # type: ignore[arg-type]
+                out += translator.opening()
+            for frame in frames:
+                out += translator.translate(frame)  # type: ignore[arg-type]
             self._send_started = clock()
-            await response.write(data)
+            await response.write(b"".join(out))
             self._send_started = 0.0
             frames_sent.inc(len(frames))
             if isinstance(frames[-1], Finish | Error):
@@ -347,16 +311,16 @@ class HttpLink(LinkBase):
                 return response
 
     async def _collect(self) -> web.StreamResponse:
-        completion = ChatCompletion(self.id, self.chat.generate.model, int(time.time()))
+        translator = self.asked.translator
+        translator.opening()
         while True:
             for frame in await self._next():
                 if getattr(frame, "id", None) != self.id:
                     continue
                 if isinstance(frame, Error):
                     return error_response(frame)
-                if isinstance(frame, Finish):
-                    return web.json_response(completion.body(frame), dumps=_dumps)
-                completion.feed(frame)  # type: ignore[arg-type]
+                if body := translator.translate(frame):  # type: ignore[arg-type]
+                    return web.Response(body=b"".join(body), headers=JSON_HEADERS)
 
     # -- what a session asks of its link ---------------------------------------------
 
