@@ -34,12 +34,10 @@ from websockets.typing import Subprotocol
 from tokenwire.protocol import (
     BadMessage,
     Cancel,
-    Encoding,
     Error,
     ErrorCode,
     Generate,
     GenerationFrame,
-    Limits,
     Params,
     Ready,
     Reset,
@@ -57,14 +55,13 @@ from ._common import (
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
     RECONNECT_TIMEOUT,
+    ClientCore,
     EncodingName,
     GenerationCore,
     GenerationView,
     Message,
-    ResumeAnswers,
     StreamEvent,
     backoff_delays,
-    codec_for,
     connect_failed,
     generate_message,
     handshake_headers,
@@ -124,60 +121,17 @@ class AsyncGeneration(GenerationView):
             self._done.set()
 
 
-class AsyncClient(ResumeAnswers):
+class AsyncClient(ClientCore):
     """A connection to a tokenwire server; use ``connect()``."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        api_key: str | None = None,
-        encoding: EncodingName = "json",
-        reconnect: bool = False,
-        open_timeout: float = OPEN_TIMEOUT,
-        reconnect_timeout: float = RECONNECT_TIMEOUT,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
-    ) -> None:
-        self.url = url
-        self.encoding = Encoding(encoding)
-        self.reconnect = reconnect
-        self._api_key = api_key
-        self._codec = codec_for(self.encoding)
-        self._open_timeout = open_timeout
-        self._reconnect_timeout = reconnect_timeout
-        self._max_frame_bytes = max_frame_bytes
+    def _setup(self) -> None:
+        self._guard = contextlib.nullcontext()  # one thread: the table needs no lock
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._ready: Ready | None = None
-        self._generations: dict[str, AsyncGeneration] = {}
         self._resets: deque[asyncio.Future[list[str]]] = deque()
         self._connecting = asyncio.Lock()
-        self._closed = False
-        self._token: str | None = None
-        """The session's resume token (None: the server offers no resume)."""
-        self._session: str | None = None
         self._recovering: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
-        self.resumes = 0
-        """Connections resumed after a drop."""
-        self.stray_frames = 0
-        """Frames for a generation that is not active here: each breaks invariant 1."""
-
-    # -- what the ready frame said ------------------------------------------
-
-    @property
-    def models(self) -> list[str]:
-        """The models the server offers (from its ``ready`` frame)."""
-        return list(self._ready.models) if self._ready else []
-
-    @property
-    def session(self) -> str | None:
-        """The session's id (it stays the same across resumes)."""
-        return self._session
-
-    @property
-    def limits(self) -> Limits | None:
-        return self._ready.limits if self._ready else None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -311,13 +265,6 @@ class AsyncClient(ResumeAnswers):
         self._ws.transport.abort()
         return True
 
-    def _forget(self, generation_id: str) -> AsyncGeneration | None:
-        return self._generations.pop(generation_id, None)
-
-    def _core(self, generation_id: str) -> GenerationCore | None:
-        generation = self._generations.get(generation_id)
-        return generation._core if generation is not None else None
-
     def _send_again(self, requests: Sequence[Generate]) -> None:
         ws = self._ws
         assert ws is not None
@@ -339,21 +286,6 @@ class AsyncClient(ResumeAnswers):
         except (ConnectionLost, ConnectFailed) as exc:
             lost = exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc))
             self._lose_all(lost)
-
-    def _lose_all(self, lost: ConnectionLost) -> None:
-        for generation in self._generations.values():
-            generation._lose(lost)
-        self._generations.clear()
-
-    def _route(self, frame: GenerationFrame) -> None:
-        gid = frame.id
-        generation = self._generations.get(gid) if gid is not None else None
-        if generation is None:
-            self.stray_frames += 1  # after its terminal frame, or never started here
-            return
-        generation._take(frame)
-        if generation.done:
-            del self._generations[generation.id]
 
     async def _send(self, message: Any) -> None:
         ws = self._ws

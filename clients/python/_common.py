@@ -8,6 +8,7 @@ import errno
 import secrets
 import socket
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -22,6 +23,7 @@ from tokenwire.protocol import (
     Finish,
     Generate,
     GenerationFrame,
+    Limits,
     Params,
     ProtocolViolation,
     Ready,
@@ -109,31 +111,108 @@ def generate_message(
         raise ValueError(f"invalid generate: {exc}") from None
 
 
-class ResumeAnswers:
-    """The server's answer to a ``resume``, taken alike by both clients,
-    which say how a generation is found and forgotten, how a ``generate`` is
-    sent again, and how all are lost."""
+class ClientCore:
+    """What the async and the sync client do alike, with no I/O: the
+    connection's settings, what ``ready`` said, the table of generations in
+    flight (guarded by ``_guard``: a lock for the sync client's threads, none
+    for the asyncio one), frames routed to their generation, and the
+    server's answers to a ``resume``. Each client adds its sockets, its
+    reader (a task or a thread), and ``_send_again``."""
 
-    resumes: int
-    _ready: Ready | None
-    _token: str | None
-    _session: str | None
+    _generations: dict[str, Any]
+    """The generations in flight, by id (``AsyncGeneration`` or ``Generation``)."""
+    _guard: AbstractContextManager[Any]
     _resuming: frozenset[str] = frozenset()
     """The generations the last ``resume`` listed (those in flight at the drop)."""
     _unsent: tuple[Generate, ...] = ()
     """Generations the resumed session never had: their ``generate`` was lost
     with the dropped connection. They are sent again once the session is back."""
 
-    def _forget(self, generation_id: str) -> Any:
-        """Remove the generation from the client's table; it, or None."""
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        encoding: EncodingName = "json",
+        reconnect: bool = False,
+        open_timeout: float = OPEN_TIMEOUT,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.url = url
+        self.encoding = Encoding(encoding)
+        self.reconnect = reconnect
+        self._api_key = api_key
+        self._codec = codec_for(self.encoding)
+        self._open_timeout = open_timeout
+        self._reconnect_timeout = reconnect_timeout
+        self._max_frame_bytes = max_frame_bytes
+        self._ready: Ready | None = None
+        self._generations = {}
+        self._closed = False
+        self._token: str | None = None
+        """The session's resume token (None: the server offers no resume)."""
+        self._session: str | None = None
+        self.resumes = 0
+        """Connections resumed after a drop."""
+        self.stray_frames = 0
+        """Frames for a generation that is not active here: each breaks invariant 1."""
+        self._setup()
+
+    def _setup(self) -> None:
+        """The client's own state: its connection, reader, locks (each client's)."""
         raise NotImplementedError
+
+    # -- what the ready frame said ------------------------------------------
+
+    @property
+    def models(self) -> list[str]:
+        """The models the server offers (from its ``ready`` frame)."""
+        return list(self._ready.models) if self._ready else []
+
+    @property
+    def session(self) -> str | None:
+        """The session's id (it stays the same across resumes)."""
+        return self._session
+
+    @property
+    def limits(self) -> Limits | None:
+        return self._ready.limits if self._ready else None
+
+    # -- the generations in flight ----------------------------------------------
+
+    def _forget(self, generation_id: str) -> Any:
+        """Remove the generation from the table; it, or None."""
+        with self._guard:
+            return self._generations.pop(generation_id, None)
 
     def _core(self, generation_id: str) -> GenerationCore | None:
-        """The generation's received state, if it is in the client's table."""
-        raise NotImplementedError
+        """The generation's received state, if it is in the table."""
+        with self._guard:
+            generation = self._generations.get(generation_id)
+        return generation._core if generation is not None else None
+
+    def _lose_all(self, lost: ConnectionLost) -> None:
+        with self._guard:
+            generations = list(self._generations.values())
+            self._generations.clear()
+        for generation in generations:
+            generation._lose(lost)
+
+    def _route(self, frame: GenerationFrame) -> None:
+        gid = frame.id
+        with self._guard:
+            generation = self._generations.get(gid) if gid is not None else None
+        if generation is None:
+            self.stray_frames += 1  # after its terminal frame, or never started here
+            return
+        generation._take(frame)
+        if generation.done:
+            with self._guard:
+                self._generations.pop(generation.id, None)
 
     def _send_again(self, requests: Sequence[Generate]) -> None:
-        """Send these ``generate`` messages on the current connection."""
+        """Send these ``generate`` messages on the current connection (each client's)."""
         raise NotImplementedError
 
     def _resume_answer(self, frame: Resumed | ResumeFailed) -> None:

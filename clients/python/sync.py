@@ -31,12 +31,10 @@ from websockets.typing import Subprotocol
 from tokenwire.protocol import (
     BadMessage,
     Cancel,
-    Encoding,
     Error,
     ErrorCode,
     Generate,
     GenerationFrame,
-    Limits,
     Params,
     Ready,
     Reset,
@@ -54,14 +52,13 @@ from ._common import (
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
     RECONNECT_TIMEOUT,
+    ClientCore,
     EncodingName,
     GenerationCore,
     GenerationView,
     Message,
-    ResumeAnswers,
     StreamEvent,
     backoff_delays,
-    codec_for,
     connect_failed,
     generate_message,
     handshake_headers,
@@ -121,56 +118,15 @@ class Generation(GenerationView):
             self._done.set()
 
 
-class Client(ResumeAnswers):
+class Client(ClientCore):
     """A connection to a tokenwire server; use ``connect()``."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        api_key: str | None = None,
-        encoding: EncodingName = "json",
-        reconnect: bool = False,
-        open_timeout: float = OPEN_TIMEOUT,
-        reconnect_timeout: float = RECONNECT_TIMEOUT,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
-    ) -> None:
-        self.url = url
-        self.encoding = Encoding(encoding)
-        self.reconnect = reconnect
-        self._api_key = api_key
-        self._codec = codec_for(self.encoding)
-        self._open_timeout = open_timeout
-        self._reconnect_timeout = reconnect_timeout
-        self._max_frame_bytes = max_frame_bytes
+    def _setup(self) -> None:
         self._ws: ClientConnection | None = None
         self._reader: threading.Thread | None = None
-        self._ready: Ready | None = None
-        self._generations: dict[str, Generation] = {}
         self._resets: deque[queue.SimpleQueue[list[str] | ConnectionLost]] = deque()
         self._lock = threading.Lock()  # guards the connection and the tables
-        self._closed = False
-        self._token: str | None = None
-        """The session's resume token (None: the server offers no resume)."""
-        self._session: str | None = None
-        self.resumes = 0
-        """Connections resumed after a drop."""
-        self.stray_frames = 0
-        """Frames for a generation that is not active here: each breaks invariant 1."""
-
-    @property
-    def models(self) -> list[str]:
-        """The models the server offers (from its ``ready`` frame)."""
-        return list(self._ready.models) if self._ready else []
-
-    @property
-    def session(self) -> str | None:
-        """The session's id (it stays the same across resumes)."""
-        return self._session
-
-    @property
-    def limits(self) -> Limits | None:
-        return self._ready.limits if self._ready else None
+        self._guard = self._lock
 
     def __enter__(self) -> Client:
         self._connection()
@@ -300,15 +256,6 @@ class Client(ResumeAnswers):
             else:
                 self._lose_all(lost)
 
-    def _forget(self, generation_id: str) -> Generation | None:
-        with self._lock:
-            return self._generations.pop(generation_id, None)
-
-    def _core(self, generation_id: str) -> GenerationCore | None:
-        with self._lock:
-            generation = self._generations.get(generation_id)
-        return generation._core if generation is not None else None
-
     def _send_again(self, requests: Sequence[Generate]) -> None:
         ws = self._ws
         assert ws is not None
@@ -325,25 +272,6 @@ class Client(ResumeAnswers):
             self._connection()
         except (ConnectionLost, ConnectFailed) as exc:
             self._lose_all(exc if isinstance(exc, ConnectionLost) else ConnectionLost(str(exc)))
-
-    def _lose_all(self, lost: ConnectionLost) -> None:
-        with self._lock:
-            generations = list(self._generations.values())
-            self._generations.clear()
-        for generation in generations:
-            generation._lose(lost)
-
-    def _route(self, frame: GenerationFrame) -> None:
-        gid = frame.id
-        with self._lock:
-            generation = self._generations.get(gid) if gid is not None else None
-        if generation is None:
-            self.stray_frames += 1  # after its terminal frame, or never started here
-            return
-        generation._take(frame)
-        if generation.done:
-            with self._lock:
-                self._generations.pop(generation.id, None)
 
     def _send(self, message: Any) -> None:
         ws = self._ws

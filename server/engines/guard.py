@@ -7,7 +7,7 @@ makes, so that LiteLLM's path holds the same bounds:
 
 - requests ask for ``Accept-Encoding: identity``; a provider that compresses
   anyway is inflated here, a bounded piece at a time, and a body that
-  inflates more than ``native.MAX_INFLATE_RATIO`` times is refused (httpx would
+  inflates more than ``chunks.MAX_INFLATE_RATIO`` times is refused (httpx would
   inflate a gzip bomb whole: 1 GiB held, the loop blocked for seconds);
 - an error body is cut at ``MAX_ERROR_BODY`` (LiteLLM's secret-redaction
   regex on the error text is superlinear: a 2 MB body held the loop 3.7 s);
@@ -36,8 +36,8 @@ import msgspec
 from tokenwire.protocol import ErrorCode
 from tokenwire.protocol.validation import quote
 
+from .chunks import MAX_ERROR_BODY, inflater
 from .failures import GUARD_FAILURE, UpstreamFailure
-from .native import MAX_ERROR_BODY, inflater
 
 _FINISHED: Final = re.compile(rb'\[DONE\]|"finish_reason"\s*:\s*"')
 _TAIL: Final = 64

@@ -30,7 +30,7 @@ import msgspec
 from tokenwire.protocol import Delta, Params, Usage, sanitize
 
 from ..config import Config
-from . import demo, guard, native
+from . import chunks, demo, guard, native
 from .failures import GUARD_FAILURE
 from .litellm_adapter import (
     Router,
@@ -402,7 +402,7 @@ def to_delta(chunk: Any, *, provider_usage: Any = _UNSET) -> Delta:
     return Delta(
         text=delta.content or "",
         reasoning=getattr(delta, "reasoning_content", None) or "",
-        tool_calls=native.tool_call_deltas(delta.tool_calls) if delta.tool_calls else (),
+        tool_calls=chunks.tool_call_deltas(delta.tool_calls) if delta.tool_calls else (),
         finish_reason=choice.finish_reason,
         usage=usage,
     )

@@ -68,7 +68,7 @@ class Resumer:
         then the live frames. With Redis, one round trip reads the session's
         record and every listed generation's stored frames. A session this
         node holds is attached before that read, its live frames held
-        meanwhile (``Session.park``), so none falls between the read and the
+        meanwhile (``Delivery.park``), so none falls between the read and the
         attach.
         """
         server = self.server
@@ -118,7 +118,7 @@ class Resumer:
             replayed.append((gid, last))
         link.send([Resumed(id=None)])
         for gid, last in replayed:  # now the live frames
-            session.unpark(gid, last)
+            session.deliver(session.delivery.unpark(gid, last))
 
     def _take_over(
         self, fresh: Session, session: Session, link: Link, positions: Mapping[str, int]
@@ -129,7 +129,7 @@ class Resumer:
         session.attach(link)
         self.server.metrics.resumes.labels("resumed").inc()
         log.info("session resumed", session=session.id, generations=len(positions))
-        session.park(positions)  # the live frames wait for the replay
+        session.delivery.park(positions)  # the live frames wait for the replay
 
     def _failure(
         self, key: str, wanted: str, session: Session | None, record: Record | None

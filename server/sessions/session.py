@@ -1,20 +1,13 @@
 """A session: the generations and conversations a client started.
 
-One WebSocket connection (a ``Link``) serves a session. The session owns
-one task per active generation; generations hand their frames to the session
-(``send``), which keeps them for a resume where resume is on (``resume.py``)
-and passes them to the attached link, whose task alone writes the socket.
-
-A generation ends in exactly one terminal frame, whatever stops it: the
-upstream finishing or failing, a ``cancel`` or ``reset``, the server
-draining, or the connection going away (then the frame reaches no client
-now, but is kept for a resume; the upstream request is closed all the same).
-
-With resume off, a dropped connection cancels the session's generations at
-once and the session ends. With resume on, the session is DETACHED: its
-generations run on for ``orphan_timeout``, then are cancelled; a ``resume``
-within ``resume_ttl`` attaches a new connection, which gets the frames the
-client missed and then the live ones.
+A link (``SessionLink``) serves the session; the session owns one task per
+active generation, whose frames it hands to its store's ``Keeper`` (kept for
+a resume, or not) and so to the link, whose task alone writes the socket.
+Whatever stops a generation (its upstream, ``cancel``, ``reset``, the drain,
+the connection going away), it ends in exactly one terminal frame. Without
+resume a dropped connection ends the session; with it the session is
+DETACHED: its generations run on for ``orphan_timeout``, and a ``resume``
+within ``resume_ttl`` gets the frames the client missed, then the live ones.
 """
 
 from __future__ import annotations
@@ -32,7 +25,6 @@ from tokenwire.protocol import (
     Error,
     Finish,
     Generate,
-    GenerationFrame,
     Limits,
     Ready,
     Reset,
@@ -46,12 +38,12 @@ from ..engines.upstream import Upstream
 from ..errors import CloseCode
 from ..loop_lag import LoopLag
 from ..metrics import Metrics
-from ..stores import resume
 from ..stores.contract import Keeper, ResumeStore
 from ..stores.memory import NoKeeper
-from ..stores.resume import SKIP_ALL, Cause, new_token, token_hash
+from ..stores.resume import new_token, token_hash
 from . import core
 from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason
+from .delivery import Delivery
 from .generation import Generation
 
 log = structlog.get_logger("tokenwire.session")
@@ -164,9 +156,8 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self.detached_at = 0.0
         """Loop time the last link dropped (DETACHED)."""
-        self._parked: dict[str, list[GenerationFrame]] | None = None
-        self.delivered: dict[str, int] = {}
-        """While a resume replays: the last seq sent to the link, per generation."""
+        self.delivery = Delivery(context.metrics, self.kept.lost)
+        """The replay window: what a resume sent, what waits for it."""
 
     def _live(self, to: SessionLife) -> None:
         before, self.life = self.life, core.advance_life(self.life, to)
@@ -217,8 +208,7 @@ class Session:
         if self.link is not link:
             return
         self.link = None
-        self.delivered.clear()
-        self._parked = None
+        self.delivery.clear()
         if self.life is SessionLife.ATTACHED:
             self._live(SessionLife.DETACHED)
         self.detached_at = asyncio.get_running_loop().time()
@@ -286,67 +276,20 @@ class Session:
     def running(self, gid: str) -> bool:
         """Whether ``gid`` runs for the session (here, or relayed from
         another node), or frames of it wait for a replay."""
-        return gid in self.generations or gid in self.owners or self.parked_for(gid)
+        return gid in self.generations or gid in self.owners or self.delivery.parked_for(gid)
 
     def knows(self, gid: str) -> bool:
         return gid in self.known
 
     def deliver(self, frames: list[ServerFrame]) -> None:
+        """Pass kept frames on to the link (through the replay window, if open)."""
         link = self.link
         if link is None:
             return
-        if self._parked is not None or self.delivered:
-            frames = self._filter(frames)
+        if self.delivery.open:
+            frames = self.delivery.filter(frames)
         if frames:
             link.send(frames)
-
-    def _filter(self, frames: list[ServerFrame]) -> list[ServerFrame]:
-        """During and after a replay, each generation's frames go out once, in
-        order: frames a replay already sent are skipped; frames made while
-        it reads the store wait for it (``park``)."""
-        out: list[ServerFrame] = []
-        for frame in frames:
-            gid = getattr(frame, "id", None)
-            seq = getattr(frame, "seq", None)
-            if gid is None or seq is None:
-                out.append(frame)
-                continue
-            if self._parked is not None and gid in self._parked:
-                self._parked[gid].append(frame)  # type: ignore[arg-type]
-                continue
-            last = self.delivered.get(gid)
-            if last is None:
-                out.append(frame)
-            elif seq == last + 1:
-                out.append(frame)
-                self.delivered[gid] = seq
-            elif seq > last + 1:  # frames the store lost: say so, send no more
-                cause = self.kept.lost(gid) or Cause.STORE_UNREACHABLE
-                metrics = self.context.metrics
-                out.append(resume.failed(metrics, gid, "gap", cause, frames=(last + 1, seq - 1)))
-                self.delivered[gid] = SKIP_ALL
-        return out
-
-    def parked_for(self, gid: str) -> bool:
-        """Whether live frames of ``gid`` wait for its replay."""
-        return self._parked is not None and bool(self._parked.get(gid))
-
-    def park(self, ids: Iterable[str]) -> None:
-        """Hold the live frames of ``ids`` while their stored frames are read."""
-        self._parked = {gid: [] for gid in ids}
-
-    def unpark(self, gid: str, last_seq: int | None) -> None:
-        """``gid``'s stored frames up to ``last_seq`` were sent: the parked ones
-        follow (None: the session never had ``gid``; a generate the client
-        sends again starts it afresh)."""
-        parked = self._parked.pop(gid, []) if self._parked is not None else []
-        if last_seq is None:
-            self.delivered.pop(gid, None)
-        else:
-            self.delivered[gid] = last_seq
-        if not self._parked:
-            self._parked = None
-        self.deliver(list(parked))
 
     @property
     def behind(self) -> bool:
@@ -457,7 +400,7 @@ class Session:
             self.refuse(admitted)
             return
         self.generated = True
-        self.delivered.pop(request.id, None)  # a resume's filter was for an older one
+        self.delivery.started(request.id)
         self.known.pop(request.id, None)
         self.known[request.id] = None
         if len(self.known) > KNOWN_GENERATIONS:
