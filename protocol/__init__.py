@@ -52,6 +52,7 @@ from .messages import (
     ToolCallChunk,
     ToolCallComplete,
     Usage,
+    assistant_message,
     json_schema,
 )
 from .result import Result, ResultBuilder
@@ -97,6 +98,7 @@ __all__ = [
     "ToolCallComplete",
     "ToolCallDelta",
     "Usage",
+    "assistant_message",
     "error_frame",
     "json_schema",
     "normalize_finish_reason",

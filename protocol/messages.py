@@ -9,6 +9,7 @@ New fields get defaults, so the schema can grow without breaking old peers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
@@ -161,6 +162,38 @@ class ToolCall(Struct, frozen=True, kw_only=True):
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
+
+
+def assistant_message(
+    content: str,
+    tool_calls: Sequence[ToolCall] = (),
+    reasoning: str = "",
+    *,
+    null_when_empty: bool = False,
+) -> dict[str, Any]:
+    """An answer as an OpenAI chat ``assistant`` message: the one shape the
+    conversations' history, the kept responses and every surface use.
+
+    ``content`` is the text, None when the answer is only tool calls (with
+    ``null_when_empty``, whenever it is empty: the shape LiteLLM's
+    ``stream_chunk_builder`` gives); ``tool_calls`` when there are any, a call
+    the provider gave no id named ``call_{index}`` (a tool's result must name
+    it); ``reasoning_content`` when there is reasoning.
+    """
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        calls = []
+        for call in tool_calls:
+            entry = call.to_openai()
+            if entry["id"] is None:
+                entry["id"] = f"call_{call.index}"
+            calls.append(entry)
+        message["tool_calls"] = calls
+    if not content and (tool_calls or null_when_empty):
+        message["content"] = None
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return message
 
 
 class PromptTokensDetails(Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -31,9 +31,9 @@ from .messages import (
     Params,
     Reasoning,
     Token,
-    ToolCall,
     ToolCallChunk,
     Usage,
+    assistant_message,
 )
 from .openai_common import error_body, error_kind, expect, reject_unknown
 from .surface import SurfaceRequest, Translator
@@ -265,13 +265,7 @@ class ChatCompletion:
             self._reasoning.append(frame.text)
 
     def body(self, finish: Finish) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": finish.content}
-        if finish.tool_calls:
-            message["tool_calls"] = [_call(c) for c in finish.tool_calls]
-            if not finish.content:
-                message["content"] = None
-        if self._reasoning:
-            message["reasoning_content"] = "".join(self._reasoning)
+        message = assistant_message(finish.content, finish.tool_calls, "".join(self._reasoning))
         body: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
@@ -289,10 +283,3 @@ class ChatCompletion:
         if finish.usage is not None:
             body["usage"] = usage_dict(finish.usage)
         return body
-
-
-def _call(call: ToolCall) -> dict[str, Any]:
-    out = call.to_openai()
-    if out["id"] is None:
-        out["id"] = f"call_{call.index}"
-    return out

@@ -27,6 +27,7 @@ from .messages import (
     ToolCallChunk,
     ToolCallComplete,
     Usage,
+    assistant_message,
 )
 
 
@@ -50,11 +51,9 @@ class Result(Struct, frozen=True, kw_only=True):
         ``reasoning_content`` appear when there are any. OpenAI has no
         ``cancelled`` finish reason: a cancelled result says ``stop``.
         """
-        message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
-        if self.tool_calls:
-            message["tool_calls"] = [call.to_openai() for call in self.tool_calls]
-        if self.reasoning:
-            message["reasoning_content"] = self.reasoning
+        message = assistant_message(
+            self.content, self.tool_calls, self.reasoning, null_when_empty=True
+        )
         reason = "stop" if self.reason in (None, "cancelled") else self.reason
         completion: dict[str, Any] = {
             "id": self.id,

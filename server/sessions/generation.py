@@ -26,6 +26,7 @@ from tokenwire.protocol import (
     RepeatedOutput,
     ServerFrame,
     Usage,
+    assistant_message,
 )
 
 from ..config import ServerSettings
@@ -276,7 +277,4 @@ class Generation:
 
     def assistant_message(self) -> dict[str, Any]:
         """The answer as a chat message, for the conversation's history."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.assembler.content}
-        if calls := self.assembler.tool_calls:
-            message["tool_calls"] = [call.to_openai() for call in calls]
-        return message
+        return assistant_message(self.assembler.content, self.assembler.tool_calls)

@@ -29,7 +29,16 @@ import msgspec
 import structlog
 from websockets.asyncio.server import ServerConnection
 
-from tokenwire.protocol import BadMessage, Codec, Error, ErrorCode, Finish, Ready, ServerFrame
+from tokenwire.protocol import (
+    BadMessage,
+    Codec,
+    Error,
+    ErrorCode,
+    Finish,
+    Ready,
+    ServerFrame,
+    assistant_message,
+)
 from tokenwire.protocol.openai_responses import (
     ResponseEvents,
     ResponseRequest,
@@ -199,10 +208,7 @@ class ResponsesLink(Link):
         self._advance_response(ResponseState.IDLE)
         if not isinstance(frame, Finish):
             return
-        answer: dict[str, Any] = {"role": "assistant", "content": frame.content}
-        if frame.tool_calls:
-            answer["tool_calls"] = [call.to_openai() for call in frame.tool_calls]
-            answer["content"] = frame.content or None
+        answer = assistant_message(frame.content, frame.tool_calls)
         request = events.request
         conversation = [*self._turn, answer]
         self._made[events.id] = conversation
