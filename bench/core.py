@@ -31,7 +31,8 @@ import websockets
 
 from tokenwire.server.engines.fake_upstream import FakeUpstream
 
-TOKENWIRE = str(Path(sys.executable).with_name("tokenwire"))
+TOKENWIRE = os.environ.get("TOKENWIRE_SERVE") or str(Path(sys.executable).with_name("tokenwire"))
+"""The server the benchmarks start: this checkout's, or another's (``against.py``)."""
 SLOW = "fake:" + json.dumps({"tokens": 10_000, "interval": 0.02})
 
 
