@@ -66,12 +66,19 @@ def run(script: str, arguments: list[str], serve: str | None) -> str:
 
 
 def cpu_rows(text: str) -> dict[str, list[str]]:
-    """The table rows that name CPU, by their first cell."""
+    """The table rows that name CPU, by their scenario and measure (a row
+    with an empty first cell belongs to the scenario above it)."""
     rows = {}
+    scenario = ""
     for line in text.splitlines():
+        if not line.startswith("|"):
+            continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) > 1 and "CPU" in cells[0]:
-            rows[cells[0]] = cells[1:]
+        scenario = cells[0] or scenario
+        for i, cell in enumerate(cells):
+            if "CPU" in cell:
+                rows[f"{scenario}: {cell}" if i else cell] = cells[i + 1 :]
+                break
     return rows
 
 

@@ -125,7 +125,7 @@ class Session:
         """The API key this session was opened with (hashed): a resume must present it."""
         self.token = token or new_token()
         self.token_hash = token_hash(self.token)
-        self.resumable = resumable and settings.resume != "off"
+        self.resumable = resumable and context.store.keeps
         """Whether a dropped link detaches the session (else it ends). The
         OpenAI surfaces' sessions are not: their clients know no resume."""
         self.life = SessionLife.ATTACHED

@@ -190,6 +190,8 @@ class ResumeStore(Protocol):
 
     name: str
     """``off``, ``memory`` or ``redis``: the config's ``resume``."""
+    keeps: bool
+    """Whether it keeps anything for a resume (``ready`` offers one only then)."""
     shared: bool
     """Whether other nodes (or workers) read it: a session may live elsewhere."""
 

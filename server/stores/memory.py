@@ -242,6 +242,7 @@ class NoStore:
     """``resume: off``: nothing is kept; no session is resumed."""
 
     name = "off"
+    keeps = False
     shared = False
 
     def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
@@ -293,6 +294,7 @@ class MemoryStore(NoStore):
     """``resume: memory``: frames kept in this process, bounded in bytes."""
 
     name = "memory"
+    keeps = True
 
     def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
         super().__init__(settings, metrics)

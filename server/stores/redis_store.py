@@ -76,6 +76,7 @@ class RedisStore(RedisLink):
     """``resume: redis``: one node's share of the sessions kept in Redis."""
 
     name = "redis"
+    keeps = True
     shared = True
 
     def __init__(self, url: str, settings: ServerSettings, metrics: Metrics) -> None:

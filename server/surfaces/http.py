@@ -194,12 +194,13 @@ class HttpSurfaces:
                 f"{path} is a WebSocket endpoint: open it with a WebSocket client",
                 None,
             )
-        served = ", ".join(
-            f"{r.method} {r.path}" if not r.websocket else f"a WebSocket at {r.path}"
-            for r in ROUTES
-        )
+        http = ", ".join(f"{r.method} {r.path}" for r in ROUTES if not r.websocket)
+        sockets = " and ".join(r.path for r in ROUTES if r.websocket)
         return json_error(
-            NOT_FOUND, f"no route {request.method} {path[:100]}: tokenwire serves {served}", None
+            NOT_FOUND,
+            f"no route {request.method} {path[:100]}: tokenwire serves {http}, "
+            f"and WebSockets at {sockets}",
+            None,
         )
 
     def _refused(

@@ -144,7 +144,7 @@ async def test_kept_frames_reach_the_link_once_each_in_order(opened):
     frames = _frames("g", 30)
     await _keep(store, session, "g", frames)
     assert session.delivered == frames
-    assert store.up
+    assert store.up and store.keeps
 
 
 async def test_a_replay_from_every_seq_is_exactly_the_frames_after_it(opened):
@@ -328,7 +328,7 @@ async def test_resume_off_keeps_nothing_and_delivers_at_once():
     assert session.delivered == frames  # no wait
     assert not keeper.waiting("g") and keeper.lost("g") is None
     assert await store.fetch(session.token_hash, {"g": 0}) == (None, {})
-    assert not store.shared and store.up
+    assert not store.shared and not store.keeps and store.up
     await store.close()
 
 
