@@ -72,9 +72,12 @@ def cpu_rows(text: str) -> dict[str, list[str]]:
     rows = {}
     scenario = ""
     for line in text.splitlines():
-        if not line.startswith("|"):
+        if line.startswith("|"):  # a Markdown table (run.py)
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        elif "CPU" in line:  # columns two spaces apart (resume.py)
+            cells = ["", *re.split(r"\s{2,}", line.strip())]
+        else:
             continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
         scenario = cells[0] or scenario
         for i, cell in enumerate(cells):
             if "CPU" in cell:

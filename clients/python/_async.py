@@ -34,24 +34,17 @@ from websockets.typing import Subprotocol
 from tokenwire.protocol import (
     BadMessage,
     Cancel,
-    Error,
-    ErrorCode,
     Generate,
     GenerationFrame,
     Params,
     Ready,
     Reset,
-    ResetDone,
     Result,
-    Resume,
-    Resumed,
-    ResumeFailed,
 )
 
 from ._common import (
     CONNECT_ERRORS,
     MAX_FRAME_BYTES,
-    NO_RESUME_CODES,
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
     RECONNECT_TIMEOUT,
@@ -69,7 +62,7 @@ from ._common import (
     server_protocol_error,
     worth_retrying,
 )
-from .errors import ConnectFailed, ConnectionLost, GenerationError
+from .errors import ConnectFailed, ConnectionLost
 
 
 class AsyncGeneration(GenerationView):
@@ -207,16 +200,9 @@ class AsyncClient(ClientCore):
         if not isinstance(ready, Ready):
             await ws.close()
             raise ConnectionLost("the server's first frame was not ready")
-        if self._token is not None:
-            # Take the session up where it stopped: each generation in flight
-            # from the frame after the last one it got.
-            positions = {gid: g._core.builder.next_seq - 1 for gid, g in self._generations.items()}
-            resume = self._codec.encode(Resume(token=self._token, generations=positions))
-            self._resuming = frozenset(positions)
+        if (resume := self._greeted(ready)) is not None:
             await ws.send(resume, text=self.encoding.is_text)
-        else:
-            self._token, self._session = ready.resume_token, ready.session
-        self._ws, self._ready = ws, ready
+        self._ws = ws
         self._reader = asyncio.create_task(self._read(ws), name="tokenwire reader")
         return ws
 
@@ -230,19 +216,8 @@ class AsyncClient(ClientCore):
                     lost = server_protocol_error(exc)
                     await ws.close(1002, "protocol error")
                     break
-                match frame:
-                    case ResetDone(cancelled=ids):
-                        if self._resets:
-                            self._resets.popleft().set_result(ids)
-                    case Resumed() | ResumeFailed():
-                        self._resume_answer(frame)
-                    case None | Ready() | Error(id=None):
-                        # A frame type from a later version, or an error about
-                        # a message the server could not take (this client
-                        # checks its messages before sending them).
-                        pass
-                    case _:
-                        self._route(frame)
+                if (ids := self._take(frame)) is not None and self._resets:
+                    self._resets.popleft().set_result(ids)
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -250,8 +225,7 @@ class AsyncClient(ClientCore):
                 lost = ConnectionLost(code=ws.close_code, reason=ws.close_reason)
             while self._resets:
                 self._resets.popleft().set_exception(lost)
-            resumable = lost.code not in NO_RESUME_CODES and type(lost) is ConnectionLost
-            if self.reconnect and not self._closed and self._token is not None and resumable:
+            if self._resumes_after(lost):
                 if self._generations:  # resume now: their frames are waiting
                     self._recovering = asyncio.create_task(self._recover(), name="tokenwire resume")
             else:
@@ -320,9 +294,8 @@ class AsyncClient(ClientCore):
         ``id`` is generated when None. A bad argument raises ``ValueError``; an
         ``id`` already active raises ``GenerationError`` (``duplicate_id``).
         """
-        generation_id = id if id is not None else new_id()
         message = generate_message(
-            id=generation_id,
+            id=id if id is not None else new_id(),
             model=model,
             messages=messages,
             tools=tools,
@@ -331,12 +304,8 @@ class AsyncClient(ClientCore):
             conversation=conversation,
         )
         await self._connection()
-        if generation_id in self._generations:
-            raise GenerationError.local(
-                ErrorCode.DUPLICATE_ID, f"generation {generation_id!r} is active", generation_id
-            )
-        generation = AsyncGeneration(self, GenerationCore(generation_id, model, message))
-        self._generations[generation_id] = generation
+        generation = AsyncGeneration(self, GenerationCore(message.id, model, message))
+        self._add(generation)
         await self._send(message)
         return generation
 

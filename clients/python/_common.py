@@ -20,6 +20,7 @@ from tokenwire.protocol import (
     Codec,
     Encoding,
     Error,
+    ErrorCode,
     Finish,
     Generate,
     GenerationFrame,
@@ -28,10 +29,13 @@ from tokenwire.protocol import (
     ProtocolViolation,
     Ready,
     Reasoning,
+    ResetDone,
     Result,
     ResultBuilder,
+    Resume,
     Resumed,
     ResumeFailed,
+    ServerFrame,
     Token,
     ToolCallChunk,
     ToolCallComplete,
@@ -210,6 +214,50 @@ class ClientCore:
         if generation.done:
             with self._guard:
                 self._generations.pop(generation.id, None)
+
+    def _greeted(self, ready: Ready) -> bytes | None:
+        """The server's ``ready`` on a new connection: the ``resume`` to send
+        first when a session is being resumed (each generation in flight from
+        the frame after the last one it got), else None (a new session). The
+        caller holds the guard (the sync client opens connections under it)."""
+        self._ready = ready
+        if self._token is None:
+            self._token, self._session = ready.resume_token, ready.session
+            return None
+        positions = {gid: g._core.builder.next_seq - 1 for gid, g in self._generations.items()}
+        self._resuming = frozenset(positions)
+        return self._codec.encode(Resume(token=self._token, generations=positions))
+
+    def _take(self, frame: ServerFrame | None) -> list[str] | None:
+        """A frame the reader got: routed to its generation, or taken as a
+        resume's answer; a ``reset_done``'s ids are returned (its caller waits)."""
+        match frame:
+            case ResetDone(cancelled=ids):
+                return ids
+            case Resumed() | ResumeFailed():
+                self._resume_answer(frame)
+            case None | Ready() | Error(id=None):
+                # A frame type from a later version, or an error about a
+                # message the server could not take (this client checks its
+                # messages before sending them).
+                pass
+            case _:
+                self._route(frame)
+        return None
+
+    def _resumes_after(self, lost: ConnectionLost) -> bool:
+        """Whether the session is resumed after the connection ended with ``lost``."""
+        resumable = lost.code not in NO_RESUME_CODES and type(lost) is ConnectionLost
+        return self.reconnect and not self._closed and self._token is not None and resumable
+
+    def _add(self, generation: Any) -> None:
+        """Put a new generation in the table (``duplicate_id`` if its id is in flight)."""
+        with self._guard:
+            if generation.id in self._generations:
+                raise GenerationError.local(
+                    ErrorCode.DUPLICATE_ID, f"generation {generation.id!r} is active", generation.id
+                )
+            self._generations[generation.id] = generation
 
     def _send_again(self, requests: Sequence[Generate]) -> None:
         """Send these ``generate`` messages on the current connection (each client's)."""

@@ -31,24 +31,17 @@ from websockets.typing import Subprotocol
 from tokenwire.protocol import (
     BadMessage,
     Cancel,
-    Error,
-    ErrorCode,
     Generate,
     GenerationFrame,
     Params,
     Ready,
     Reset,
-    ResetDone,
     Result,
-    Resume,
-    Resumed,
-    ResumeFailed,
 )
 
 from ._common import (
     CONNECT_ERRORS,
     MAX_FRAME_BYTES,
-    NO_RESUME_CODES,
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
     RECONNECT_TIMEOUT,
@@ -196,15 +189,9 @@ class Client(ClientCore):
         if not isinstance(ready, Ready):
             ws.close()
             raise ConnectionLost("the server's first frame was not ready")
-        if self._token is not None:
-            # Take the session up where it stopped (the lock is held).
-            positions = {gid: g._core.builder.next_seq - 1 for gid, g in self._generations.items()}
-            resume = self._codec.encode(Resume(token=self._token, generations=positions))
-            self._resuming = frozenset(positions)
+        if (resume := self._greeted(ready)) is not None:
             ws.send(resume, text=self.encoding.is_text)
-        else:
-            self._token, self._session = ready.resume_token, ready.session
-        self._ws, self._ready = ws, ready
+        self._ws = ws
         self._reader = threading.Thread(
             target=self._read, args=(ws,), name="tokenwire reader", daemon=True
         )
@@ -221,18 +208,11 @@ class Client(ClientCore):
                     lost = server_protocol_error(exc)
                     ws.close(1002, "protocol error")
                     break
-                match frame:
-                    case ResetDone(cancelled=ids):
-                        with self._lock:
-                            waiter = self._resets.popleft() if self._resets else None
-                        if waiter is not None:
-                            waiter.put(ids)
-                    case Resumed() | ResumeFailed():
-                        self._resume_answer(frame)
-                    case None | Ready() | Error(id=None):
-                        pass  # a later version's frame, or about a message not taken
-                    case _:
-                        self._route(frame)
+                if (ids := self._take(frame)) is not None:
+                    with self._lock:
+                        waiter = self._resets.popleft() if self._resets else None
+                    if waiter is not None:
+                        waiter.put(ids)
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -244,8 +224,7 @@ class Client(ClientCore):
                 pending = bool(self._generations)
             for waiter in resets:
                 waiter.put(lost)
-            resumable = lost.code not in NO_RESUME_CODES and type(lost) is ConnectionLost
-            if self.reconnect and not self._closed and self._token is not None and resumable:
+            if self._resumes_after(lost):
                 if pending:  # resume now: their frames are waiting
                     threading.Thread(
                         target=self._recover,
@@ -304,9 +283,8 @@ class Client(ClientCore):
         ``id`` is generated when None. A bad argument raises ``ValueError``; an
         ``id`` already active raises ``GenerationError`` (``duplicate_id``).
         """
-        generation_id = id if id is not None else new_id()
         message = generate_message(
-            id=generation_id,
+            id=id if id is not None else new_id(),
             model=model,
             messages=messages,
             tools=tools,
@@ -315,13 +293,8 @@ class Client(ClientCore):
             conversation=conversation,
         )
         self._connection()
-        generation = Generation(self, GenerationCore(generation_id, model, message))
-        with self._lock:
-            if generation_id in self._generations:
-                raise GenerationError.local(
-                    ErrorCode.DUPLICATE_ID, f"generation {generation_id!r} is active", generation_id
-                )
-            self._generations[generation_id] = generation
+        generation = Generation(self, GenerationCore(message.id, model, message))
+        self._add(generation)
         self._send(message)
         return generation
 

@@ -38,8 +38,7 @@ from ..engines.upstream import Upstream
 from ..errors import CloseCode
 from ..loop_lag import LoopLag
 from ..metrics import Metrics
-from ..stores.contract import Keeper, ResumeStore
-from ..stores.memory import NoKeeper
+from ..stores.contract import Keeper, NoKeeper, ResumeStore
 from ..stores.resume import new_token, token_hash
 from . import core
 from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason

@@ -139,6 +139,49 @@ class Keeper(Protocol):
         ...
 
 
+class NoKeeper:
+    """The keeper of a session nothing is kept for (a surface with no resume,
+    or ``resume: off``): frames go straight to the link. The base of the
+    stores' own keepers."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: StoredSession) -> None:
+        self.session = session
+
+    def started(self, request: Generate) -> None:
+        pass
+
+    def keep(self, frames: list[ServerFrame]) -> None:
+        self.session.deliver(frames)
+
+    def waiting(self, gid: str) -> bool:
+        return False
+
+    def lost(self, gid: str) -> Cause | None:
+        return None
+
+    def replay(
+        self, gid: str, last_seq: int, record: Record | None, stored: Replay
+    ) -> tuple[list[ServerFrame], int | None]:
+        raise AssertionError("a session whose frames are not kept is never resumed")
+
+    def forget(self, gid: str) -> None:
+        pass
+
+    async def flushed(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    async def detached(self, deadline: float) -> None:
+        pass
+
+    async def forget_conversations(self) -> None:
+        pass
+
+
 class Node(Protocol):
     """What a shared store needs of the node it serves (leases and cancels)."""
 

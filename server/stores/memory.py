@@ -43,6 +43,7 @@ from .contract import (
     Keeper,
     KeptResponse,
     Node,
+    NoKeeper,
     Record,
     Replay,
     ResponsePeers,
@@ -144,48 +145,6 @@ class MemoryLogs:
         """The log's session is forgotten: its bytes go back."""
         self._finished.pop(log, None)
         self._evict(log)
-
-
-class NoKeeper:
-    """A session whose frames are not kept: a surface with no resume, or
-    ``resume: off``."""
-
-    __slots__ = ("session",)
-
-    def __init__(self, session: StoredSession) -> None:
-        self.session = session
-
-    def started(self, request: Generate) -> None:
-        pass
-
-    def keep(self, frames: list[ServerFrame]) -> None:
-        self.session.deliver(frames)
-
-    def waiting(self, gid: str) -> bool:
-        return False
-
-    def lost(self, gid: str) -> Cause | None:
-        return None
-
-    def replay(
-        self, gid: str, last_seq: int, record: Record | None, stored: Replay
-    ) -> tuple[list[ServerFrame], int | None]:
-        raise AssertionError("a session whose frames are not kept is never resumed")
-
-    def forget(self, gid: str) -> None:
-        pass
-
-    async def flushed(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-    async def detached(self, deadline: float) -> None:
-        pass
-
-    async def forget_conversations(self) -> None:
-        pass
 
 
 class MemoryKeeper(NoKeeper):
