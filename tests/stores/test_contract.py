@@ -346,3 +346,36 @@ class _Node:
     def cancel(self, h: str, gid: str) -> None:
         self.cancels.append((h, gid))
         self.cancelled.set()
+
+
+async def test_frames_wait_to_be_kept_then_are_delivered_in_order(opened):
+    store = await opened()
+    session = Sessionish()
+    keeper = store.keeper(session)
+    session.started.add("g")
+    keeper.started(_request("g"))
+    frames = _frames("g", 5)
+    keeper.keep(frames[:3])
+    # Delivered at once (memory), or once stored (Redis): meanwhile they wait.
+    assert keeper.waiting("g") == (session.delivered == [])
+    keeper.keep(frames[3:])
+    await keeper.flushed()
+    assert not keeper.waiting("g")
+    assert session.delivered == frames
+
+
+async def test_a_shared_record_past_its_deadline_is_expired(opened):
+    store = await opened()
+    if not store.shared:
+        return
+    session = Sessionish()
+    keeper = store.keeper(session)
+    keeper.started(_request("g"))
+    keeper.keep(_frames("g", 1))
+    await keeper.flushed()
+    await keeper.detached(time.time() - 1)
+    record = await store.load(session.token_hash)
+    assert record is not None and record.expired(time.time())
+    await keeper.detached(0)  # attached again: no deadline
+    record = await store.load(session.token_hash)
+    assert record is not None and not record.expired(time.time())
