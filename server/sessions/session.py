@@ -33,17 +33,13 @@ from tokenwire.protocol import (
 )
 from tokenwire.protocol.surface import Surface
 
-from ..config import ServerSettings
-from ..engines.upstream import Upstream
 from ..errors import CloseCode
-from ..loop_lag import LoopLag
-from ..metrics import Metrics
 from ..stores.contract import Keeper, NoKeeper, ResumeStore
 from ..stores.resume import new_token, token_hash
 from . import core
 from .core import Entry, GenerationState, ServerView, SessionCore, SessionLife, StopReason
 from .delivery import Delivery
-from .generation import Generation
+from .generation import Generation, GenerationContext
 
 log = structlog.get_logger("tokenwire.session")
 
@@ -79,15 +75,12 @@ class SessionLink(Protocol):
     async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None: ...
 
 
-class SessionContext(Protocol):
-    """What a session needs of its server (``TokenwireServer`` is one)."""
+class SessionContext(GenerationContext, Protocol):
+    """What a session needs of its server (``TokenwireServer`` is one),
+    besides what its generations need."""
 
-    settings: ServerSettings
-    upstream: Upstream
-    metrics: Metrics
     models: list[str]
     model_set: frozenset[str]
-    loop_lag: LoopLag
     draining: bool
     history_bytes: int
     store: ResumeStore

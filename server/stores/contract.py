@@ -113,7 +113,7 @@ class Keeper(Protocol):
     ) -> tuple[list[ServerFrame], int | None]:
         """A resume's answer for ``gid`` (``resumed`` and the frames after
         ``last_seq``, or ``resume_failed``), and the last seq it sends (None:
-        the session never had ``gid``; ``sessions.session.SKIP_ALL``: no more
+        the session never had ``gid``; ``resume.SKIP_ALL``: no more
         of it goes out). ``record`` and ``stored`` are what ``fetch`` read."""
         ...
 

@@ -248,7 +248,6 @@ class HttpLink(LinkBase):
         self.encoding = "sse" if asked.stream else "json"
         self._outbox: deque[ServerFrame] = deque()
         self._writer_idle: asyncio.Future[None] | None = None
-        self._closed = False
         self._task: asyncio.Task[Any] | None = None
         self._send_started = 0.0
         self._done: asyncio.Future[None] | None = None
