@@ -95,10 +95,13 @@ def normalize_finish_reason(upstream: str | None, *, has_tool_calls: bool) -> Fi
 
     LiteLLM already maps most providers' reasons onto OpenAI's; anything else
     (or none at all) is ``tool_calls`` when the answer called tools, ``stop``
-    otherwise.
+    otherwise. A ``stop`` with tool calls (OpenAI's answer when
+    ``tool_choice`` names a function) is ``tool_calls`` too: the answer asks
+    for its tools to run either way, and LiteLLM's stream (since 1.109) says
+    so itself, so both engines agree.
     """
     if upstream is not None and (reason := _FINISH_REASONS.get(upstream)) is not None:
-        return reason
+        return "tool_calls" if reason == "stop" and has_tool_calls else reason
     return "tool_calls" if has_tool_calls else "stop"
 
 

@@ -18,7 +18,7 @@ newest LiteLLM in a scratch environment before the pin moves.
 from __future__ import annotations
 
 import sys
-import warnings
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import litellm
@@ -28,7 +28,9 @@ from litellm.llms.base_llm.chat.transformation import BaseConfig
 from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
 from litellm.llms.custom_llm import CustomLLM
 from litellm.llms.openai.chat.gpt_transformation import OpenAIChatCompletionStreamingHandler
-from litellm.router import Router
+from litellm.router import Router, router_arguments
+from litellm.router_config import build_router_config
+from litellm.router_python_host import PythonHost
 from litellm.types.router import RouterRateLimitError
 from litellm.types.utils import GenericStreamingChunk, LlmProviders
 from litellm.utils import ProviderConfigManager, custom_llm_setup, get_optional_params
@@ -40,20 +42,20 @@ __all__ = [
     "BaseConfig",
     "CustomLLM",
     "GenericStreamingChunk",
+    "NativeOpener",
     "OpenAIChatCompletionStreamingHandler",
     "Router",
     "RouterRateLimitError",
-    "deployments",
     "errors",
     "exception_type",
     "extract_stream_error",
-    "fallback_kwargs",
     "get_llm_provider",
     "get_optional_params",
+    "make_router",
     "provider_chat_config",
     "raise_repeated_chunk_limit",
     "register_custom_provider",
-    "router_setting",
+    "router_init",
     "set_module_settings",
     "stream_chunks",
     "token_counter",
@@ -80,28 +82,51 @@ def extract_stream_error(error: Any) -> tuple[str, int] | None:
     return result
 
 
-def fallback_kwargs(router: Router, model: str, kwargs: dict[str, Any]) -> None:
-    """Fill ``kwargs`` as ``Router.acompletion`` does before its fallbacks, so
-    that ``async_function_with_fallbacks`` applies the configured retries."""
-    router._update_kwargs_before_fallbacks(model=model, kwargs=kwargs)
+NativeOpener = Callable[[str], Awaitable[object]]
+"""Opens one attempt of a native request on the deployment whose id it is given."""
+NATIVE_KEY: Final = "tokenwire_native"
+"""The request keyword that carries a native request's opener through the Router."""
 
 
-def deployments(router: Router) -> list[dict[str, Any]]:
-    """The Router's deployments, as dicts (``model_name``, ``litellm_params``,
-    ``model_info``). LiteLLM 1.109 deprecates ``Router.model_list`` for
-    ``Router.registry()``; the list is still kept, and read here quietly."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return list(router.model_list)
+def make_router(model_list: list[dict[str, Any]], settings: dict[str, Any]) -> Router:
+    """The Router of ``model_list``, whose retries, fallbacks and cooldowns
+    also run around the native path.
+
+    Since 1.110 ``litellm.Router`` is a facade over ``RustCore``, which runs
+    an endpoint's retries and fallbacks itself and reaches a provider only
+    through its host (``PythonHost.invoke("acompletion")``, one call an
+    attempt, with the chosen deployment's params). tokenwire's host serves
+    that call: a request made with ``NATIVE_KEY`` is opened by its opener on
+    the attempt's deployment (``model_info.id``); any other goes to
+    ``litellm.acompletion`` as before.
+    """
+    config = build_router_config(router_arguments(model_list=model_list, **settings))
+    router: Router = Router.from_config(config, _Host())
+    return router
 
 
-def router_setting(router: Router, name: str) -> Any:
-    """One of the Router's settings (``fallbacks``, ``num_retries``). LiteLLM
-    1.109 deprecates the attributes for ``Router.settings()``; they are still
-    kept, and read here quietly."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return getattr(router, name)
+class _Host(PythonHost):
+    """LiteLLM's own host, with the native path's attempts served by their opener."""
+
+    __slots__ = ()
+
+    def invoke(self, op: str) -> Callable[..., Any]:
+        if op == "acompletion":
+            return self._acompletion
+        return super().invoke(op)
+
+    async def _acompletion(self, **kwargs: Any) -> object:
+        opener: NativeOpener | None = kwargs.pop(NATIVE_KEY, None)
+        if opener is None:
+            return await super().invoke("acompletion")(**kwargs)
+        return await opener(str(kwargs["model_info"]["id"]))
+
+
+def router_init() -> Callable[..., None]:
+    """The function whose parameters are ``Router``'s keyword arguments
+    (``Router.__init__`` itself takes ``*args, **kwargs`` since 1.110)."""
+    init: Callable[..., None] = sys.modules[Router.__module__]._router_init
+    return init
 
 
 def stream_chunks(response: Any) -> list[Any]:
@@ -138,6 +163,8 @@ def register_custom_provider(provider: str, handler: CustomLLM) -> None:
 # that it accepts them (``*``: its presence alone is checked).
 _utils = sys.modules[get_optional_params.__module__]
 _mapping = sys.modules[exception_type.__module__]
+_router = sys.modules[Router.__module__]
+_router_config = sys.modules[build_router_config.__module__]
 INTERNALS: Final[dict[str, tuple[object, str, tuple[str, ...]]]] = {
     "litellm.get_llm_provider": (
         litellm,
@@ -204,17 +231,15 @@ INTERNALS: Final[dict[str, tuple[object, str, tuple[str, ...]]]] = {
         "exception_type",
         ("model", "original_exception", "custom_llm_provider"),
     ),
-    "Router._update_kwargs_before_fallbacks": (
-        Router,
-        "_update_kwargs_before_fallbacks",
-        ("model", "kwargs"),
+    "Router.from_config": (Router, "from_config", ("config", "host")),
+    "litellm.router.router_arguments": (_router, "router_arguments", ("*",)),
+    "litellm.router._router_init": (_router, "_router_init", ("model_list", "num_retries")),
+    "litellm.router_config.build_router_config": (
+        _router_config,
+        "build_router_config",
+        ("arguments",),
     ),
-    "Router.async_function_with_fallbacks": (Router, "async_function_with_fallbacks", ()),
-    "Router.async_get_available_deployment": (
-        Router,
-        "async_get_available_deployment",
-        ("model", "messages", "request_kwargs"),
-    ),
+    "PythonHost.invoke": (PythonHost, "invoke", ("op",)),
     "AsyncHTTPHandler.create_async_transport": (AsyncHTTPHandler, "create_async_transport", ()),
     "litellm.custom_provider_map": (litellm, "custom_provider_map", ("*",)),
     "litellm.REPEATED_STREAMING_CHUNK_LIMIT": (litellm, "REPEATED_STREAMING_CHUNK_LIMIT", ("*",)),

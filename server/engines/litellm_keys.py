@@ -21,10 +21,11 @@ from importlib import resources
 from typing import Any, Final
 
 
-def router_keys(router: Any) -> list[str]:
-    """The keyword arguments ``Router.__init__`` takes (the generator's rule)."""
+def router_keys(init: Any) -> list[str]:
+    """The keyword arguments of ``init``, the function that takes ``Router``'s
+    (``litellm_adapter.router_init()``; the generator's rule)."""
     skip = {"self", "args", "kwargs", "model_list"}
-    return sorted(p for p in inspect.signature(router.__init__).parameters if p not in skip)
+    return sorted(p for p in inspect.signature(init).parameters if p not in skip)
 
 
 def settings_keys(module: Any) -> list[str]:

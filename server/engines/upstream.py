@@ -33,16 +33,12 @@ from ..config import Config
 from . import chunks, demo, guard, native
 from .failures import GUARD_FAILURE
 from .litellm_adapter import (
-    Router,
-    fallback_kwargs,
+    NATIVE_KEY,
+    make_router,
     raise_repeated_chunk_limit,
-    router_setting,
     set_module_settings,
     stream_chunks,
     token_counter,
-)
-from .litellm_adapter import (
-    deployments as router_deployments,
 )
 
 DEMO_MODEL: Final = "demo"
@@ -69,11 +65,11 @@ class Upstream:
 
     def __init__(self, config: Config, *, repeated_chunk_limit: int) -> None:
         model_list = [
-            self._deployment(e.model_name, e.litellm_params, e.model_info)
-            for e in config.model_list
+            self._deployment(i, e.model_name, e.litellm_params, e.model_info)
+            for i, e in enumerate(config.model_list)
         ]
         if not model_list:
-            model_list = [self._deployment(DEMO_MODEL, {"model": demo.MODEL}, None)]
+            model_list = [self._deployment(0, DEMO_MODEL, {"model": demo.MODEL}, None)]
         if any(
             str(d["litellm_params"]["model"]).startswith(f"{demo.PROVIDER}/") for d in model_list
         ):
@@ -83,7 +79,7 @@ class Upstream:
         # own process-wide guard must not fire first with another error.
         raise_repeated_chunk_limit(repeated_chunk_limit + 2)
         router_settings = {**ROUTER_DEFAULTS, **config.router_settings}
-        self.router = Router(model_list=model_list, **router_settings)
+        self.router = make_router(model_list, router_settings)
         self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
         self._litellm_model = {
             d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
@@ -106,14 +102,16 @@ class Upstream:
         self.native_models: frozenset[str] = frozenset()
         self._direct: dict[str, native.NativeRoute] = {}
         if config.server.fast_path == "auto":
-            self._plan_native_routes(config)
+            self._plan_native_routes(config, model_list, router_settings)
 
-    def _plan_native_routes(self, config: Config) -> None:
+    def _plan_native_routes(
+        self, config: Config, model_list: list[dict[str, Any]], router_settings: dict[str, Any]
+    ) -> None:
         """Which models take the native path: every deployment, and every
         model they fall back to, must have a native route."""
         off = {e.model_name for e in config.model_list if e.fast_path == "off"}
         groups: dict[str, list[dict[str, Any]]] = {}
-        for deployment in router_deployments(self.router):
+        for deployment in model_list:
             name = deployment["model_name"]
             groups.setdefault(name, []).append(deployment)
             route = None if name in off else native.native_route(deployment["litellm_params"])
@@ -124,7 +122,7 @@ class Upstream:
             for name, deployments in groups.items()
         }
         fallbacks: dict[str, list[str]] = {}
-        for entry in router_setting(self.router, "fallbacks") or ():
+        for entry in router_settings.get("fallbacks") or ():
             for name, targets in dict(entry).items():
                 fallbacks.setdefault(name, []).extend(targets)
 
@@ -140,9 +138,7 @@ class Upstream:
         # A model of one plain deployment, with no retries, fallbacks or rate
         # limits: the Router would choose nothing and add ≈0.5 ms to every
         # request's first token, so it is skipped.
-        if not (
-            router_setting(self.router, "num_retries") or router_setting(self.router, "fallbacks")
-        ):
+        if not (router_settings.get("num_retries") or router_settings.get("fallbacks")):
             for name, deployments in groups.items():
                 params = deployments[0]["litellm_params"]
                 if (
@@ -175,17 +171,17 @@ class Upstream:
 
     @staticmethod
     def _deployment(
-        name: str, params: dict[str, Any], info: dict[str, Any] | None
+        index: int, name: str, params: dict[str, Any], info: dict[str, Any] | None
     ) -> dict[str, Any]:
         # Retries happen only where router_settings ask for them (contract,
-        # "Retries"): the OpenAI SDK's own two retries are switched off.
-        deployment: dict[str, Any] = {
+        # "Retries"): the OpenAI SDK's own two retries are switched off. The
+        # id (the config's own, else its place in model_list) is how the
+        # Router's attempt names the deployment to the native path.
+        return {
             "model_name": name,
             "litellm_params": {"max_retries": 0, **params},
+            "model_info": {"id": f"deployment-{index}", **(info or {})},
         }
-        if info is not None:
-            deployment["model_info"] = info
-        return deployment
 
     def warm_up(self) -> None:
         """Load the tokenizers the configured models count with, now rather than
@@ -272,9 +268,9 @@ class Upstream:
             kwargs["_skip_mcp_handler"] = True
         # The messages are OpenAI chat messages as the client sent them; LiteLLM
         # types them as TypedDicts.
-        response = await self.router.acompletion(  # type: ignore[call-overload]
+        response: Any = await self.router.acompletion(
             model=model,
-            messages=messages,
+            messages=messages,  # type: ignore[arg-type]
             stream=True,
             stream_options={"include_usage": True},
             **kwargs,
@@ -287,39 +283,31 @@ class Upstream:
     async def _open_native(
         self, model: str, messages: list[dict[str, Any]], request: dict[str, Any]
     ) -> native.NativeStream:
-        """The Router's retries and fallbacks around ``_open_deployment``, as
-        ``Router.acompletion`` puts them around ``litellm.acompletion``."""
+        """Open ``model``'s stream on the native path, inside the Router's
+        retries and fallbacks (``make_router``): each attempt the Router makes
+        opens the deployment it chose with ``attempt``."""
         if (route := self._direct.get(model)) is not None:
             return await native.open_stream(
                 self.http, route, messages, request, max_event_bytes=self.max_event_bytes
             )
-        call: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "stream": True,
-            "original_function": self._open_deployment,
-            "tokenwire_request": request,
-        }
-        fallback_kwargs(self.router, model, call)
-        stream = await self.router.async_function_with_fallbacks(**call)
+
+        async def attempt(deployment_id: str) -> native.NativeStream:
+            return await native.open_stream(
+                self.http,
+                self._routes[deployment_id],
+                messages,
+                request,
+                max_event_bytes=self.max_event_bytes,
+            )
+
+        stream: object = await self.router.acompletion(
+            model=model,
+            messages=messages,  # type: ignore[arg-type]
+            stream=True,
+            **{NATIVE_KEY: attempt},
+        )
         assert isinstance(stream, native.NativeStream)
         return stream
-
-    async def _open_deployment(
-        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
-    ) -> native.NativeStream:
-        """One attempt: the Router picks a deployment of ``model``, the native path opens it."""
-        deployment = await self.router.async_get_available_deployment(
-            model=model, messages=messages, request_kwargs=kwargs
-        )
-        route = self._routes[deployment["model_info"]["id"]]
-        return await native.open_stream(
-            self.http,
-            route,
-            messages,
-            kwargs["tokenwire_request"],
-            max_event_bytes=self.max_event_bytes,
-        )
 
 
 _UNSET: Final = object()

@@ -190,7 +190,9 @@ def test_nothing_is_taken_after_the_terminal_frame():
     ("upstream", "calls", "expected"),
     [
         ("stop", False, "stop"),
+        ("stop", True, "tool_calls"),
         ("length", False, "length"),
+        ("length", True, "length"),
         ("function_call", True, "tool_calls"),
         ("content_filter", False, "content_filter"),
         (None, True, "tool_calls"),

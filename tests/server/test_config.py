@@ -151,11 +151,11 @@ def test_the_litellm_sections_keys_are_the_installed_litellms():
     """server/engines/litellm_keys.py is generated (scripts/litellm-keys) from the pinned
     LiteLLM: the keys it checks before importing LiteLLM are LiteLLM's own."""
     import litellm
-    from litellm import Router
 
     from tokenwire.server.engines import litellm_keys
+    from tokenwire.server.engines.litellm_adapter import router_init
 
-    assert sorted(litellm_keys.ROUTER_SETTINGS) == litellm_keys.router_keys(Router)
+    assert sorted(litellm_keys.ROUTER_SETTINGS) == litellm_keys.router_keys(router_init())
     # The module grows attributes as it is used (lazily loaded model lists):
     # every generated key must still be one of its settings.
     assert set(litellm_keys.settings_keys(litellm)) >= litellm_keys.LITELLM_SETTINGS
