@@ -172,6 +172,22 @@ class _Envelope(msgspec.Struct):
 _SERVER_FRAME_TYPES: Final = frozenset(t.__struct_config__.tag for t in ServerFrame.__args__)
 
 
+_any_json: Final = msgspec.json.Decoder()
+NESTED_TOO_DEEPLY: Final = "JSON nested too deeply"
+
+
+def decode_json(data: str | bytes) -> Any:
+    """A JSON body of any shape (the HTTP surfaces', the Responses mode's), or
+    ``BadMessage``: invalid JSON, or JSON nested past what msgspec decodes
+    (it raises ``RecursionError`` there, not a ``DecodeError``)."""
+    try:
+        return _any_json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadMessage(cap(f"invalid JSON: {exc}")) from None
+    except RecursionError:
+        raise BadMessage(NESTED_TOO_DEEPLY) from None
+
+
 def split_path(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     """msgspec's message without its path, and the path (``$.field``; None: none)."""
     text = str(exc)

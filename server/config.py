@@ -61,6 +61,12 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """permessage-deflate; off: it costs frame throughput and memory per session."""
     send_timeout: Seconds = 30.0
     """Seconds a write to a client may stay blocked before it is closed with 4008."""
+    http_header_timeout: Seconds = 10.0
+    """Seconds an HTTP request's headers may take to arrive, from its first
+    byte; past it the client gets 408 and the connection closes."""
+    http_body_timeout: Seconds = 30.0
+    """Seconds an HTTP request's body may take to arrive once its headers
+    are in; past it the client gets 408 and the connection closes."""
     max_queued_frames: PositiveInt = 4096
     """Frames waiting for one session's socket. While the socket is behind, a
     generation's consecutive ``token`` (or ``reasoning``) pieces merge into one

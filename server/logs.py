@@ -47,8 +47,22 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # The libraries' own log lines (LiteLLM, aiohttp, websockets, asyncio) go
+    # out in the same format: one JSON object a line, a traceback as a field.
+    foreign = [structlog.stdlib.add_logger_name, *shared[1:]]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=foreign,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
     # websockets logs handshake details (headers carry keys) at DEBUG, and
     # LiteLLM is chatty at INFO: both speak only for warnings and worse.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     for name in ("websockets", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "aiohttp"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

@@ -17,6 +17,7 @@ newest LiteLLM in a scratch environment before the pin moves.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -46,6 +47,7 @@ __all__ = [
     "OpenAIChatCompletionStreamingHandler",
     "Router",
     "RouterRateLimitError",
+    "adopt_logging",
     "errors",
     "exception_type",
     "extract_stream_error",
@@ -127,6 +129,43 @@ def router_init() -> Callable[..., None]:
     (``Router.__init__`` itself takes ``*args, **kwargs`` since 1.110)."""
     init: Callable[..., None] = sys.modules[Router.__module__]._router_init
     return init
+
+
+LOGGERS: Final = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+_NOISE: Final = ("surrogates not allowed", "stream_chunk_builder raised at end-of-stream")
+
+
+class _UpstreamTextNoise(logging.Filter):
+    """Drops LiteLLM's tracebacks about a provider's text its own logging
+    cannot serialize (since 1.109: a surrogate pair split between two chunks
+    of a tool call's arguments, ``PydanticSerializationError``, then a warning
+    that it logged usage best-effort). The stream itself is right, tokenwire
+    joins the pair; the lines were four tracebacks for an upstream's bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record whose arguments do not format: keep it
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not any(noise in text for noise in _NOISE)
+
+
+_noise_filter: Final = _UpstreamTextNoise()
+
+
+def adopt_logging() -> None:
+    """LiteLLM's loggers without LiteLLM's own plain-text handler: their lines
+    go to the root logger, which ``server.logs`` renders as JSON, minus the
+    noise above."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+        if _noise_filter not in logger.filters:
+            logger.addFilter(_noise_filter)
 
 
 def stream_chunks(response: Any) -> list[Any]:

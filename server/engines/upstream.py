@@ -34,6 +34,7 @@ from . import chunks, demo, guard, native
 from .failures import GUARD_FAILURE
 from .litellm_adapter import (
     NATIVE_KEY,
+    adopt_logging,
     make_router,
     raise_repeated_chunk_limit,
     set_module_settings,
@@ -75,6 +76,7 @@ class Upstream:
         ):
             demo.register()
         set_module_settings(config.litellm_settings)
+        adopt_logging()
         # tokenwire checks repeated chunks itself (repeated_output); LiteLLM's
         # own process-wide guard must not fire first with another error.
         raise_repeated_chunk_limit(repeated_chunk_limit + 2)

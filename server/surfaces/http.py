@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from tokenwire.protocol import BadMessage, Error, Finish, ServerFrame
+from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
 from tokenwire.protocol.openai_common import (
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
@@ -40,6 +41,7 @@ from tokenwire.protocol.surface import Surface, SurfaceRequest
 from ..errors import CloseCode, Refusal
 from ..sessions.link import MERGE_BACKLOG, LinkBase, resolve
 from ..sessions.session import SessionContext
+from .deadlines import REQUEST_TIMEOUT, DeadlinedHandler, RefusalLog, too_slow, track_requests
 from .gate import Gate
 from .routes import HTTP_ROUTES, ROUTES, WEBSOCKET_ROUTES, Route
 
@@ -57,8 +59,6 @@ SSE_HEADERS: Final = {
 }
 
 JSON_HEADERS: Final = {"Content-Type": "application/json; charset=utf-8"}
-
-_decode = msgspec.json.decode
 
 PlainRoute = tuple[HTTPStatus, bytes, str, Sequence[tuple[str, str]]]
 """A plain route's answer: status, body, content type, headers."""
@@ -113,23 +113,34 @@ class HttpSurfaces:
         self.server = server
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> Callable[[], asyncio.Protocol]:
-        """Set the application up; returns the protocol factory connections go to."""
-        app = web.Application(client_max_size=self.server.settings.max_message_bytes)
+    async def start(self) -> Callable[[bytes], asyncio.Protocol]:
+        """Set the application up; returns the protocol factory connections go
+        to (given the connection's first request line)."""
+        settings = self.server.settings
+        app = web.Application(
+            client_max_size=settings.max_message_bytes, middlewares=[track_requests]
+        )
         for route in HTTP_ROUTES.values():
             handler = self.models if route.surface is None else self._generation(route)
             app.router.add_route("*", route.path, handler)
         app.router.add_route("*", "/{tail:.*}", self.other)
-        self._runner = runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,
-            handler_cancellation=True,
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
-        )
+        self._runner = runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await runner.setup()
-        assert runner.server is not None
-        return runner.server
+        server = runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def connection(line: bytes) -> asyncio.Protocol:
+            return DeadlinedHandler(
+                server,
+                loop=loop,
+                header_timeout=settings.http_header_timeout,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+                access_log=None,
+                logger=RefusalLog(line),
+            )
+
+        return connection
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -162,17 +173,24 @@ class HttpSurfaces:
             key = self.server.gate.key_of(request.headers.getall("Authorization", []))
             if (refused := self._refused(request, key, need_room=True)) is not None:
                 return refused
+            settings = self.server.settings
             try:
-                raw = await request.read()
+                async with asyncio.timeout(settings.http_body_timeout):
+                    raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                limit = self.server.settings.max_message_bytes
+                limit = settings.max_message_bytes
                 return json_error(PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes", None)
+            except TimeoutError:
+                limit_s = settings.http_body_timeout
+                log.warning("request too slow", phase="body", limit_s=limit_s, peer=request.remote)
+                slow = json_error(REQUEST_TIMEOUT, too_slow("body", limit_s), "request_timeout")
+                slow.force_close()
+                return slow
             try:
                 try:
-                    body = _decode(raw)
-                except msgspec.DecodeError as exc:
-                    raise BadMessage(f"invalid JSON: {exc}") from None
-                asked = parse(body, route.new_id(), int(time.time()))
+                    asked = parse(decode_json(raw), route.new_id(), int(time.time()))
+                except RecursionError:  # a shape msgspec decoded, too deep to walk
+                    raise BadMessage(NESTED_TOO_DEEPLY) from None
             except BadMessage as exc:
                 self.server.metrics.errors.labels("bad_message").inc()
                 kind = error_kind("bad_message")

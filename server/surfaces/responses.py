@@ -39,6 +39,7 @@ from tokenwire.protocol import (
     ServerFrame,
     assistant_message,
 )
+from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
 from tokenwire.protocol.openai_responses import (
     ResponseEvents,
     ResponseRequest,
@@ -62,7 +63,6 @@ CONNECTION_RESPONSES: Final = 64
 PREVIOUS_NOT_FOUND: Final = "previous_response_not_found"
 RESPONSE_IN_FLIGHT: Final = "response_in_flight"
 
-_decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
 
@@ -123,15 +123,14 @@ class ResponsesLink(Link):
             return
         try:
             try:
-                event = _decode(data)
-            except msgspec.DecodeError as exc:
-                raise BadMessage(f"invalid JSON: {exc}") from None
-            request = response_request(event)
-            history = await self._history(request)
-            if history is None:
-                return
-            response_id = self._store.new_id()
-            generate = response_generate(request, response_id, history)
+                request = response_request(decode_json(data))
+                history = await self._history(request)
+                if history is None:
+                    return
+                response_id = self._store.new_id()
+                generate = response_generate(request, response_id, history)
+            except RecursionError:  # a shape msgspec decoded, too deep to walk
+                raise BadMessage(NESTED_TOO_DEEPLY) from None
         except BadMessage as exc:
             self._error(ErrorCode.BAD_MESSAGE, exc.message, exc.path)
             return

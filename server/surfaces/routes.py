@@ -62,3 +62,7 @@ WEBSOCKET_ROUTES: Final = {route.path: route for route in ROUTES if route.websoc
 HTTP_ROUTES: Final = {route.path: route for route in ROUTES if not route.websocket}
 HTTP_PATHS: Final = frozenset(path.encode() for path in HTTP_ROUTES)
 """Paths served over plain HTTP whatever the method."""
+WEBSOCKET_PATHS: Final = frozenset(path.encode() for path in WEBSOCKET_ROUTES)
+API_PREFIX: Final = b"/v1/"
+"""Paths under it that are no WebSocket route are the HTTP server's, on every
+method (so an unknown one is OpenAI's JSON 404, never the page server's)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -323,3 +324,17 @@ def test_only_plain_openai_stream_providers_take_the_native_path():
     # A route may end up in a log line or a traceback: never with its key.
     route = native_route({"model": "openai/x", "api_key": "sk-secret-1", "api_base": "http://h"})
     assert route is not None and "sk-secret-1" not in repr(route)
+
+
+async def test_an_upstreams_split_surrogate_pair_logs_no_traceback(serve_engine, connect, caplog):
+    """LiteLLM (1.109+) logged four lines, two of them tracebacks, for a tool
+    call whose arguments split a surrogate pair between two chunks; the
+    result was right. An upstream's bytes are not tokenwire's defect."""
+    caplog.set_level(logging.WARNING)
+    scenario = SCENARIOS["a surrogate pair split across chunks"]
+    async with serve_engine("litellm") as handle, connect(handle) as client:
+        await client.generate("g", messages=say(**scenario), tools=TOOLS)
+        result = await client.result("g")
+    assert result.tool_calls[0].arguments == "😀"
+    noisy = [r for r in caplog.records if r.name.startswith("LiteLLM")]
+    assert not noisy, [(r.levelname, r.getMessage()[:100]) for r in noisy]
