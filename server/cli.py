@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the modules themselves are imported late: see the docstring
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
 EXIT_CONFIG: Final = 2
+MAX_PORT: Final = 65_535
 WORKER_MIN_LIFETIME: Final = 5.0
 """A worker that fails by itself sooner is not replaced: the server stops (exit 1)."""
 
@@ -178,6 +179,8 @@ def _serve(args: argparse.Namespace) -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if args.workers < 1:
         _fail("--workers: must be at least 1", EXIT_CONFIG)
+    if not 0 <= args.port <= MAX_PORT:
+        _fail(f"--port: {args.port} is not a port (0 to {MAX_PORT}; 0: any free one)", EXIT_CONFIG)
     from .config import ConfigError, load
 
     try:
@@ -204,6 +207,13 @@ def _serve(args: argparse.Namespace) -> None:
         upstream = Upstream(config, repeated_chunk_limit=config.server.repeated_chunk_limit)
     except (TypeError, ValueError) as exc:  # router_settings / litellm_settings LiteLLM refused
         _fail(f"config error: {' '.join(str(exc).split())}", EXIT_CONFIG)
+    import structlog
+
+    for name, key in upstream.keyless.items():
+        structlog.get_logger("tokenwire").warning(
+            f"model {name}: {key} is not set",
+            hint="its generations fail with upstream_rejected until the server starts with it",
+        )
     upstream.warm_up()
     # LiteLLM's import leaves ≈300,000 objects the collector would walk in
     # every full collection: a 170 ms pause, at random, for every session.
@@ -220,7 +230,7 @@ def _serve(args: argparse.Namespace) -> None:
             finally:
                 shutil.rmtree(metrics_dir, ignore_errors=True)
     except OSError as exc:
-        _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
+        _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_CONFIG)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -395,7 +405,7 @@ def _fake_upstream(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
+        _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ from .engines import litellm_keys
 from .errors import ServerError
 
 ENV_PREFIX: Final = "os.environ/"
+DEMO_MODEL: Final = "demo"
+"""The built-in offline model's name (``engines/demo.py``)."""
+DEMO_PROVIDER: Final = "tokenwire"
+"""The LiteLLM custom provider the demo is registered as (``tokenwire/demo``)."""
 
 PositiveInt = Annotated[int, Meta(gt=0)]
 Seconds = Annotated[float, Meta(gt=0)]
@@ -155,9 +159,15 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return list(dict.fromkeys(entry.model_name for entry in self.model_list))
 
     def with_models(self, names: Sequence[str]) -> Config:
-        """This config plus one deployment per ``--model NAME`` of the command line."""
+        """This config plus one deployment per ``--model NAME`` of the command
+        line (``demo``: the built-in offline model)."""
         extra = [
-            ModelEntry(model_name=name, litellm_params={"model": name})
+            ModelEntry(
+                model_name=name,
+                litellm_params={
+                    "model": f"{DEMO_PROVIDER}/{DEMO_MODEL}" if name == DEMO_MODEL else name
+                },
+            )
             for name in names
             if name not in self.model_names
         ]

@@ -152,8 +152,12 @@ def inflater(encoding: str) -> Callable[[bytes], Iterator[bytes]] | None:
     return inflate
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY) -> str:
-    """At most ``limit`` characters of a (possibly compressed) body, as text.
+async def read_bounded(
+    response: aiohttp.ClientResponse, limit: int = MAX_ERROR_BODY, *, whole: bool = False
+) -> str:
+    """At most ``limit`` characters of a (possibly compressed) body, as text
+    (``whole``: all of it, or nothing when it is longer, as LiteLLM's path
+    has it through ``guard``: a body cut short carries no message).
 
     An error body is read only this far: LiteLLM's error mapping (its
     secret-redaction regex) is superlinear in the text's length (a 2 MB body
@@ -168,7 +172,11 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_
                 if len(body) >= limit:
                     break
     except (aiohttp.ClientError, UpstreamFailure):
-        pass  # what was read is the error's text
+        if whole:
+            return ""
+        # what was read is the error's text
+    if whole and len(body) >= limit:
+        return ""
     return body[:limit].decode("utf-8", "replace")
 
 

@@ -14,10 +14,11 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
+from ..config import DEMO_MODEL, DEMO_PROVIDER
 from .litellm_adapter import CustomLLM, GenericStreamingChunk, register_custom_provider
 
-PROVIDER: Final = "tokenwire"
-MODEL: Final = f"{PROVIDER}/demo"
+PROVIDER: Final = DEMO_PROVIDER
+MODEL: Final = f"{PROVIDER}/{DEMO_MODEL}"
 TOKENS_PER_SECOND: Final = 30.0
 """The pace of the demo's answer: readable, and slow enough to press Stop."""
 ARGUMENT_FRAGMENT_CHARS: Final = 12

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextvars
 import email.utils
+import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -69,13 +71,15 @@ def classify(exc: BaseException) -> UpstreamFailure:
             ErrorCode.UPSTREAM_RATE_LIMITED, "every deployment of this model is cooling down"
         )
     if isinstance(exc, llm.ContextWindowExceededError):
-        return UpstreamFailure(
-            ErrorCode.UPSTREAM_REJECTED, "the provider refused the request: context too long"
-        )
+        refused = "the provider refused the request: context too long"
+        if (said := provider_message(exc)) is not None:
+            refused = f"{refused}: {said}"
+        return UpstreamFailure(ErrorCode.UPSTREAM_REJECTED, refused)
     if status is not None and 400 <= status < 500 and status != 408:
-        return UpstreamFailure(
-            ErrorCode.UPSTREAM_REJECTED, f"the provider refused the request (HTTP {status})"
-        )
+        refused = f"the provider refused the request (HTTP {status})"
+        if (said := provider_message(exc)) is not None:
+            refused = f"{refused}: {said}"
+        return UpstreamFailure(ErrorCode.UPSTREAM_REJECTED, refused)
     if status == 408:
         return UpstreamFailure(ErrorCode.UPSTREAM_TIMEOUT, "the provider timed out (HTTP 408)")
     if status is not None and status >= 500:
@@ -91,6 +95,52 @@ def classify(exc: BaseException) -> UpstreamFailure:
     ):
         return UpstreamFailure(ErrorCode.UPSTREAM_ERROR, STREAM_FAILED)
     return UpstreamFailure(ErrorCode.INTERNAL, "internal error")
+
+
+MAX_PROVIDER_MESSAGE: Final = 300
+"""Characters of a provider's own error message passed on to the client."""
+_LITELLM_PREFIX: Final = re.compile(
+    r"^(?:(?:litellm\.)?\w+Error:\s*|\w+Exception\s*-\s*|Error code: \d+(?:\s*-\s*|$))+"
+)
+_MESSAGE_FIELD: Final = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)')
+"""A JSON body's ``message``, read even from a body cut short (bodies are
+read to 16 KiB)."""
+_LITELLM_SUFFIX: Final = re.compile(
+    r"\s*(?:LiteLLM: model group|Received Model Group|LiteLLM Retried|Available Model Group)"
+    r"[\s\S]*$"
+)
+_SECRET: Final = re.compile(
+    r"(?:\b(?:sk|pk|rk|key|api[-_]?key)[-_][A-Za-z0-9_\-]{6,}|Bearer\s+\S+|AIza[0-9A-Za-z_\-]{20,})",
+    re.IGNORECASE,
+)
+
+
+def provider_message(exc: BaseException) -> str | None:
+    """What the provider itself said of a request it refused ("model not
+    found", "context length exceeded"): the ``error.message`` of its body,
+    without LiteLLM's prefixes, on one line, at most ``MAX_PROVIDER_MESSAGE``
+    characters, anything shaped like a key replaced by ``***``."""
+    text = getattr(exc, "message", None)
+    if not isinstance(text, str):
+        text = str(exc)
+    text = _LITELLM_PREFIX.sub("", _LITELLM_SUFFIX.sub("", text.strip()))
+    if text.startswith("{"):
+        try:
+            body = json.loads(text)
+        except ValueError:
+            field = _MESSAGE_FIELD.search(text)
+            text = field.group(1) if field is not None else text
+        else:
+            error = body.get("error") if isinstance(body, dict) else None
+            inner = error.get("message") if isinstance(error, dict) else error
+            if isinstance(inner, str):
+                text = inner
+    text = _SECRET.sub("***", " ".join(text.split()))
+    if not text:
+        return None
+    if len(text) > MAX_PROVIDER_MESSAGE:
+        text = text[: MAX_PROVIDER_MESSAGE - 3].rstrip() + "..."
+    return text
 
 
 GUARD_FAILURE: Final[contextvars.ContextVar[list[UpstreamFailure] | None]] = contextvars.ContextVar(

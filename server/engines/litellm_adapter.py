@@ -54,9 +54,11 @@ __all__ = [
     "get_llm_provider",
     "get_optional_params",
     "make_router",
+    "missing_keys",
     "provider_chat_config",
     "raise_repeated_chunk_limit",
     "register_custom_provider",
+    "route_problem",
     "router_init",
     "set_module_settings",
     "stream_chunks",
@@ -64,6 +66,9 @@ __all__ = [
 ]
 
 APIConnectionError = errors.APIConnectionError
+# LiteLLM prints (to stdout, in colour) a provider list and debugging hints
+# when a call fails; tokenwire's own line says what failed.
+litellm.suppress_debug_info = True
 get_llm_provider = litellm.get_llm_provider
 token_counter = litellm.token_counter
 
@@ -166,6 +171,54 @@ def adopt_logging() -> None:
         logger.propagate = True
         if _noise_filter not in logger.filters:
             logger.addFilter(_noise_filter)
+
+
+COMMON_PROVIDERS: Final = (
+    "openai",
+    "anthropic",
+    "gemini",
+    "vertex_ai",
+    "bedrock",
+    "azure",
+    "ollama",
+)
+
+
+def route_problem(params: dict[str, Any]) -> str | None:
+    """Why LiteLLM cannot route a deployment (``litellm_params``), or None.
+
+    ``get_llm_provider`` raises for a model name without a known provider
+    (``demo``, ``llama3``); LiteLLM would raise the same on every request.
+    """
+    model = str(params.get("model", ""))
+    try:
+        get_llm_provider(
+            model=model,
+            custom_llm_provider=params.get("custom_llm_provider"),
+            api_base=params.get("api_base"),
+        )
+    except Exception:
+        known = ", ".join(f"{p}/" for p in COMMON_PROVIDERS)
+        return (
+            f"LiteLLM cannot route {model!r}: name its provider as a prefix, e.g. openai/{model} "
+            f"({known} ...: {len(litellm.provider_list)} providers)"
+        )
+    return None
+
+
+def missing_keys(params: dict[str, Any]) -> list[str]:
+    """The environment variables a deployment's provider needs for its key
+    and does not find (``OPENAI_API_KEY``). A deployment with its own
+    ``api_key``, or with an ``api_base`` (a server of one's own, which may
+    need none), needs none; an ``*_API_BASE`` with a default is not a key."""
+    if params.get("api_key") or params.get("api_base"):
+        return []
+    try:
+        found = litellm.validate_environment(model=str(params.get("model", "")))
+    except Exception:  # a provider LiteLLM cannot check: it will say so itself
+        return []
+    keys = found.get("missing_keys") or []
+    return [str(k) for k in keys if not str(k).endswith(("_API_BASE", "_BASE_URL"))]
 
 
 def stream_chunks(response: Any) -> list[Any]:
@@ -281,6 +334,9 @@ INTERNALS: Final[dict[str, tuple[object, str, tuple[str, ...]]]] = {
     "PythonHost.invoke": (PythonHost, "invoke", ("op",)),
     "AsyncHTTPHandler.create_async_transport": (AsyncHTTPHandler, "create_async_transport", ()),
     "litellm.custom_provider_map": (litellm, "custom_provider_map", ("*",)),
+    "litellm.validate_environment": (litellm, "validate_environment", ("model",)),
+    "litellm.provider_list": (litellm, "provider_list", ("*",)),
+    "litellm.suppress_debug_info": (litellm, "suppress_debug_info", ("*",)),
     "litellm.REPEATED_STREAMING_CHUNK_LIMIT": (litellm, "REPEATED_STREAMING_CHUNK_LIMIT", ("*",)),
     "CustomLLM.astreaming": (CustomLLM, "astreaming", ()),
     "litellm.exceptions.MidStreamFallbackError": (errors, "MidStreamFallbackError", ("*",)),

@@ -417,7 +417,7 @@ async def open_stream(
         raise _mapped(route, error) from exc
     if response.status >= 400:
         with contextlib.closing(response):
-            text = await read_bounded(response)
+            text = await read_bounded(response, whole=True)
         raise _mapped(route, config.get_error_class(text, response.status, dict(response.headers)))
     if response.content_type not in SSE_TYPES:
         with contextlib.closing(response):

@@ -27,22 +27,23 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from tokenwire.protocol import Delta, Params, Usage, sanitize
+from tokenwire.protocol import Delta, ErrorCode, Params, Usage, sanitize
 
-from ..config import Config
+from ..config import DEMO_MODEL, Config
 from . import chunks, demo, guard, native
-from .failures import GUARD_FAILURE
+from .failures import GUARD_FAILURE, UpstreamFailure
 from .litellm_adapter import (
     NATIVE_KEY,
     adopt_logging,
     make_router,
+    missing_keys,
     raise_repeated_chunk_limit,
+    route_problem,
     set_module_settings,
     stream_chunks,
     token_counter,
 )
 
-DEMO_MODEL: Final = "demo"
 EXACT_CHARS: Final = 32_768
 """Characters past which a token estimate is a division, not a tokenizer run."""
 EXACT_MESSAGES: Final = 256
@@ -80,6 +81,19 @@ class Upstream:
         # tokenwire checks repeated chunks itself (repeated_output); LiteLLM's
         # own process-wide guard must not fire first with another error.
         raise_repeated_chunk_limit(repeated_chunk_limit + 2)
+        for d in model_list:
+            if (problem := route_problem(d["litellm_params"])) is not None:
+                raise ValueError(
+                    f"model {d['model_name']}: {problem}; --model demo serves the built-in model"
+                )
+        self.keyless: dict[str, str] = {}
+        """Models none of whose deployments has its provider's key: what is missing."""
+        for name in dict.fromkeys(d["model_name"] for d in model_list):
+            missing = [
+                missing_keys(d["litellm_params"]) for d in model_list if d["model_name"] == name
+            ]
+            if all(missing):
+                self.keyless[name] = " or ".join(dict.fromkeys(k for m in missing for k in m))
         router_settings = {**ROUTER_DEFAULTS, **config.router_settings}
         self.router = make_router(model_list, router_settings)
         self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
@@ -251,6 +265,10 @@ class Upstream:
         params: Params | None = None,
     ) -> AsyncIterator[AsyncIterator[Sequence[Delta]]]:
         """Open a stream of delta batches; the context closes the upstream request on exit."""
+        if (key := self.keyless.get(model)) is not None:
+            raise UpstreamFailure(
+                ErrorCode.UPSTREAM_REJECTED, f"model {model}: {key} is not set on the server"
+            )
         GUARD_FAILURE.set([])  # this generation's (its task's context)
         kwargs: dict[str, Any] = params.to_dict() if params is not None else {}
         if tools:

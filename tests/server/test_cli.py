@@ -20,11 +20,13 @@ STARTUP_TIMEOUT = 6 * TIMEOUT  # importing LiteLLM takes seconds, more on a load
 
 @contextlib.asynccontextmanager
 async def _serving(
-    *args: str, listening: int = 1
+    *args: str, listening: int = 1, unset: tuple[str, ...] = ()
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """`tokenwire serve` on a free port, once ``listening`` processes listen;
-    its process group killed on the way out if the test did not end it."""
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    """`tokenwire serve` on a free port, once ``listening`` processes listen
+    (0: at once, the url empty); its process group killed on the way out if
+    the test did not end it. ``unset``: environment variables it does not get."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     process = await asyncio.create_subprocess_exec(
         TOKENWIRE,
         "serve",
@@ -44,7 +46,7 @@ async def _serving(
                 event = await _next_event(process, "listening")
                 events.append(event)
         process.listening = events  # type: ignore[attr-defined]
-        yield process, events[0]["url"]
+        yield process, events[0]["url"] if events else ""
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -196,7 +198,7 @@ async def test_workers_on_a_taken_port_fail_with_one_line():
             env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
         )  # fmt: skip
         _, err = await asyncio.wait_for(process.communicate(), STARTUP_TIMEOUT)
-    assert process.returncode == 1
+    assert process.returncode == 2
     assert (
         err.decode()
         .strip()
@@ -230,6 +232,64 @@ async def test_the_listening_line_gives_the_chat_page_and_wrong_paths_get_a_hint
             with_hint = exc.response
         assert with_hint is not None and with_hint.status_code == 404
         assert b"/v1/ws" in with_hint.body
+
+
+async def _refused(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """`tokenwire serve ARGS` that must not start: its exit status and stderr lines."""
+    process = await asyncio.create_subprocess_exec(
+        TOKENWIRE, "serve", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), STARTUP_TIMEOUT)
+    assert out == b""  # nothing printed past the one line (LiteLLM's provider list)
+    assert process.returncode is not None
+    return process.returncode, err.decode().strip().splitlines()
+
+
+async def test_bad_ports_hosts_and_models_are_one_line_and_exit_2():
+    for port in ("99999", "65536", "-1"):
+        status, lines = await _refused("--port", port)
+        assert (status, len(lines)) == (2, 1), lines
+        assert lines[0].startswith(f"tokenwire: --port: {port} is not a port"), lines
+    status, lines = await _refused("--host", "10.255.255.1", "--port", "0")
+    assert (status, len(lines)) == (2, 1), lines
+    assert lines[0].startswith("tokenwire: cannot listen on 10.255.255.1"), lines
+    status, lines = await _refused("--model", "llama3", "--port", "0")
+    assert (status, len(lines)) == (2, 1), lines
+    assert "model llama3: LiteLLM cannot route 'llama3'" in lines[0]
+    assert "openai/" in lines[0] and "--model demo" in lines[0]
+
+
+async def test_model_demo_serves_the_built_in_model():
+    async with (
+        _serving("--model", "demo") as (_, url),
+        websockets.connect(url, open_timeout=TIMEOUT) as ws,
+    ):
+        ready = json.loads(await ws.recv())
+        assert ready["models"] == ["demo"]
+        await _generate(ws, "d", "demo", "Hi!")
+        frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert frame["type"] == "token", frame
+
+
+async def test_a_provider_key_not_set_is_said_at_start_and_refuses_at_once():
+    model = "openai/gpt-4o-mini"
+    async with _serving("--model", model, listening=0, unset=("OPENAI_API_KEY",)) as (process, _):
+        warning = await asyncio.wait_for(
+            _next_event(process, f"model {model}: OPENAI_API_KEY is not set"), STARTUP_TIMEOUT
+        )
+        assert warning["level"] == "warning"
+        url = (await asyncio.wait_for(_next_event(process, "listening"), STARTUP_TIMEOUT))["url"]
+        async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+            json.loads(await ws.recv())
+            await _generate(ws, "k", model, "Hi!")
+            error = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert (error["type"], error["code"], error["retryable"]) == (
+        "error",
+        "upstream_rejected",
+        False,
+    )
+    assert "OPENAI_API_KEY is not set" in error["message"]
 
 
 async def test_version():

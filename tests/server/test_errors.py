@@ -161,6 +161,33 @@ async def test_provider_refusals_are_upstream_rejected(server, connect, status):
         assert error is not None
         assert (error.code, error.retryable) == ("upstream_rejected", False)
         assert str(status) in error.message
+        # The provider's own words, without LiteLLM's wrapping.
+        assert error.message.endswith(f"(HTTP {status}): fake error {status}"), error.message
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        (
+            "litellm.BadRequestError: BadRequestError: OpenAIException - "
+            '{"error": {"message": "The model `gpt-9` does not exist", "type": "x"}}',
+            "The model `gpt-9` does not exist",
+        ),
+        (
+            "litellm.ContextWindowExceededError: OpenAIException - context length exceeded\n"
+            "LiteLLM: model group 'm' failed with the error above.",
+            "context length exceeded",
+        ),
+        ("Incorrect API key provided: sk-proj-abcdefghijklmnop", "Incorrect API key provided: ***"),
+        ("Authorization: Bearer abc.def.ghi was refused", "Authorization: *** was refused"),
+        ("x" * 5000, "x" * 297 + "..."),
+        ("", None),
+    ],
+)
+def test_a_providers_message_is_passed_on_bounded_and_without_keys(raised, said):
+    from tokenwire.server.engines.failures import provider_message
+
+    assert provider_message(Exception(raised)) == said
 
 
 @pytest.mark.parametrize(

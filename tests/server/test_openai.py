@@ -195,6 +195,19 @@ async def test_refusals_and_bad_requests_are_openai_errors(server):
     assert n.value.code == "bad_message"
 
 
+async def test_a_providers_refusal_carries_the_providers_message_on_every_surface(server):
+    client = sdk(server)
+    with pytest.raises(openai.BadRequestError) as chat:
+        await client.chat.completions.create(model="fake", messages=say(status=400))
+    assert chat.value.code == "upstream_rejected"
+    assert chat.value.message.endswith("(HTTP 400): fake error 400")
+    async with client.responses.connect() as connection:
+        events = await turn(connection, model="fake", input="fake:" + json.dumps({"status": 404}))
+    assert events[-1]["type"] == "response.failed", events[-1]
+    error = events[-1]["response"]["error"]
+    assert error["message"].endswith("(HTTP 404): fake error 404"), error
+
+
 async def test_a_failure_after_output_is_an_sse_error_the_sdk_raises(server):
     stream = await sdk(server).chat.completions.create(
         model="fake", messages=say(tokens=10, error_after=2), stream=True
