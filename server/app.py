@@ -375,13 +375,16 @@ class TokenwireServer:
         path = request.path.partition("?")[0]
         if path in WEBSOCKET_ROUTES:
             return self.gate.handshake(connection, request)
-        if (plain := self.plain_route(path)) is not None:
+        authorization = request.headers.get_all("Authorization")
+        if (plain := self.plain_route(path, authorization)) is not None:
             status, body, content_type, headers = plain
             return _response(status, body, content_type, headers)
         return connection.respond(HTTPStatus.NOT_FOUND, NOT_FOUND_HINT.format(path=path[:100]))
 
-    def plain_route(self, path: str) -> PlainRoute | None:
-        """The answer to ``GET path`` for the plain HTTP routes (None: no such route)."""
+    def plain_route(self, path: str, authorization: Sequence[str] = ()) -> PlainRoute | None:
+        """The answer to ``GET path`` for the plain HTTP routes (None: no such
+        route). With ``api_keys`` set, ``/metrics`` (model names, traffic,
+        errors) wants one of them too, as ``Authorization: Bearer``."""
         text = "text/plain; charset=utf-8"
         if path == "/healthz":
             return HTTPStatus.OK, b"ok\n", text, ()
@@ -390,6 +393,9 @@ class TokenwireServer:
                 return HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n", text, ()
             return HTTPStatus.OK, b"ready\n", text, ()
         if path == "/metrics":
+            if self.gate.requires_key and self.gate.key_of(authorization) is None:
+                challenge = (("WWW-Authenticate", 'Bearer realm="tokenwire"'),)
+                return HTTPStatus.UNAUTHORIZED, b"a key is required\n", text, challenge
             return HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE, ()
         if (asset := web.ASSETS.get(path)) is not None:
             return HTTPStatus.OK, asset.body, asset.content_type, asset.headers

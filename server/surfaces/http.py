@@ -70,7 +70,7 @@ class HttpContext(SessionContext, Protocol):
     gate: Gate
     started_at: float
 
-    def plain_route(self, path: str) -> PlainRoute | None: ...
+    def plain_route(self, path: str, authorization: Sequence[str] = ()) -> PlainRoute | None: ...
 
     def open_session(self, link: HttpLink, key: bytes | None) -> Session: ...
 
@@ -201,7 +201,10 @@ class HttpSurfaces:
 
     async def other(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        if request.method in ("GET", "HEAD") and (plain := self.server.plain_route(path)):
+        authorization = request.headers.getall("Authorization", [])
+        if request.method in ("GET", "HEAD") and (
+            plain := self.server.plain_route(path, authorization)
+        ):
             status, body, content_type, headers = plain
             response = web.Response(status=status, body=body, headers=dict(headers))
             response.headers["Content-Type"] = content_type

@@ -262,6 +262,17 @@ async def test_api_keys_apply_to_every_surface(start_server):
         async with sdk(handle, "sk-right").responses.connect() as connection:
             events = await turn(connection, model="fake", input=say(tokens=1)[0]["content"])
         assert events[-1]["type"] == "response.completed"
+        # /metrics names the models and counts the traffic: a key too.
+        async with httpx.AsyncClient(base_url=handle.http, timeout=TIMEOUT) as http:
+            for method in ("GET", "HEAD"):
+                anonymous = await http.request(method, "/metrics")
+                assert anonymous.status_code == 401, method
+                assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+                wrong = await http.request(method, "/metrics", headers={"Authorization": "Bearer x"})
+                assert wrong.status_code == 401, method
+            scraped = await http.get("/metrics", headers={"Authorization": "Bearer sk-right"})
+            assert scraped.status_code == 200 and "tokenwire_" in scraped.text
+            assert (await http.get("/healthz")).status_code == 200  # probes need no key
 
 
 async def test_a_client_leaving_mid_stream_closes_the_upstream_request(server, fake):
