@@ -54,7 +54,7 @@ from .surfaces.gate import (
 )
 from .surfaces.http import HttpLink, HttpSurfaces, PlainRoute
 from .surfaces.responses import ResponsesLink
-from .surfaces.routes import WEBSOCKET_ROUTES
+from .surfaces.routes import RESPONSES_PATH, WEBSOCKET_ROUTES
 from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")
@@ -67,6 +67,10 @@ NOT_FOUND_HINT: Final = (
     "not found: {path}\n"
     "tokenwire's WebSocket is at /v1/ws (ws://HOST:PORT/v1/ws); the chat page is at /;\n"
     "OpenAI's formats are at /v1/chat/completions, /v1/models and /v1/responses.\n"
+)
+WRONG_PROTOCOL_HINT: Final = (
+    "this is OpenAI's Responses API WebSocket mode (/v1/responses); "
+    "tokenwire's own protocol is at /v1/ws\n"
 )
 EVICTED_DEADLINE: Final = 1.0
 """The deadline (in 1970) an evicted session's Redis record gets: past, so
@@ -373,6 +377,12 @@ class TokenwireServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
+        if path == RESPONSES_PATH and any(
+            offer.strip() in ENCODING_BY_SUBPROTOCOL
+            for header in request.headers.get_all("Sec-WebSocket-Protocol")
+            for offer in header.split(",")
+        ):
+            return connection.respond(HTTPStatus.BAD_REQUEST, WRONG_PROTOCOL_HINT)
         if path in WEBSOCKET_ROUTES:
             return self.gate.handshake(connection, request)
         authorization = request.headers.get_all("Authorization")

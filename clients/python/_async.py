@@ -59,6 +59,7 @@ from ._common import (
     generate_message,
     handshake_headers,
     new_id,
+    not_tokenwire,
     server_protocol_error,
     worth_retrying,
 )
@@ -194,12 +195,18 @@ class AsyncClient(ClientCore):
         try:
             async with asyncio.timeout(self._open_timeout):
                 ready = self._codec.decode_server(await ws.recv())
+        except TimeoutError:
+            await ws.close()
+            raise not_tokenwire(self.url, f"no ready frame in {self._open_timeout:g} s") from None
+        except BadMessage:
+            await ws.close()
+            raise not_tokenwire(self.url, "its first frame was not tokenwire's") from None
         except BaseException:
             await ws.close()
             raise
         if not isinstance(ready, Ready):
             await ws.close()
-            raise ConnectionLost("the server's first frame was not ready")
+            raise not_tokenwire(self.url, "its first frame was not ready")
         if (resume := self._greeted(ready)) is not None:
             await ws.send(resume, text=self.encoding.is_text)
         self._ws = ws

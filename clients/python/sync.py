@@ -56,6 +56,7 @@ from ._common import (
     generate_message,
     handshake_headers,
     new_id,
+    not_tokenwire,
     server_protocol_error,
     worth_retrying,
 )
@@ -183,12 +184,18 @@ class Client(ClientCore):
             raise connect_failed(self.url, exc) from exc
         try:
             ready = self._codec.decode_server(ws.recv(timeout=self._open_timeout))
+        except TimeoutError:
+            ws.close()
+            raise not_tokenwire(self.url, f"no ready frame in {self._open_timeout:g} s") from None
+        except BadMessage:
+            ws.close()
+            raise not_tokenwire(self.url, "its first frame was not tokenwire's") from None
         except BaseException:
             ws.close()
             raise
         if not isinstance(ready, Ready):
             ws.close()
-            raise ConnectionLost("the server's first frame was not ready")
+            raise not_tokenwire(self.url, "its first frame was not ready")
         if (resume := self._greeted(ready)) is not None:
             ws.send(resume, text=self.encoding.is_text)
         self._ws = ws

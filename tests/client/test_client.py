@@ -416,6 +416,34 @@ async def test_a_refused_handshake_is_connect_failed_with_its_status(flavour, st
             await flavour.connect(handle.url, api_key="wrong", reconnect=True)
 
 
+async def test_a_wrong_path_says_what_is_there_and_where_v1_ws_is(flavour, server):
+    base = server.url.removesuffix("/v1/ws")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(aio.ConnectFailed) as page:
+        await flavour.connect(base + "/")
+    assert page.value.status == 200
+    assert "web page" in str(page.value) and f"{base}/v1/ws" in str(page.value)
+    with pytest.raises(aio.ConnectFailed) as responses:
+        await flavour.connect(base + "/v1/responses")
+    assert responses.value.status == 400
+    assert "Responses API" in str(responses.value) and "/v1/ws" in str(responses.value)
+    assert loop.time() - started < 2  # said at once, not after a timeout
+
+    import websockets
+
+    async def other_protocol(ws) -> None:
+        await ws.send(json.dumps({"hello": "I speak something else"}))
+        await ws.wait_closed()
+
+    async with websockets.serve(other_protocol, "127.0.0.1", 0) as other:
+        port = other.sockets[0].getsockname()[1]
+        with pytest.raises(aio.ConnectFailed) as elsewhere:
+            await flavour.connect(f"ws://127.0.0.1:{port}/v1/ws", reconnect=True)
+    assert elsewhere.value.cause == "not_tokenwire"
+    assert "not tokenwire's WebSocket" in str(elsewhere.value)
+
+
 async def test_nothing_listening_is_connect_failed_without_status(flavour):
     import socket
 

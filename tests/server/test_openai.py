@@ -268,7 +268,9 @@ async def test_api_keys_apply_to_every_surface(start_server):
                 anonymous = await http.request(method, "/metrics")
                 assert anonymous.status_code == 401, method
                 assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
-                wrong = await http.request(method, "/metrics", headers={"Authorization": "Bearer x"})
+                wrong = await http.request(
+                    method, "/metrics", headers={"Authorization": "Bearer x"}
+                )
                 assert wrong.status_code == 401, method
             scraped = await http.get("/metrics", headers={"Authorization": "Bearer sk-right"})
             assert scraped.status_code == 200 and "tokenwire_" in scraped.text
