@@ -83,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT); one per core (default 1)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="(default info)",
+    )
     serve.add_argument(
         "--log-format",
         choices=["json", "console"],
@@ -92,9 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     chat = commands.add_parser("chat", help="chat with a tokenwire server in the terminal")
-    chat.add_argument(
-        "--url", default=f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/ws", help="the server's URL"
-    )
+    url = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/ws"
+    chat.add_argument("--url", default=url, help=f"the server's URL (default {url})")
     chat.add_argument("--model", help="default: the first model the server offers")
     chat.add_argument(
         "--api-key", default=os.environ.get("TOKENWIRE_API_KEY"), help="default: $TOKENWIRE_API_KEY"
@@ -102,18 +106,35 @@ def _parser() -> argparse.ArgumentParser:
     chat.set_defaults(run=_chat)
 
     load = commands.add_parser("loadtest", help="load a tokenwire server and check the contract")
-    load.add_argument("--url", default=f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/ws")
-    load.add_argument("--model", default="demo")
-    load.add_argument("--sessions", type=int, default=10, help="sessions to open (N)")
-    load.add_argument("--generations", type=int, default=1, help="generations per session (G)")
-    load.add_argument("--concurrent", type=int, default=1, help="generations at once per session")
-    load.add_argument("--prompt", default=None, help="the user message of every generation")
-    load.add_argument("--max-tokens", type=int, default=None)
-    load.add_argument("--encoding", choices=["json", "msgpack"], default="json")
-    load.add_argument("--processes", type=int, default=1, help="client processes")
-    load.add_argument("--api-key", default=os.environ.get("TOKENWIRE_API_KEY"))
+    load.add_argument("--url", default=url, help=f"the server's URL (default {url})")
+    load.add_argument("--model", default="demo", help="the model to load (default demo)")
+    load.add_argument("--sessions", type=int, default=10, help="sessions to open, N (default 10)")
     load.add_argument(
-        "--deadline", type=float, default=None, help="seconds; unfinished sessions are abandoned"
+        "--generations", type=int, default=1, help="generations per session, G (default 1)"
+    )
+    load.add_argument(
+        "--concurrent", type=int, default=1, help="generations at once per session (default 1)"
+    )
+    load.add_argument(
+        "--prompt", default=None, help="the user message of every generation (default: a fixed one)"
+    )
+    load.add_argument(
+        "--max-tokens", type=int, default=None, help="max_tokens of each generation (default none)"
+    )
+    load.add_argument(
+        "--encoding", choices=["json", "msgpack"], default="json", help="(default json)"
+    )
+    load.add_argument("--processes", type=int, default=1, help="client processes (default 1)")
+    load.add_argument(
+        "--api-key",
+        default=os.environ.get("TOKENWIRE_API_KEY"),
+        help="default: $TOKENWIRE_API_KEY",
+    )
+    load.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds; unfinished sessions are abandoned (default: none)",
     )
     load.add_argument(
         "--ramp",
@@ -155,11 +176,14 @@ def _parser() -> argparse.ArgumentParser:
     load.set_defaults(run=_loadtest)
 
     fake = commands.add_parser("fake-upstream", help="run the fake OpenAI-compatible upstream")
-    fake.add_argument("--host", default=DEFAULT_HOST)
-    fake.add_argument("--port", type=int, default=9000)
-    fake.add_argument("--tokens", type=int, default=8, help="content chunks per answer")
+    fake.add_argument("--host", default=DEFAULT_HOST, help=f"(default {DEFAULT_HOST})")
+    fake.add_argument("--port", type=int, default=9000, help="(default 9000; 0: any free one)")
+    fake.add_argument("--tokens", type=int, default=8, help="content chunks per answer (default 8)")
     fake.add_argument(
-        "--tokens-per-second", type=float, default=0.0, help="pace of each stream (0: unpaced)"
+        "--tokens-per-second",
+        type=float,
+        default=0.0,
+        help="pace of each stream (default 0: unpaced)",
     )
     fake.set_defaults(run=_fake_upstream)
     return parser

@@ -168,7 +168,9 @@ def _command(
     elif command == "/models":
         print(", ".join(client.models), file=out)
     elif command == "/model":
-        if argument in client.models:
+        if not argument:
+            print(f"model: {model}; /model NAME switches ({', '.join(client.models)})", file=out)
+        elif argument in client.models:
             print(style("2", f"(model: {argument})"), file=out)
             return argument
         print(style("31", f"unknown model {argument!r}; /models lists them"), file=out)

@@ -146,8 +146,12 @@ def report(samples: Samples, wall: float, options: Options, processes: int) -> d
         "sessions_failed_by_cause": dict(sorted(samples.session_failures.items())),
         "session_failure_messages": dict(sorted(samples.failure_hints.items())),
         "error_rate": round(min(failed, attempted) / attempted, 4) if attempted else 0.0,
+        "generations_attempted": attempted,
         "generations_completed": samples.generations_completed,
         "generations_failed": dict(sorted(samples.errors.items())),
+        "generations_not_started": max(
+            0, attempted - samples.generations_completed - sum(samples.errors.values())
+        ),
         "tokens": samples.tokens,
         "frames": samples.frames,
         "wall_s": round(wall, 3),
@@ -194,11 +198,15 @@ def format_report(data: dict[str, Any]) -> str:
         return f"p50 {p['p50']:.1f}  p90 {p['p90']:.1f}  p99 {p['p99']:.1f}  max {p['max']:.1f} ms"
 
     failed = ", ".join(f"{k} {v}" for k, v in data["generations_failed"].items()) or "none"
+    unstarted = data.get("generations_not_started", 0)
+    if unstarted:
+        failed += f"; not started: {unstarted} (their session failed, or the deadline came)"
     causes = ", ".join(f"{k} {v}" for k, v in data["sessions_failed_by_cause"].items())
     lines = [
         f"sessions        {data['sessions_opened']} opened, {data['sessions_failed']} failed"
         + (f" ({causes})" if causes else ""),
-        f"generations     {data['generations_completed']} completed; failed: {failed}",
+        f"generations     {data['generations_completed']} completed of "
+        f"{data.get('generations_attempted', '?')}; failed: {failed}",
         f"received        {data['tokens']} tokens in {data['frames']} frames",
         f"wall time       {data['wall_s']:.2f} s   ({data['tokens_per_s']:.0f} tokens/s)",
         f"first token     {pct('ttft_ms')}",

@@ -51,6 +51,8 @@ async def test_chat_streams_stops_on_ctrl_c_and_keeps_the_conversation(server, f
         child.expect_exact("demo>")
         child.sendline("/model nope")
         child.expect_exact("unknown model 'nope'")
+        child.sendline("/model")
+        child.expect_exact("model: demo; /model NAME switches")
         child.sendline("/reset")
         child.expect_exact("(conversation cleared)")
         child.sendintr()  # Ctrl-C at the prompt: quit

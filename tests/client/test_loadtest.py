@@ -66,6 +66,22 @@ async def test_refused_sessions_count_as_failed(start_server):
     assert status == 3  # not a contract violation (1), but a failed run
     assert (report["sessions_opened"], report["sessions_failed"]) == (0, 3)
     assert report["sessions_failed_by_cause"] == {"http_503": 3}
+    assert (report["generations_attempted"], report["generations_not_started"]) == (3, 3)
+
+
+def test_the_text_report_says_what_was_not_started():
+    from tokenwire.client.loadtest_report import format_report
+
+    data = {
+        "sessions_opened": 0, "sessions_failed": 3, "sessions_failed_by_cause": {"http_503": 3},
+        "generations_attempted": 3, "generations_completed": 0, "generations_failed": {},
+        "generations_not_started": 3, "tokens": 0, "frames": 0, "wall_s": 0.1,
+        "tokens_per_s": 0.0, "client_cpu_s": 0.0, "processes": 1, "disconnects": 0,
+        "resumes": 0, "resume_failures": {}, "violations": 0, "violation_examples": [],
+        **{k: {"p50": None} for k in ("ttft_ms", "inter_token_ms", "handshake_ms")},
+    }  # fmt: skip
+    text = format_report(data)
+    assert "0 completed of 3; failed: none; not started: 3" in text, text
 
 
 async def test_a_contract_violation_fails_the_run():

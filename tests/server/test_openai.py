@@ -176,6 +176,26 @@ async def test_a_429_is_the_sdks_rate_limit_error_with_retry_after(server):
     assert caught.value.code == "upstream_rate_limited"
 
 
+async def test_the_readmes_openai_example_runs_as_pasted(start_server, tmp_path):
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    start = text.index("```python\nimport asyncio\nfrom openai import AsyncOpenAI")
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    async with start_server() as handle:
+        script = tmp_path / "openai_example.py"
+        script.write_text(
+            code.replace("http://127.0.0.1:8765", handle.http).replace('"demo"', '"fake"')
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 3 * TIMEOUT)
+    assert process.returncode == 0
+    assert out.decode().count("tok0") == 2  # both halves answered (the fake's default answer)
+
+
 async def test_refusals_and_bad_requests_are_openai_errors(server):
     client = sdk(server)
     with pytest.raises(openai.NotFoundError) as unknown:
