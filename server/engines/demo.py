@@ -5,6 +5,12 @@ its streams run through exactly the code path of every other model: the
 Router, LiteLLM's stream wrapper, tokenwire's relay. It answers the user's
 last message at a readable pace and, when ``tools`` are given, calls the first
 tool with arguments that fit that tool's JSON schema.
+
+A few prompts show what tokenwire streams (``SHOWCASE``): a message that
+mentions "markdown" gets Markdown (a heading, a list, a table, a code
+block); one that mentions "tool" calls a tool (``get_weather`` when the
+request declares none); one that mentions "think" streams its reasoning
+first. Any other gets its words echoed, and these hints.
 """
 
 from __future__ import annotations
@@ -15,7 +21,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from ..config import DEMO_MODEL, DEMO_PROVIDER
-from .litellm_adapter import CustomLLM, GenericStreamingChunk, register_custom_provider
+from .litellm_adapter import (
+    CustomLLM,
+    GenericStreamingChunk,
+    reasoning_chunk,
+    register_custom_provider,
+)
 
 PROVIDER: Final = DEMO_PROVIDER
 MODEL: Final = f"{PROVIDER}/{DEMO_MODEL}"
@@ -40,10 +51,19 @@ class DemoLLM(CustomLLM):
         max_tokens = optional_params.get("max_tokens")
         pace = float(optional_params.get("tokens_per_second") or TOKENS_PER_SECOND)
         prompt_tokens = sum(len(str(m.get("content") or "").split()) + 3 for m in messages)
+        asked = _last_user_text(messages).lower()
+        if _answered_a_tool(messages):
+            tools = []  # the loop closes: a tool's answer gets a reply, not another call
+        elif not tools and "tool" in asked:
+            tools = [WEATHER_TOOL]
+        thinking = list(_words(THOUGHT)) if "think" in asked and not tools else []
         pieces = list(_tool_call_fragments(tools[0]) if tools else _answer(messages))
         finish_reason = "tool_calls" if tools else "stop"
         if max_tokens is not None and len(pieces) > max_tokens and not tools:
             pieces, finish_reason = pieces[:max_tokens], "length"
+        for thought in thinking:
+            await asyncio.sleep(1.0 / pace)
+            yield reasoning_chunk(thought)  # type: ignore[misc]
         for piece in pieces:
             await asyncio.sleep(1.0 / pace)
             if isinstance(piece, str):
@@ -88,8 +108,77 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+WEATHER_TOOL: Final = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city (the demo's own tool).",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "default": "Paris"}},
+            "required": ["city"],
+        },
+    },
+}
+THOUGHT: Final = (
+    "The user asked me to think first. I have no model behind me, so this is a "
+    "scripted thought, streamed as reasoning frames before the answer: a page shows "
+    "it apart from the answer, and a client can hide it."
+)
+MARKDOWN: Final = """## What tokenwire streams
+
+Every piece of this answer arrived as its own **token** frame:
+
+- text, *reasoning* and tool calls, each with its own frame type
+- several generations at once on one socket, each with its own id
+- `cancel`, `reset` and `resume` as messages on the same socket
+
+| surface | path |
+|---|---|
+| tokenwire's protocol | `/v1/ws` |
+| Chat Completions | `/v1/chat/completions` |
+| Responses API | `/v1/responses` |
+
+```python
+async with tokenwire.client.connect("ws://127.0.0.1:8765/v1/ws") as client:
+    gen = await client.generate(model="demo", messages=[{"role": "user", "content": "Hi"}])
+    async for text in gen:
+        print(text, end="")
+```
+"""
+SHOWCASE: Final = {
+    "show markdown": "Markdown: a heading, a list, a table and a code block",
+    "use a tool": "a tool call (get_weather, or your first tool)",
+    "think first": "reasoning, streamed before the answer",
+}
+
+
+def _answered_a_tool(messages: list[dict[str, Any]]) -> bool:
+    """Whether the conversation's last message is a tool's answer."""
+    return bool(messages) and messages[-1].get("role") == "tool"
+
+
+def _words(text: str) -> Iterator[str]:
+    """One token per word, the space kept with the word that follows it
+    (a newline stays with the word it ends)."""
+    first, *rest = text.split(" ")
+    yield first
+    for word in rest:
+        yield " " + word
+
+
 def _answer(messages: list[dict[str, Any]]) -> Iterator[str]:
-    said = " ".join(_last_user_text(messages).split())
+    asked = _last_user_text(messages)
+    if "markdown" in asked.lower():
+        yield from _words(MARKDOWN)
+        return
+    if _answered_a_tool(messages):
+        result = str(messages[-1].get("content") or "")[:200]
+        yield from _words(
+            f"The tool answered: {result}. That closes the loop: call, result, reply."
+        )
+        return
+    said = " ".join(asked.split())
     if not said:
         opening = "Hello! You sent no text, so let me introduce myself."
     else:
@@ -97,17 +186,14 @@ def _answer(messages: list[dict[str, Any]]) -> Iterator[str]:
         words = len(said.split())
         opening = f'You said: "{quoted}" ({words} word{"s" if words != 1 else ""}).'
     turn = sum(1 for m in messages if m.get("role") == "user")
+    tries = ", ".join(f'"{prompt}" ({what})' for prompt, what in SHOWCASE.items())
     text = (
         f"{opening} I am demo, the offline model built into tokenwire, answering turn {turn} "
         "of this conversation. I cannot think, but I can stream: every word you see arrived "
         "as its own token frame over one WebSocket. Connect a real model with --model or a "
-        "config file, and the same frames carry its answer."
+        f"config file, and the same frames carry its answer. Try {tries}."
     )
-    # One token per word, the space kept with the word that follows it.
-    first, *rest = text.split(" ")
-    yield first
-    for word in rest:
-        yield " " + word
+    yield from _words(text)
 
 
 def _tool_call_fragments(tool: dict[str, Any]) -> Iterator[Any]:

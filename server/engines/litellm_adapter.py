@@ -33,7 +33,13 @@ from litellm.router import Router, router_arguments
 from litellm.router_config import build_router_config
 from litellm.router_python_host import PythonHost
 from litellm.types.router import RouterRateLimitError
-from litellm.types.utils import GenericStreamingChunk, LlmProviders
+from litellm.types.utils import (
+    Delta,
+    GenericStreamingChunk,
+    LlmProviders,
+    ModelResponseStream,
+    StreamingChoices,
+)
 from litellm.utils import ProviderConfigManager, custom_llm_setup, get_optional_params
 
 __all__ = [
@@ -57,6 +63,7 @@ __all__ = [
     "missing_keys",
     "provider_chat_config",
     "raise_repeated_chunk_limit",
+    "reasoning_chunk",
     "register_custom_provider",
     "route_problem",
     "router_init",
@@ -238,6 +245,15 @@ def raise_repeated_chunk_limit(limit: int) -> None:
     so tokenwire's ``repeated_output`` check fires first."""
     name = "REPEATED_STREAMING_CHUNK_LIMIT"
     setattr(litellm, name, max(getattr(litellm, name), limit))
+
+
+def reasoning_chunk(text: str) -> ModelResponseStream:
+    """A custom provider's stream chunk carrying reasoning: LiteLLM's
+    ``GenericStreamingChunk`` has no field for it, a ``ModelResponseStream``
+    does (LiteLLM passes it on as it is)."""
+    return ModelResponseStream(
+        choices=[StreamingChoices(index=0, delta=Delta(reasoning_content=text))]
+    )
 
 
 def register_custom_provider(provider: str, handler: CustomLLM) -> None:

@@ -197,6 +197,42 @@ async def test_demo_model_calls_the_first_tool_with_arguments_fitting_its_schema
     assert args["unit"] in ("celsius", "fahrenheit") and isinstance(args["hourly"], bool)
 
 
+async def test_demos_showcase_prompts_stream_markdown_a_tool_call_and_reasoning(server, connect):
+    """The demo shows what tokenwire streams without a key or a config."""
+
+    def user(text: str) -> list[dict[str, object]]:
+        return [{"role": "user", "content": text}]
+
+    async with connect(server) as client:
+        await client.generate("md", model="demo", messages=user("show markdown"))
+        await client.generate("tool", model="demo", messages=user("use a tool"))
+        await client.generate("think", model="demo", messages=user("think first"))
+        await client.generate("hi", model="demo", messages=user("hello"))
+        markdown, tool, think, hello = [
+            await client.result(g) for g in ("md", "tool", "think", "hi")
+        ]
+        assert markdown.reason == "stop"
+        assert markdown.content.startswith("## What tokenwire streams")
+        assert "| surface | path |" in markdown.content and "```python" in markdown.content
+        assert tool.reason == "tool_calls"
+        (call,) = tool.tool_calls
+        assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
+        assert think.reasoning.startswith("The user asked me to think first.")
+        assert think.content and not think.content.startswith("The user asked")
+        assert "show markdown" in hello.content and "think first" in hello.content
+        # The tool's answer closes the loop: a reply, not another call.
+        answered = [
+            *user("use a tool"),
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call.call_id, "type": "function",
+                 "function": {"name": call.name, "arguments": call.arguments}}]},
+            {"role": "tool", "tool_call_id": call.call_id, "content": "sunny, 21 °C"},
+        ]  # fmt: skip
+        await client.generate("reply", model="demo", messages=answered)
+        reply = await client.result("reply")
+    assert reply.reason == "stop" and "sunny, 21 °C" in reply.content
+
+
 async def test_a_compressed_session_streams_every_frame(start_server, connect):
     # permessage-deflate negotiated: the write path makes its frames through
     # websockets' protocol, which compresses them.
