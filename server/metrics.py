@@ -100,6 +100,11 @@ class Metrics:
             "Times the resume store (Redis) became unreachable.",
             registry=registry,
         )
+        self.store_refusals = Counter(
+            "tokenwire_resume_store_refusals",
+            "Times the resume store (Redis) began refusing writes (full: OOM; read-only).",
+            registry=registry,
+        )
         self.time_to_first_token = Histogram(
             "tokenwire_time_to_first_token_seconds",
             "From generate read to the first output chunk relayed.",

@@ -154,6 +154,11 @@ def watch_key(h: str, gid: str) -> str:
     return f"tw:{h}:w:{gid}"
 
 
+def probe_key(node: str) -> str:
+    """A node's write probe while Redis refuses writes (expires by itself)."""
+    return f"tw:node:{node}:probe"
+
+
 def channel(node: str) -> str:
     return f"tw:node:{node}"
 

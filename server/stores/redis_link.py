@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from tokenwire.protocol import Error, Finish, GenerationFrame, ServerFrame
 
@@ -44,6 +44,7 @@ from .redis_keys import (
     frames_after,
     lease_key,
     orphan_error,
+    probe_key,
     safe_url,
     session_key,
     stream_key,
@@ -52,6 +53,24 @@ from .redis_keys import (
 from .resume import Cause, contiguous, new_response_id, seq_of
 
 log = structlog.get_logger("tokenwire.resume")
+
+
+REFUSALS: Final = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
+"""Error prefixes of a Redis that is reachable but refuses writes."""
+REFUSALS_END: Final = 3.0
+"""Seconds of writes taken, without a refusal, that end an episode of refusals."""
+
+
+def refusal_of(exc: BaseException | str) -> str | None:
+    """Redis's refusal of a write (``OOM command not allowed ...``), or None.
+    redis-py raises its own class for some, without the prefix; a script's
+    error keeps it."""
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError):
+        return f"{REFUSALS[0] if isinstance(exc, OutOfMemoryError) else REFUSALS[1]} {exc}"
+    if isinstance(exc, BaseException) and not isinstance(exc, ResponseError):
+        return None
+    text = str(exc)
+    return text if text.startswith(REFUSALS) else None
 
 
 class RedisLink:
@@ -83,7 +102,11 @@ class RedisLink:
                 socket_connect_timeout=TIMEOUT,
             )
         )
-        self.up = True
+        self.reachable = True
+        self.refusing: str | None = None
+        """Redis's refusal while it refuses writes (``OOM``, ``READONLY``)."""
+        self._taking_since: float | None = None
+        self._write_probe: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self.ttl = int(settings.resume_ttl + settings.orphan_timeout + 60)
         self.lease_ms = int(settings.resume_lease * 1000)
@@ -95,10 +118,62 @@ class RedisLink:
 
     # -- health ---------------------------------------------------------------
 
+    @property
+    def up(self) -> bool:
+        """Redis is reachable and takes writes: ``ready`` offers a resume."""
+        return self.reachable and self.refusing is None
+
+    def trouble(self, exc: BaseException) -> None:
+        """A command failed: Redis refusing writes (full, a read-only
+        replica) is not Redis gone."""
+        if (refusal := refusal_of(exc)) is not None:
+            self.refused(refusal)
+        else:
+            self.failed(exc)
+
+    def refused(self, error: str) -> None:
+        """Redis refused a write: said and counted once per episode, which
+        ends once it has taken every write for ``REFUSALS_END`` seconds (a
+        Redis at its ``maxmemory`` takes a write now and then, as keys
+        expire: that is still the same episode)."""
+        self._taking_since = None
+        if self.refusing is None:
+            self.refusing = error
+            self.metrics.store_refusals.inc()
+            log.warning("resume store refuses writes", url=safe_url(self.url), error=error[:200])
+        if self._write_probe is None or self._write_probe.done():
+            self._write_probe = asyncio.get_running_loop().create_task(self._probe_writes())
+
+    async def _probe_writes(self) -> None:
+        """While Redis refuses writes: one small write a ``PROBE`` (a key
+        that expires by itself), until the episode ends."""
+        while self.refusing is not None:
+            await asyncio.sleep(PROBE)
+            try:
+                await self.client.set(probe_key(self.node), b"1", px=int(PROBE * 2000))
+            except (RedisError, OSError, TimeoutError) as exc:
+                if refusal_of(exc) is None:
+                    self.failed(exc)
+                    return
+                self._taking_since = None
+            else:
+                self.accepted()
+
+    def accepted(self) -> None:
+        """Frames were stored (see ``refused``)."""
+        if self.refusing is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._taking_since is None:
+            self._taking_since = now
+        elif now - self._taking_since >= REFUSALS_END:
+            self.refusing = None
+            log.warning("resume store takes writes again", url=safe_url(self.url))
+
     def failed(self, exc: BaseException) -> None:
         """Redis could not be reached: said once per outage, never per frame."""
-        if self.up:
-            self.up = False
+        if self.reachable:
+            self.reachable = False
             self.metrics.store_outages.inc()
             log.error("resume store unreachable", url=safe_url(self.url), error=repr(exc))
         if self._probe is None or self._probe.done():
@@ -109,7 +184,7 @@ class RedisLink:
             await asyncio.sleep(PROBE)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await self.client.ping()
-                self.up = True
+                self.reachable = True
                 log.warning("resume store back", url=safe_url(self.url))
                 return
 
@@ -118,24 +193,26 @@ class RedisLink:
             await self.client.ping()
             self._append_sha = await self.client.script_load(APPEND)
         except (RedisError, OSError, TimeoutError) as exc:
-            self.failed(exc)
+            self.trouble(exc)
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        for probe in (self._probe, self._write_probe):
+            if probe is not None:
+                probe.cancel()
         await self.client.aclose()
         await self.relays.aclose()
         await self.client.connection_pool.disconnect()
         await self.relays.connection_pool.disconnect()
 
     async def quietly(self, command: Any) -> Any:
-        """``command()`` awaited; None if Redis is (or just went) down."""
-        if not self.up:
+        """``command()`` awaited; None if Redis is (or just went) down, or
+        refused it."""
+        if not self.reachable:
             return None
         try:
             return await command()
         except (RedisError, OSError, TimeoutError) as exc:
-            self.failed(exc)
+            self.trouble(exc)
             return None
 
     # -- reading ------------------------------------------------------------------
@@ -170,7 +247,7 @@ class RedisLink:
                 try:
                     results = iter(await pipe.execute())
                 except (RedisError, OSError, TimeoutError) as exc:
-                    self.failed(exc)
+                    self.trouble(exc)
                     for *_, reply in batch:
                         if not reply.done():
                             reply.set_result((None, {}))
@@ -228,7 +305,7 @@ class RedisLink:
                         continue  # its node stored a frame meanwhile: read it
                     frames = [frame]
             except (RedisError, OSError, TimeoutError) as exc:
-                self.failed(exc)
+                self.trouble(exc)
                 frames = [orphan_error(gid, last + 1)]
             if not frames:
                 continue
@@ -268,7 +345,7 @@ class RedisLink:
     async def watched(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of (session hash, id) another node relays now."""
         pairs = list(pairs)
-        if not pairs or not self.up:
+        if not pairs or not self.reachable:
             return set()
         pipe = self.client.pipeline(transaction=False)
         for h, gid in pairs:

@@ -66,7 +66,7 @@ from .redis_keys import (
     session_key,
     stream_key,
 )
-from .redis_link import RedisLink, RedisResponses
+from .redis_link import RedisLink, RedisResponses, refusal_of
 from .resume import SKIP_ALL, Cause, contiguous, gap_span, seq_of
 
 log = structlog.get_logger("tokenwire.resume")
@@ -114,7 +114,7 @@ class RedisStore(RedisLink):
             while self._pending:
                 batch, self._pending = self._pending, {}
                 self._inflight = batch
-                cause = await self._store(batch) if self.up else Cause.STORE_UNREACHABLE
+                cause = await self._store(batch) if self.reachable else Cause.STORE_UNREACHABLE
                 for keeper, items in batch.items():
                     if cause is not None:  # delivered all the same, but not kept
                         keeper.not_stored(generation_ids(items), cause)
@@ -161,8 +161,11 @@ class RedisStore(RedisLink):
                     self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            self.failed(exc)
-            return Cause.STORE_UNREACHABLE
+            if refusal_of(exc) is None:
+                self.failed(exc)
+                return Cause.STORE_UNREACHABLE
+            self.refused(str(exc))
+            return Cause.STORE_REFUSED
         refusal = ""
         if keys:
             appended = results[0]
@@ -177,8 +180,12 @@ class RedisStore(RedisLink):
         for result in results[1:] if keys else results:
             if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
                 refusal = refusal or str(result)
-        if refusal:
-            log.warning("resume store refused a write", error=refusal)
+        if refusal_of(refusal) is not None:
+            self.refused(refusal)
+        elif refusal:
+            log.warning("resume store refused a write", error=refusal[:200])
+        elif keys:  # frames were stored: Redis takes writes (DEL, EXPIRE pass even when full)
+            self.accepted()
         return None
 
     def _write(
@@ -266,7 +273,7 @@ class RedisStore(RedisLink):
         """Renew this node's leases on ``running`` (session hash, id) and
         return those another node asked to cancel."""
         running = list(running)
-        if not running or not self.up:
+        if not running or not self.reachable:
             return []
         pipe = self.client.pipeline(transaction=False)
         for h, gid in running:

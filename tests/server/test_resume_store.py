@@ -121,3 +121,43 @@ async def _until(condition: Callable[[], bool]) -> None:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
         return response.read().decode()
+
+
+async def test_a_full_redis_is_one_refusal_episode_not_outages(start_server, tmp_path):
+    """``maxmemory 2mb`` with ``noeviction``: Redis answers every write with
+    OOM. That is "Redis refuses writes", said and counted once, with resume
+    not offered meanwhile; never "unreachable" (a lease renewal's OOM was
+    taken for an outage, then the probe's PING succeeded: 17 lines and 4
+    outages for 5 generations)."""
+    with redis_server(tmp_path) as redis:
+        async with start_server(resume="redis", redis_url=redis.url) as handle:
+            with structlog.testing.capture_logs() as logs:
+                assert "OK" in redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+                used = int(redis.cli("INFO", "memory").split("used_memory:")[1].split()[0])
+                assert "OK" in redis.cli("CONFIG", "SET", "maxmemory", str(used + 200_000))
+                sessions = [await RawSession.open(handle.url) for _ in range(5)]
+                for session in sessions:
+                    await session.generate("g", say(tokens=400, interval=0.002))
+                for session in sessions:
+                    frames = await session.until_terminal("g")
+                    _whole(frames, 400)  # streaming goes on, whole
+                await asyncio.sleep(1.5)  # lease renewals meet the OOM too
+                refusing = await RawSession.open(handle.url)
+                assert refusing.ready.resume_token is None  # no resume while refused
+                assert "OK" in redis.cli("CONFIG", "SET", "maxmemory", "0")
+                after = await RawSession.open(handle.url)
+                await after.generate("g", say(tokens=5))
+                await after.until_terminal("g")
+                await _until(lambda: handle.server.store.up)
+                back = await RawSession.open(handle.url)
+                assert back.ready.resume_token is not None
+            store_lines = [e for e in logs if "resume store" in e["event"]]
+            events = [e["event"] for e in store_lines]
+            assert events == [
+                "resume store refuses writes",
+                "resume store takes writes again",
+            ], events
+            assert "OOM" in store_lines[0]["error"]
+            metrics = await asyncio.to_thread(_get, handle.http + "/metrics")
+            assert "tokenwire_resume_store_refusals_total 1.0" in metrics
+            assert "tokenwire_resume_store_outages_total 0.0" in metrics
