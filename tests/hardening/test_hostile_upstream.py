@@ -179,3 +179,28 @@ async def test_an_upstream_killed_mid_stream_ends_its_generations(tmp_path, conn
         )
         assert code == "upstream_error", json.dumps(str(result))
     assert took < 3
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("where", ["the stream", "a 400's body"])
+async def test_after_a_gzip_bomb_the_next_generation_streams_and_healthz_never_stalls(
+    stack, connect, engine, where
+):
+    """A 1 GiB gzip bomb on LiteLLM's path left the next generation failing
+    and /healthz stalling up to 0.56 s for ≈ 2 s; the native path recovered
+    at once."""
+    bomb = {"bomb": 1 << 30, **({"status": 400} if where != "the stream" else {})}
+    stop = asyncio.Event()
+    probe = asyncio.create_task(healthz_latency(stack.http, stop))
+    try:
+        async with connect(_Handle(stack.url)) as client:
+            _, outcome, _ = await _outcome(client, "bomb", engine, bomb, 5)
+            assert outcome in ("upstream_error", "upstream_rejected")
+            for n in range(3):
+                result, outcome, _ = await _outcome(client, f"next{n}", engine, {"tokens": 5}, 3)
+                assert outcome == "stop", (n, outcome, result.error)
+    finally:
+        stop.set()
+        worst = await probe
+    report(f"{engine}: /healthz after a bomb in {where}", "≤ 0.1 s", f"{worst:.3f} s")
+    assert worst < 0.1, f"/healthz took {worst:.3f} s"
