@@ -43,7 +43,6 @@ from tokenwire.protocol import (
 )
 
 from ._common import (
-    CONNECT_ERRORS,
     MAX_FRAME_BYTES,
     OPEN_TIMEOUT,
     RECONNECT_ERRORS,
@@ -55,14 +54,12 @@ from ._common import (
     Message,
     StreamEvent,
     backoff_delays,
-    connect_failed,
     generate_message,
     handshake_headers,
     new_id,
-    not_tokenwire,
     server_protocol_error,
-    worth_retrying,
 )
+from ._connect import CONNECT_ERRORS, connect_failed, not_tokenwire, worth_retrying
 from .errors import ConnectFailed, ConnectionLost
 
 

@@ -166,11 +166,11 @@ class RedisStore(RedisLink):
                 return Cause.STORE_UNREACHABLE
             self.refused(str(exc))
             return Cause.STORE_REFUSED
-        refusal = ""
+        refusal: BaseException | str = ""
         if keys:
             appended = results[0]
             if isinstance(appended, ResponseError):  # the whole script refused
-                refusal = str(appended)
+                refusal = appended
                 refused = owners
             else:
                 refusal = appended[0].decode() if appended and appended[0] else ""
@@ -179,11 +179,11 @@ class RedisStore(RedisLink):
                 keeper.not_stored([gid], Cause.STORE_REFUSED)
         for result in results[1:] if keys else results:
             if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
-                refusal = refusal or str(result)
-        if refusal_of(refusal) is not None:
-            self.refused(refusal)
+                refusal = refusal or result
+        if (full := refusal_of(refusal)) is not None:
+            self.refused(full)
         elif refusal:
-            log.warning("resume store refused a write", error=refusal[:200])
+            log.warning("resume store refused a write", error=str(refusal)[:200])
         elif keys:  # frames were stored: Redis takes writes (DEL, EXPIRE pass even when full)
             self.accepted()
         return None
