@@ -21,6 +21,7 @@ serves any translator. ``docs/architecture.md`` has the recipe for a new one.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +37,8 @@ class Surface(enum.StrEnum):
     """OpenAI's Responses API in WebSocket mode, at ``/v1/responses``."""
     CHAT_COMPLETIONS = "chat_completions"
     """OpenAI's Chat Completions over HTTP (SSE or one JSON body)."""
+    UI = "ui"
+    """The AI SDK's UI message stream (``useChat``), at ``/api/chat``."""
 
     @property
     def resumable(self) -> bool:
@@ -67,3 +70,5 @@ class SurfaceRequest:
     """How its frames are written back."""
     stream: bool
     """Whether the answer streams (SSE) or is one body."""
+    headers: Mapping[str, str] | None = None
+    """A stream's response headers, when the surface names its own."""

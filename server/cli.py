@@ -231,6 +231,13 @@ def _serve(args: argparse.Namespace) -> None:
         upstream = Upstream(config, repeated_chunk_limit=config.server.repeated_chunk_limit)
     except (TypeError, ValueError) as exc:  # router_settings / litellm_settings LiteLLM refused
         _fail(f"config error: {' '.join(str(exc).split())}", EXIT_CONFIG)
+    default = config.server.default_model
+    if default is not None and default not in upstream.models:
+        offered = ", ".join(upstream.models)
+        _fail(
+            f"config error: server.default_model: {default!r} is not offered ({offered})",
+            EXIT_CONFIG,
+        )
     import structlog
 
     for name, key in upstream.keyless.items():

@@ -121,6 +121,13 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     response_store_bytes: PositiveInt = 256 * 1_048_576
     """Bytes of stored responses this node keeps in memory (``resume`` memory
     or off); past it the oldest are forgotten first."""
+    default_model: str | None = None
+    """The model of a ``/api/chat`` request that names none (the AI SDK's
+    ``body: {model}``); None: the first model offered."""
+    max_ui_chats: PositiveInt = 10_000
+    """Chats whose history the server keeps for ``/api/chat`` requests that
+    send only their last message (the oldest forgotten first); each at most
+    ``max_history_bytes``."""
     fast_path: FastPath = "auto"
     """``auto``: models whose provider streams plain OpenAI SSE skip LiteLLM's
     per-chunk code (``tokenwire.server.engines.native``); ``off``: every model goes

@@ -3,10 +3,11 @@
 ``FrontConnection`` (the ``websockets`` connection class the server uses)
 reads a request's first line before websockets does: a request that cannot
 be a WebSocket handshake (any method but GET, a path of an HTTP route,
-``routes.HTTP_PATHS``, or any other ``/v1/`` path) is handed, with its socket, to aiohttp's HTTP/1.1
-server (keep-alive, chunked bodies, ``handler_cancellation`` so a client
-that goes away cancels its request). websockets accepts no request body,
-so a ``POST`` could not be served there.
+``routes.HTTP_PATHS``, or any other ``/v1/`` or ``/api/`` path) is handed,
+with its socket, to aiohttp's HTTP/1.1 server (keep-alive, chunked
+bodies, ``handler_cancellation`` so a client that goes away cancels its
+request). websockets accepts no request body, so a ``POST`` could not be
+served there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Final
 import structlog
 from websockets.asyncio.server import ServerConnection
 
-from .routes import API_PREFIX, HTTP_PATHS, WEBSOCKET_PATHS
+from .routes import API_PREFIXES, HTTP_PATHS, WEBSOCKET_PATHS
 
 log = structlog.get_logger("tokenwire.server")
 
@@ -91,4 +92,4 @@ def is_http(line: bytes) -> bool:
     path = rest.partition(b" ")[0].partition(b"?")[0]
     if method != b"GET" or path in HTTP_PATHS:
         return True
-    return path.startswith(API_PREFIX) and path not in WEBSOCKET_PATHS
+    return path.startswith(API_PREFIXES) and path not in WEBSOCKET_PATHS

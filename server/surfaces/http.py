@@ -21,11 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import msgspec
 import structlog
 from aiohttp import web
 
-from tokenwire.protocol import BadMessage, Error, Finish, ServerFrame
+from tokenwire.protocol import BadMessage, Cancel, Error, Finish, ServerFrame
 from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
 from tokenwire.protocol.openai_common import (
     METHOD_NOT_ALLOWED,
@@ -33,7 +32,6 @@ from tokenwire.protocol.openai_common import (
     PAYLOAD_TOO_LARGE,
     UNAUTHORIZED,
     OpenAIErrorKind,
-    error_body,
     error_kind,
 )
 from tokenwire.protocol.surface import Surface, SurfaceRequest
@@ -41,9 +39,11 @@ from tokenwire.protocol.surface import Surface, SurfaceRequest
 from ..errors import CloseCode, Refusal
 from ..sessions.link import MERGE_BACKLOG, LinkBase, resolve
 from ..sessions.session import SessionContext
+from .answers import JSON_HEADERS, _dumps, error_response, json_error
 from .deadlines import REQUEST_TIMEOUT, DeadlinedHandler, RefusalLog, too_slow, track_requests
 from .gate import Gate
 from .routes import HTTP_ROUTES, ROUTES, WEBSOCKET_ROUTES, Route
+from .ui import UiChats
 
 if TYPE_CHECKING:
     from ..sessions.session import Session
@@ -57,8 +57,6 @@ SSE_HEADERS: Final = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
 }
-
-JSON_HEADERS: Final = {"Content-Type": "application/json; charset=utf-8"}
 
 PlainRoute = tuple[HTTPStatus, bytes, str, Sequence[tuple[str, str]]]
 """A plain route's answer: status, body, content type, headers."""
@@ -77,41 +75,13 @@ class HttpContext(SessionContext, Protocol):
     async def close_session(self, link: HttpLink, session: Session) -> None: ...
 
 
-def _dumps(value: Any) -> str:
-    """aiohttp's ``json_response`` encoder: msgspec's."""
-    return msgspec.json.encode(value).decode()
-
-
-def json_error(
-    kind: OpenAIErrorKind,
-    message: str,
-    code: str | None,
-    *,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    return web.json_response(
-        error_body(message, kind, code, param),
-        status=kind.status,
-        headers=headers,
-        dumps=_dumps,
-    )
-
-
-def error_response(frame: Error) -> web.Response:
-    """A generation's ``error`` frame as an HTTP error (a 429 or 503 with ``Retry-After``)."""
-    headers = None
-    if frame.retry_after_ms is not None:
-        headers = {"Retry-After": str(max(1, -(-frame.retry_after_ms // 1000)))}
-    return json_error(error_kind(frame.code), frame.message, frame.code, headers=headers)
-
-
 class HttpSurfaces:
     """The aiohttp application behind the HTTP routes (``routes.HTTP_ROUTES``)."""
 
     def __init__(self, server: HttpContext) -> None:
         self.server = server
         self._runner: web.AppRunner | None = None
+        self.ui = UiChats(self)
 
     async def start(self) -> Callable[[bytes], asyncio.Protocol]:
         """Set the application up; returns the protocol factory connections go
@@ -121,8 +91,15 @@ class HttpSurfaces:
             client_max_size=settings.max_message_bytes, middlewares=[track_requests]
         )
         for route in HTTP_ROUTES.values():
-            handler = self.models if route.surface is None else self._generation(route)
+            handler: Callable[[web.Request], Any]
+            if route.surface is None:
+                handler = self.models
+            elif route.surface is Surface.UI:
+                handler = self.ui.chat
+            else:
+                handler = self._generation(route)
             app.router.add_route("*", route.path, handler)
+        self.ui.add_routes(app)
         app.router.add_route("*", "/{tail:.*}", self.other)
         self._runner = runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await runner.setup()
@@ -152,7 +129,7 @@ class HttpSurfaces:
         if request.method not in ("GET", "HEAD"):
             return json_error(METHOD_NOT_ALLOWED, f"{request.method} is not allowed here", None)
         key = self.server.gate.key_of(request.headers.getall("Authorization", []))
-        if (refused := self._refused(request, key, need_room=False)) is not None:
+        if (refused := self.refused(request, key, need_room=False)) is not None:
             return refused
         created = int(self.server.started_at)
         data = [
@@ -171,21 +148,11 @@ class HttpSurfaces:
             if request.method != route.method:
                 return json_error(METHOD_NOT_ALLOWED, f"use {route.method}", None)
             key = self.server.gate.key_of(request.headers.getall("Authorization", []))
-            if (refused := self._refused(request, key, need_room=True)) is not None:
+            if (refused := self.refused(request, key, need_room=True)) is not None:
                 return refused
-            settings = self.server.settings
-            try:
-                async with asyncio.timeout(settings.http_body_timeout):
-                    raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                limit = settings.max_message_bytes
-                return json_error(PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes", None)
-            except TimeoutError:
-                limit_s = settings.http_body_timeout
-                log.warning("request too slow", phase="body", limit_s=limit_s, peer=request.remote)
-                slow = json_error(REQUEST_TIMEOUT, too_slow("body", limit_s), "request_timeout")
-                slow.force_close()
-                return slow
+            raw = await self.read_body(request)
+            if isinstance(raw, web.StreamResponse):
+                return raw
             try:
                 try:
                     asked = parse(decode_json(raw), route.new_id(), int(time.time()))
@@ -198,6 +165,27 @@ class HttpSurfaces:
             return await HttpLink(self.server, surface, request, asked).serve(key)
 
         return handle
+
+    def link(self, surface: Surface, request: web.Request, asked: SurfaceRequest) -> HttpLink:
+        """The link that runs ``asked`` for ``request``."""
+        return HttpLink(self.server, surface, request, asked)
+
+    async def read_body(self, request: web.Request) -> bytes | web.StreamResponse:
+        """The request's body, or the error response when it is too large
+        (413) or too slow (408, ``http_body_timeout``)."""
+        settings = self.server.settings
+        try:
+            async with asyncio.timeout(settings.http_body_timeout):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = settings.max_message_bytes
+            return json_error(PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes", None)
+        except TimeoutError:
+            limit_s = settings.http_body_timeout
+            log.warning("request too slow", phase="body", limit_s=limit_s, peer=request.remote)
+            slow = json_error(REQUEST_TIMEOUT, too_slow("body", limit_s), "request_timeout")
+            slow.force_close()
+            return slow
 
     async def other(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -224,7 +212,7 @@ class HttpSurfaces:
             None,
         )
 
-    def _refused(
+    def refused(
         self, request: web.Request, key: bytes | None, *, need_room: bool
     ) -> web.Response | None:
         """An error response if the request may not be served (``key``: the one it presented)."""
@@ -272,6 +260,8 @@ class HttpLink(LinkBase):
         self._task: asyncio.Task[Any] | None = None
         self._send_started = 0.0
         self._done: asyncio.Future[None] | None = None
+        self.finish: Finish | None = None
+        """The generation's finish, once it came."""
 
     async def serve(self, key: bytes | None) -> web.StreamResponse:
         """Run the generation; its response once written (the client gone: cancelled)."""
@@ -318,7 +308,7 @@ class HttpLink(LinkBase):
             if response is None:
                 if isinstance(frames[0], Error):
                     return error_response(frames[0])
-                response = web.StreamResponse(headers=SSE_HEADERS)
+                response = web.StreamResponse(headers=self.asked.headers or SSE_HEADERS)
                 await response.prepare(self.request)
                 out += translator.opening()
             for frame in frames:
@@ -328,6 +318,8 @@ class HttpLink(LinkBase):
             self._send_started = 0.0
             frames_sent.inc(len(frames))
             if isinstance(frames[-1], Finish | Error):
+                if isinstance(frames[-1], Finish):
+                    self.finish = frames[-1]
                 await response.write_eof()
                 return response
 
@@ -362,6 +354,11 @@ class HttpLink(LinkBase):
             log.warning("slow reader", surface=self.surface)
             self._send_started = 0.0
             self._task.cancel()
+
+    def stop(self) -> None:
+        """Cancel the generation (its stream ends with the surface's own end)."""
+        if self.session is not None:
+            self.session.handle(Cancel(id=self.id))
 
     async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
         """Wait until the response is written (the drain ended its generation)."""

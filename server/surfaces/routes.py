@@ -38,7 +38,8 @@ class Route:
     websocket: bool = False
     """Reached by a WebSocket handshake (``GET``)."""
     parse: HttpParser | None = None
-    """An HTTP surface's request parser."""
+    """An HTTP surface's request parser (None for ``/api/chat``, whose
+    requests continue server-kept chats: ``surfaces/ui.py``)."""
     id_prefix: str = ""
     """An HTTP surface's response ids: this prefix and 24 hex digits."""
 
@@ -50,12 +51,14 @@ WS_PATH: Final = "/v1/ws"
 RESPONSES_PATH: Final = "/v1/responses"
 CHAT_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"
+UI_PATH: Final = "/api/chat"
 
 ROUTES: Final = (
     Route("GET", WS_PATH, Surface.WS, websocket=True),
     Route("GET", RESPONSES_PATH, Surface.RESPONSES, websocket=True),
     Route("POST", CHAT_PATH, Surface.CHAT_COMPLETIONS, parse=chat_surface, id_prefix="chatcmpl-"),
     Route("GET", MODELS_PATH, None),
+    Route("POST", UI_PATH, Surface.UI, id_prefix="msg-"),
 )
 
 WEBSOCKET_ROUTES: Final = {route.path: route for route in ROUTES if route.websocket}
@@ -63,6 +66,6 @@ HTTP_ROUTES: Final = {route.path: route for route in ROUTES if not route.websock
 HTTP_PATHS: Final = frozenset(path.encode() for path in HTTP_ROUTES)
 """Paths served over plain HTTP whatever the method."""
 WEBSOCKET_PATHS: Final = frozenset(path.encode() for path in WEBSOCKET_ROUTES)
-API_PREFIX: Final = b"/v1/"
-"""Paths under it that are no WebSocket route are the HTTP server's, on every
-method (so an unknown one is OpenAI's JSON 404, never the page server's)."""
+API_PREFIXES: Final = (b"/v1/", b"/api/")
+"""Paths under them that are no WebSocket route are the HTTP server's, on every
+method (so an unknown one is a JSON 404, never the page server's)."""

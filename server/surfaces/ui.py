@@ -1,0 +1,160 @@
+"""The AI SDK's ``useChat`` over SSE: ``POST /api/chat`` and its stop.
+
+``DefaultChatTransport`` posts a chat's messages (or, in the SDK's resume
+recipe, only the last one) and reads the answer as the UI message stream
+(``tokenwire.protocol.ai_sdk``). A request runs as every HTTP surface's
+does (``HttpLink``: admission, limits, engines, metrics); what this module
+adds is the chat: the history it keeps for a chat whose requests send only
+their last message (keyed by the API key and the chat's id, at most
+``max_ui_chats`` chats of ``max_history_bytes`` each), and the chat's
+running answer, which ``POST /api/chat/{id}/stop`` cancels (as a client
+leaving its POST does at once).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from typing import Any, Final, Protocol
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from tokenwire.protocol import BadMessage, ErrorCode, Finish, assistant_message
+from tokenwire.protocol.ai_sdk import HEADERS, UiChunks, ui_request
+from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
+from tokenwire.protocol.openai_common import METHOD_NOT_ALLOWED, error_kind
+from tokenwire.protocol.surface import Surface, SurfaceRequest
+
+from .answers import json_error
+
+log = structlog.get_logger("tokenwire.server")
+
+ChatKey = tuple[bytes, str]
+"""A chat: the API key that made it (empty without keys) and its id."""
+KEPT_REASONS: Final = frozenset({"stop", "length", "tool_calls"})
+"""Answers that become the chat's history (a cancelled or failed one does not)."""
+
+_size: Final = msgspec.json.encode
+
+
+class UiLink(Protocol):
+    """The link that runs one answer (``http.HttpLink``)."""
+
+    finish: Finish | None
+
+    def stop(self) -> None: ...
+
+    async def serve(self, key: bytes | None) -> web.StreamResponse: ...
+
+
+class UiHost(Protocol):
+    """What the chats need of the HTTP surfaces (``http.HttpSurfaces``)."""
+
+    @property
+    def server(self) -> Any: ...
+
+    def refused(
+        self, request: web.Request, key: bytes | None, *, need_room: bool
+    ) -> web.Response | None: ...
+
+    async def read_body(self, request: web.Request) -> bytes | web.StreamResponse: ...
+
+    def link(self, surface: Surface, request: web.Request, asked: SurfaceRequest) -> UiLink: ...
+
+
+class UiChats:
+    """The chats of ``/api/chat``: their kept history and running answers."""
+
+    def __init__(self, surfaces: UiHost) -> None:
+        self.surfaces = surfaces
+        self.server = surfaces.server
+        self.history: OrderedDict[ChatKey, list[dict[str, Any]]] = OrderedDict()
+        self.running: dict[ChatKey, UiLink] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/api/chat/{chat_id}/stop", self.stop)
+
+    @property
+    def default_model(self) -> str:
+        model: str = self.server.settings.default_model or self.server.models[0]
+        return model
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """``POST /api/chat``: one answer, streamed as UI message chunks."""
+        if request.method != "POST":
+            return json_error(METHOD_NOT_ALLOWED, "use POST", None)
+        surfaces = self.surfaces
+        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
+        if (refused := surfaces.refused(request, key, need_room=True)) is not None:
+            return refused
+        raw = await surfaces.read_body(request)
+        if isinstance(raw, web.StreamResponse):
+            return raw
+        gid = f"msg-{secrets.token_hex(12)}"
+        try:
+            try:
+                body = decode_json(raw)
+                history = None
+                if isinstance(body, dict) and isinstance(body.get("id"), str):
+                    history = self.history.get((key or b"", body["id"]))
+                asked = ui_request(
+                    body,
+                    gid,
+                    default_model=self.default_model,
+                    new_message_id=gid,
+                    history=history,
+                )
+            except RecursionError:
+                raise BadMessage(NESTED_TOO_DEEPLY) from None
+        except BadMessage as exc:
+            self.server.metrics.errors.labels("bad_message").inc()
+            kind = error_kind("bad_message")
+            return json_error(kind, exc.message, "bad_message", param=exc.path)
+        limit = self.server.settings.max_history_bytes
+        if len(_size(asked.history)) > limit:
+            code = ErrorCode.CONVERSATION_LIMIT
+            message = f"the chat would be over max_history_bytes ({limit})"
+            return json_error(error_kind(code), message, code)
+        chat: ChatKey = (key or b"", asked.chat_id)
+        if (earlier := self.running.get(chat)) is not None:
+            earlier.stop()  # a new message supersedes the answer still running
+        translator = UiChunks(asked.message_id)
+        asked_for = SurfaceRequest(asked.generate, translator, stream=True, headers=HEADERS)
+        link = self.surfaces.link(Surface.UI, request, asked_for)
+        self.running[chat] = link
+        try:
+            response = await link.serve(key)
+        finally:
+            if self.running.get(chat) is link:
+                del self.running[chat]
+        finish = link.finish
+        if finish is not None and finish.reason in KEPT_REASONS:
+            answer = assistant_message(finish.content, finish.tool_calls)
+            self._keep(chat, [*asked.history, answer])
+        return response
+
+    async def stop(self, request: web.Request) -> web.StreamResponse:
+        """``POST /api/chat/{id}/stop``: cancel the chat's running answer (its
+        upstream request closes); any body is accepted, and ignored."""
+        if request.method != "POST":
+            return json_error(METHOD_NOT_ALLOWED, "use POST", None)
+        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
+        if (refused := self.surfaces.refused(request, key, need_room=False)) is not None:
+            return refused
+        link = self.running.get((key or b"", request.match_info["chat_id"]))
+        if link is not None:
+            link.stop()
+        return web.json_response({"stopped": link is not None})
+
+    def _keep(self, chat: ChatKey, messages: list[dict[str, Any]]) -> None:
+        """The chat's history after an answer, the oldest chats forgotten
+        past ``max_ui_chats`` (a chat over ``max_history_bytes`` is not kept:
+        its next request must send its messages)."""
+        self.history.pop(chat, None)
+        if len(_size(messages)) > self.server.settings.max_history_bytes:
+            return
+        self.history[chat] = messages
+        while len(self.history) > self.server.settings.max_ui_chats:
+            self.history.popitem(last=False)

@@ -1,0 +1,114 @@
+"""The AI SDK's UI message stream at ``POST /api/chat``, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from conftest import PROMPT_CLOSE_S, TIMEOUT, say
+
+
+def _chat(text: str, chat_id: str = "chat-1", **body: Any) -> dict[str, Any]:
+    user = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": text}]}
+    return {"id": chat_id, "messages": [user], "trigger": "submit-message", **body}
+
+
+def _fake(**scenario: Any) -> str:
+    return say(**scenario)[0]["content"]
+
+
+async def _events(response: httpx.Response) -> list[Any]:
+    events = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append("[DONE]" if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+async def test_an_answer_streams_as_ui_message_chunks_with_the_sdks_headers(server, fake):
+    body = _chat(_fake(tokens=3, reasoning=2), model="fake", maxOutputTokens=50)
+    async with (
+        httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http,
+        http.stream("POST", "/api/chat", json=body) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        events = await _events(response)
+    types = [e if e == "[DONE]" else e["type"] for e in events]
+    assert types[:2] == ["start", "start-step"] and types[-3:] == [
+        "finish-step",
+        "finish",
+        "[DONE]",
+    ]
+    assert "reasoning-delta" in types and "text-delta" in types
+    text = "".join(e["delta"] for e in events[:-1] if e["type"] == "text-delta")
+    assert text == "tok0 tok1 tok2 "
+    finish = events[-2]
+    assert finish["finishReason"] == "stop"
+    assert finish["messageMetadata"]["usage"]["outputTokens"] > 0
+    assert fake.requests[-1].body["max_tokens"] == 50
+
+
+async def test_refusals_are_http_errors_and_unknown_fields_are_named(server):
+    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http:
+        refused = await http.post("/api/chat", json=_chat(_fake(status=429, retry_after="2"),
+                                                           model="fake"))  # fmt: skip
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+        unknown = await http.post("/api/chat", json=_chat("hi", model="fake", topK=3))
+        assert unknown.status_code == 400 and "`topK`" in unknown.json()["error"]["message"]
+        model = await http.post("/api/chat", json=_chat("hi", model="gpt-9"))
+        assert model.status_code == 404
+
+
+async def test_stop_cancels_the_chats_answer_and_closes_its_upstream(server, fake):
+    body = _chat(_fake(tokens=500, interval=0.02), chat_id="stop-me", model="fake")
+    mark = fake.mark()
+    async with (
+        httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http,
+        http.stream("POST", "/api/chat", json=body) as response,
+    ):
+        record = await fake.request_after(mark, TIMEOUT)
+        lines = response.aiter_lines()
+        async for line in lines:
+            if '"text-delta"' in line:
+                break
+        stopped = await http.post("/api/chat/stop-me/stop", json={"activeStreamId": None})
+        assert stopped.status_code == 200 and stopped.json() == {"stopped": True}
+        rest = [json.loads(x[6:]) if x != "data: [DONE]" else "[DONE]"
+                async for x in lines if x.startswith("data: ")]  # fmt: skip
+    assert rest[-2] == {"type": "abort", "reason": "cancelled"} and rest[-1] == "[DONE]"
+    await record.wait_ended(PROMPT_CLOSE_S)
+    assert record.disconnected
+
+
+async def test_one_message_continues_the_history_the_server_kept(server, fake):
+    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http:
+        first = await http.post("/api/chat", json=_chat(_fake(tokens=2), chat_id="kept",
+                                                        model="fake"))  # fmt: skip
+        assert first.status_code == 200
+        mark = fake.mark()
+        user = {"id": "u2", "role": "user", "parts": [{"type": "text", "text": _fake(tokens=1)}]}
+        second = await http.post("/api/chat", json={"id": "kept", "message": user, "model": "fake"})
+        assert second.status_code == 200
+        request = await fake.request_after(mark, TIMEOUT)
+    roles = [m["role"] for m in request.body["messages"]]
+    assert roles == ["user", "assistant", "user"]
+    assert request.body["messages"][1]["content"] == "tok0 tok1 "
+
+
+async def test_a_client_leaving_its_post_cancels_at_once(server, fake):
+    body = _chat(_fake(tokens=500, interval=0.02), chat_id="leaver", model="fake")
+    mark = fake.mark()
+    async with (
+        httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http,
+        http.stream("POST", "/api/chat", json=body) as response,
+    ):
+        record = await fake.request_after(mark, TIMEOUT)
+        async for line in response.aiter_lines():
+            if '"text-delta"' in line:
+                break
+    await record.wait_ended(PROMPT_CLOSE_S)
+    assert record.disconnected
