@@ -112,3 +112,27 @@ async def test_a_client_leaving_its_post_cancels_at_once(server, fake):
                 break
     await record.wait_ended(PROMPT_CLOSE_S)
     assert record.disconnected
+
+
+async def test_the_ai_sdks_chat_streams_tools_and_errors_through_the_default_transport(server):
+    """``ai`` (npm, pinned in tests/node/package.json) as apps use it:
+    ``AbstractChat`` (what ``useChat`` wraps) with ``DefaultChatTransport``."""
+    from node_parts import node
+
+    result = await node("ai_check.mjs", server.http)
+    text = result["text"]
+    assert (text["status"], text["error"], text["role"]) == ("ready", None, "assistant")
+    assert text["text"] == "tok0 tok1 tok2 " and text["reasoning"]
+    assert text["parts"] == ["step-start", "reasoning", "text"]
+    assert text["metadata"]["usage"]["outputTokens"] > 0
+    tool = result["tool"]
+    assert (tool["status"], tool["error"]) == ("ready", None)
+    assert tool["calls"] == [{"name": "get_weather", "input": {"city": "Paris"}}]
+    # One assistant message: the call, its output, and the reply to it.
+    assert tool["messages"] == 2
+    assert "tool-get_weather" in tool["parts"] and tool["parts"][-1] == "text"
+    assert "sunny, 21 °C" in tool["text"]
+    assert result["rateLimited"]["status"] == "error"
+    assert "429" in result["rateLimited"]["error"]
+    assert result["failedMidway"]["status"] == "error"
+    assert result["failedMidway"]["error"]
