@@ -40,6 +40,7 @@ from ..errors import CloseCode, Refusal
 from ..sessions.link import MERGE_BACKLOG, LinkBase, resolve
 from ..sessions.session import SessionContext
 from .answers import JSON_HEADERS, _dumps, error_response, json_error
+from .cors import Cors
 from .deadlines import REQUEST_TIMEOUT, DeadlinedHandler, RefusalLog, too_slow, track_requests
 from .gate import Gate
 from .routes import HTTP_ROUTES, ROUTES, WEBSOCKET_ROUTES, Route
@@ -90,6 +91,7 @@ class HttpSurfaces:
         app = web.Application(
             client_max_size=settings.max_message_bytes, middlewares=[track_requests]
         )
+        Cors(settings.allowed_origins).install(app)
         for route in HTTP_ROUTES.values():
             handler: Callable[[web.Request], Any]
             if route.surface is None:

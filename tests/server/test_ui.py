@@ -136,3 +136,43 @@ async def test_the_ai_sdks_chat_streams_tools_and_errors_through_the_default_tra
     assert "429" in result["rateLimited"]["error"]
     assert result["failedMidway"]["status"] == "error"
     assert result["failedMidway"]["error"]
+
+
+async def test_cors_lets_a_listed_origin_call_every_http_surface(start_server):
+    app = "http://localhost:3000"
+    async with (
+        start_server(allowed_origins=[app]) as handle,
+        httpx.AsyncClient(base_url=handle.http, timeout=TIMEOUT) as http,
+    ):
+        for path in ("/api/chat", "/v1/chat/completions", "/v1/models", "/api/chat/c/stop"):
+            preflight = await http.options(
+                path,
+                headers={"Origin": app, "Access-Control-Request-Method": "POST",
+                         "Access-Control-Request-Headers": "authorization, content-type"},
+            )  # fmt: skip
+            assert preflight.status_code == 204, path
+            assert preflight.headers["Access-Control-Allow-Origin"] == app
+            assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+            assert "authorization" in preflight.headers["Access-Control-Allow-Headers"]
+        body = _chat(_fake(tokens=2), model="fake")
+        async with http.stream("POST", "/api/chat", json=body, headers={"Origin": app}) as stream:
+            assert stream.headers["Access-Control-Allow-Origin"] == app
+            assert (await _events(stream))[-1] == "[DONE]"
+        models = await http.get("/v1/models", headers={"Origin": app})
+        assert models.headers["Access-Control-Allow-Origin"] == app
+        other = "http://evil.example"
+        refused = await http.options("/api/chat", headers={"Origin": other})
+        assert "Access-Control-Allow-Origin" not in refused.headers
+        post = await http.post("/api/chat", json=body, headers={"Origin": other})
+        assert post.status_code == 403 and "Access-Control-Allow-Origin" not in post.headers
+
+
+async def test_without_allowed_origins_there_are_no_cors_headers(server):
+    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http:
+        origin = {"Origin": "http://localhost:3000"}
+        preflight = await http.options("/api/chat", headers=origin)
+        assert "Access-Control-Allow-Origin" not in preflight.headers
+        answer = await http.post("/api/chat", json=_chat(_fake(tokens=1), model="fake"),
+                                 headers=origin)  # fmt: skip
+        assert answer.status_code == 200
+        assert "Access-Control-Allow-Origin" not in answer.headers
