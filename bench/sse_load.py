@@ -1,4 +1,6 @@
-"""An SSE load generator for OpenAI-compatible /chat/completions endpoints.
+"""An SSE load generator for OpenAI-compatible /chat/completions endpoints
+(and, with ``--ui``, for tokenwire's ``/api/chat``: the AI SDK's UI message
+stream).
 
 What `tokenwire loadtest` does over WebSocket, done over HTTP+SSE, so that the
 fake upstream itself (the ceiling) and the LiteLLM proxy are measured the same
@@ -38,20 +40,43 @@ class _Chunk(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Chunk).decode
 
 
+class _UiChunk(msgspec.Struct):
+    type: str
+    delta: str | None = None
+
+
+_decode_ui = msgspec.json.Decoder(_UiChunk).decode
+
+
+def _text(line: bytes, ui: bool) -> str | None:
+    """The text a ``data:`` line carries, if any."""
+    if ui:
+        chunk = _decode_ui(line[6:])
+        return chunk.delta if chunk.type == "text-delta" else None
+    choices = _decode(line[6:]).choices
+    return choices[0].delta.content if choices and choices[0].delta else None
+
+
 async def stream(
     session: aiohttp.ClientSession, args: argparse.Namespace, out: dict[str, Any], delay: float
 ) -> None:
     loop = asyncio.get_running_loop()
     await asyncio.sleep(delay)
-    body = {
-        "model": args.model,
-        "stream": True,
-        "messages": [{"role": "user", "content": args.prompt}],
-    }
+    if args.ui:
+        user = {"id": "u", "role": "user", "parts": [{"type": "text", "text": args.prompt}]}
+        body: dict[str, Any] = {"id": f"chat-{delay}", "messages": [user], "model": args.model}
+        url = args.url.removesuffix("/v1") + "/api/chat"
+    else:
+        body = {
+            "model": args.model,
+            "stream": True,
+            "messages": [{"role": "user", "content": args.prompt}],
+        }
+        url = args.url + "/chat/completions"
     started = loop.time()
     last = None
     try:
-        async with session.post(args.url + "/chat/completions", json=body) as response:
+        async with session.post(url, json=body) as response:
             if response.status != 200:
                 out["errors"][str(response.status)] = out["errors"].get(str(response.status), 0) + 1
                 await response.read()
@@ -59,12 +84,7 @@ async def stream(
             async for line in response.content:
                 if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                     continue
-                chunk = _decode(line[6:])
-                text = (
-                    chunk.choices[0].delta.content
-                    if chunk.choices and chunk.choices[0].delta
-                    else None
-                )
+                text = _text(line, args.ui)
                 if not text:
                     continue
                 now = loop.time()
@@ -134,4 +154,5 @@ if __name__ == "__main__":
         "--ramp", type=float, default=0.0, help="seconds over which the streams start, evenly"
     )
     parser.add_argument("--key", default="sk-none", help="sent as Authorization: Bearer")
+    parser.add_argument("--ui", action="store_true", help="POST /api/chat (the UI message stream)")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))
