@@ -68,7 +68,7 @@ async def main(args: argparse.Namespace) -> str:
     for endpoint in ENDPOINTS:
         r = best[endpoint]
         cpu = r["gateway_cpu_s_per_1k_tokens"]
-        failed = sum(r.get("generations_failed", {}).values())
+        failed = r.get("generations_failed") or 0
         lines.append(f"| {endpoint} | {r['tokens']} | {failed} | {cpu:.4f} | {cpu / ws:.2f}× |")
     return "\n".join(lines)
 
