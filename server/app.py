@@ -54,7 +54,8 @@ from .surfaces.gate import (
 )
 from .surfaces.http import HttpLink, HttpSurfaces, PlainRoute
 from .surfaces.responses import ResponsesLink
-from .surfaces.routes import RESPONSES_PATH, WEBSOCKET_ROUTES
+from .surfaces.routes import RESPONSES_PATH, UI_SOCKET_PATH, WEBSOCKET_ROUTES
+from .surfaces.ui_socket import UiSocketLink
 from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")
@@ -283,6 +284,8 @@ class TokenwireServer:
         route = WEBSOCKET_ROUTES.get(request.path.partition("?")[0]) if request else None
         if route is not None and route.surface is Surface.RESPONSES:
             link = ResponsesLink(self, connection, self._codecs[Encoding.JSON], self.responses)
+        elif route is not None and route.surface is Surface.UI:
+            link = UiSocketLink(self, connection, self._codecs[Encoding.JSON], self.http.ui)
         else:
             link = Link(self, connection, self._codecs[encoding])
         link.key = key
@@ -356,7 +359,12 @@ class TokenwireServer:
     def _select_subprotocol(
         self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
     ) -> Subprotocol | None:
-        """The client's first tokenwire subprotocol; none offered means JSON."""
+        """The client's first tokenwire subprotocol; none offered means JSON.
+        On ``/api/chat/ws``, the first one offered (Node's ``ws`` aborts a
+        handshake where none is selected; a key comes as one)."""
+        request = connection.request
+        if request is not None and request.path.partition("?")[0] == UI_SOCKET_PATH:
+            return subprotocols[0] if subprotocols else None
         for subprotocol in subprotocols:
             if subprotocol in ENCODING_BY_SUBPROTOCOL:
                 return subprotocol
@@ -383,6 +391,8 @@ class TokenwireServer:
             for offer in header.split(",")
         ):
             return connection.respond(HTTPStatus.BAD_REQUEST, WRONG_PROTOCOL_HINT)
+        if path == UI_SOCKET_PATH:  # the AI SDK sends keys in its frames
+            return self.gate.handshake(connection, request, need_key=False)
         if path in WEBSOCKET_ROUTES:
             return self.gate.handshake(connection, request)
         authorization = request.headers.get_all("Authorization")

@@ -60,7 +60,12 @@ class Gate:
         return len(origins) <= 1 and (not origins or origins[0] in self._origins)
 
     def admission(
-        self, origins: Sequence[str], key: bytes | None, *, need_room: bool = True
+        self,
+        origins: Sequence[str],
+        key: bytes | None,
+        *,
+        need_room: bool = True,
+        need_key: bool = True,
     ) -> Refusal | None:
         """Whether a new client may be served, judged once for every surface
         in the contract's order (origin, key, draining, full); the refusal
@@ -72,7 +77,7 @@ class Gate:
         refusal = None
         if not self.origin_allowed(origins):
             refusal = Refusal.ORIGIN
-        elif self._keys and key is None:
+        elif self._keys and key is None and need_key:
             refusal = Refusal.KEY
         elif need_room and self._server.draining:
             refusal = Refusal.DRAINING
@@ -82,10 +87,15 @@ class Gate:
             self._metrics.handshakes_rejected.labels(str(refusal.status.value)).inc()
         return refusal
 
-    def handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        """A WebSocket handshake's refusal as its HTTP response (None: go on)."""
+    def handshake(
+        self, connection: ServerConnection, request: Request, *, need_key: bool = True
+    ) -> Response | None:
+        """A WebSocket handshake's refusal as its HTTP response (None: go on;
+        ``need_key`` False: the surface takes keys in its messages)."""
         refusal = self.admission(
-            request.headers.get_all("Origin"), self.presented_key(request.headers)
+            request.headers.get_all("Origin"),
+            self.presented_key(request.headers),
+            need_key=need_key,
         )
         if refusal is None:
             return None

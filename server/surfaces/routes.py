@@ -52,6 +52,7 @@ RESPONSES_PATH: Final = "/v1/responses"
 CHAT_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"
 UI_PATH: Final = "/api/chat"
+UI_SOCKET_PATH: Final = "/api/chat/ws"
 
 ROUTES: Final = (
     Route("GET", WS_PATH, Surface.WS, websocket=True),
@@ -59,6 +60,7 @@ ROUTES: Final = (
     Route("POST", CHAT_PATH, Surface.CHAT_COMPLETIONS, parse=chat_surface, id_prefix="chatcmpl-"),
     Route("GET", MODELS_PATH, None),
     Route("POST", UI_PATH, Surface.UI, id_prefix="msg-"),
+    Route("GET", UI_SOCKET_PATH, Surface.UI, websocket=True),
 )
 
 WEBSOCKET_ROUTES: Final = {route.path: route for route in ROUTES if route.websocket}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -176,3 +177,71 @@ async def test_without_allowed_origins_there_are_no_cors_headers(server):
                                  headers=origin)  # fmt: skip
         assert answer.status_code == 200
         assert "Access-Control-Allow-Origin" not in answer.headers
+
+
+async def test_the_ai_sdks_websocket_transport_streams_stops_and_checks_keys(start_server):
+    """``ai``'s ``WebSocketChatTransport`` at ``/api/chat/ws``, its key in its
+    frames' headers (as browsers must send it)."""
+    from node_parts import node
+
+    async with start_server(api_keys=["sk-right"]) as handle:
+        url = handle.url.replace("/v1/ws", "/api/chat/ws")
+        result = await node("ai_ws_check.mjs", url, "sk-right")
+    text = result["text"]
+    assert (text["status"], text["error"]) == ("ready", None)
+    assert text["text"] == "tok0 tok1 tok2 " and "reasoning" in text["parts"]
+    assert text["metadata"]["usage"]["outputTokens"] > 0
+    tool = result["tool"]
+    assert tool["calls"] == [{"name": "get_weather", "input": {"city": "Paris"}}]
+    assert tool["messages"] == 2 and "sunny, 21 °C" in tool["text"]
+    stopped = result["stopped"]
+    assert stopped["status"] == "ready" and stopped["text"].startswith("tok0")
+    assert len(stopped["text"]) < len("tok0 ") * 500
+    assert result["rateLimited"]["status"] == "error" and "429" in result["rateLimited"]["error"]
+    assert result["wrongKey"]["status"] == "error"
+    assert "API key" in result["wrongKey"]["error"]
+
+
+async def test_the_websocket_transports_frames_resume_abort_and_no_active(server, fake):
+    import websockets
+
+    url = server.url.replace("/v1/ws", "/api/chat/ws")
+    chat = _chat(_fake(tokens=300, interval=0.01), chat_id="ws-chat", model="fake")
+    send = {"type": "send", "requestId": "r1", "id": "ws-chat", "trigger": "submit-message",
+            "messageId": None, "messages": chat["messages"], "headers": {},
+            "body": {"model": "fake"}, "metadata": None}  # fmt: skip
+    async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+
+        async def frame() -> dict[str, Any]:
+            async with asyncio.timeout(TIMEOUT):
+                return json.loads(await ws.recv())
+
+        await ws.send(json.dumps({"type": "resume", "requestId": "r0", "id": "none",
+                                  "lastSequence": None, "headers": {}, "body": {}}))  # fmt: skip
+        assert await frame() == {"type": "no-active", "requestId": "r0"}
+        mark = fake.mark()
+        await ws.send(json.dumps(send))
+        assert await frame() == {"type": "start", "requestId": "r1"}
+        first = [await frame() for _ in range(6)]
+        assert [f["sequence"] for f in first] == list(range(6))
+        assert first[0]["chunk"] == {"type": "start", "messageId": first[0]["chunk"]["messageId"]}
+        await ws.send(json.dumps({"type": "resume", "requestId": "r2", "id": "ws-chat",
+                                  "lastSequence": 3, "headers": {}, "body": {}}))  # fmt: skip
+        resumed: list[dict[str, Any]] = []
+        while not resumed or resumed[-1]["type"] != "start":
+            got = await frame()
+            if got["requestId"] == "r2":
+                resumed.append(got)
+        replay = [await frame() for _ in range(3)]
+        r2 = [f for f in replay if f["requestId"] == "r2"]
+        assert r2 and r2[0]["sequence"] == 4  # exactly the chunks after lastSequence
+        record = await fake.request_after(mark, TIMEOUT)
+        await ws.send(json.dumps({"type": "abort", "requestId": "r1"}))
+        ends: dict[str, list[dict[str, Any]]] = {"r1": [], "r2": []}
+        while not all(e and e[-1]["type"] == "end" for e in ends.values()):
+            got = await frame()
+            ends[got["requestId"]].append(got)
+        chunks = [f["chunk"]["type"] for f in ends["r1"] if f["type"] == "chunk"]
+        assert chunks[-1] == "abort"
+        await record.wait_ended(PROMPT_CLOSE_S)
+        assert record.disconnected
