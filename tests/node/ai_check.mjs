@@ -4,35 +4,14 @@
 // own schema (the transport refuses one that does not validate).
 // Usage: node ai_check.mjs BASE_URL  (prints one JSON object)
 import {
-  AbstractChat,
   DefaultChatTransport,
   lastAssistantMessageIsCompleteWithToolCalls,
 } from "ai";
-
-class State {
-  status = "ready";
-  error = undefined;
-  messages = [];
-  pushMessage = (m) => { this.messages = [...this.messages, m]; };
-  popMessage = () => { this.messages = this.messages.slice(0, -1); };
-  replaceMessage = (i, m) => {
-    this.messages = [...this.messages.slice(0, i), m, ...this.messages.slice(i + 1)];
-  };
-  snapshot = (thing) => structuredClone(thing);
-}
-
-class Chat extends AbstractChat {
-  constructor(init) {
-    super({ ...init, state: new State() });
-  }
-  get status() { return this.state.status; }
-  get error() { return this.state.error; }
-}
+import { Chat, fake } from "./ai_chat.mjs";
 
 const [base] = process.argv.slice(2);
 const transport = (model) =>
   new DefaultChatTransport({ api: `${base}/api/chat`, body: { model } });
-const fake = (scenario) => `fake:${JSON.stringify(scenario)}`;
 const parts = (message) => message.parts.map((p) => p.type);
 const out = {};
 

@@ -2,35 +2,15 @@
 // tokenwire's /api/chat/ws, with the `ws` package as Node 20's WebSocket.
 // Usage: node ai_ws_check.mjs WS_URL [KEY]  (prints one JSON object)
 import {
-  AbstractChat,
   WebSocketChatTransport,
   lastAssistantMessageIsCompleteWithToolCalls,
 } from "ai";
 import WebSocket from "ws";
-
-class State {
-  status = "ready";
-  error = undefined;
-  messages = [];
-  pushMessage = (m) => { this.messages = [...this.messages, m]; };
-  popMessage = () => { this.messages = this.messages.slice(0, -1); };
-  replaceMessage = (i, m) => {
-    this.messages = [...this.messages.slice(0, i), m, ...this.messages.slice(i + 1)];
-  };
-  snapshot = (thing) => structuredClone(thing);
-}
-
-class Chat extends AbstractChat {
-  constructor(init) { super({ ...init, state: new State() }); }
-  get status() { return this.state.status; }
-  get error() { return this.state.error; }
-}
+import { Chat, fake, text } from "./ai_chat.mjs";
 
 const [url, key] = process.argv.slice(2);
 const transport = (model, headers) =>
   new WebSocketChatTransport({ url, webSocket: WebSocket, body: { model }, headers });
-const fake = (scenario) => `fake:${JSON.stringify(scenario)}`;
-const text = (m) => m.parts.filter((p) => p.type === "text").map((p) => p.text).join("");
 const settle = async (chat) => {
   for (let i = 0; i < 200 && chat.status !== "ready" && chat.status !== "error"; i++) {
     await new Promise((r) => setTimeout(r, 50));
