@@ -6,7 +6,8 @@ recipe, only the last one) and reads the answer as the UI message stream
 does (``HttpLink``: admission, limits, engines, metrics); what this module
 adds is the chat: the history it keeps for a chat whose requests send only
 their last message (keyed by the API key and the chat's id, at most
-``max_ui_chats`` chats of ``max_history_bytes`` each), and the chat's
+``max_ui_chats`` chats of ``max_history_bytes`` each, and
+``max_total_history_bytes`` for all of them), and the chat's
 running answer, which ``POST /api/chat/{id}/stop`` cancels (as a client
 leaving its POST does at once).
 """
@@ -70,7 +71,9 @@ class UiChats:
     def __init__(self, surfaces: UiHost) -> None:
         self.surfaces = surfaces
         self.server = surfaces.server
-        self.history: OrderedDict[ChatKey, list[dict[str, Any]]] = OrderedDict()
+        self.history: OrderedDict[ChatKey, tuple[list[dict[str, Any]], int]] = OrderedDict()
+        """Each kept chat's messages and their size (JSON bytes), the oldest first."""
+        self.history_bytes = 0
         self.running: dict[ChatKey, UiLink] = {}
 
     def add_routes(self, app: web.Application) -> None:
@@ -98,7 +101,8 @@ class UiChats:
                 body = decode_json(raw)
                 history = None
                 if isinstance(body, dict) and isinstance(body.get("id"), str):
-                    history = self.history.get((key or b"", body["id"]))
+                    kept = self.history.get((key or b"", body["id"]))
+                    history = kept[0] if kept is not None else None
                 asked = ui_request(
                     body,
                     gid,
@@ -150,11 +154,19 @@ class UiChats:
 
     def _keep(self, chat: ChatKey, messages: list[dict[str, Any]]) -> None:
         """The chat's history after an answer, the oldest chats forgotten
-        past ``max_ui_chats`` (a chat over ``max_history_bytes`` is not kept:
-        its next request must send its messages)."""
-        self.history.pop(chat, None)
-        if len(_size(messages)) > self.server.settings.max_history_bytes:
+        past ``max_ui_chats`` or past ``max_total_history_bytes`` for all of
+        them (a chat over ``max_history_bytes`` is not kept: its next
+        request must send its messages)."""
+        settings = self.server.settings
+        if (old := self.history.pop(chat, None)) is not None:
+            self.history_bytes -= old[1]
+        size = len(_size(messages))
+        if size > settings.max_history_bytes:
             return
-        self.history[chat] = messages
-        while len(self.history) > self.server.settings.max_ui_chats:
-            self.history.popitem(last=False)
+        self.history[chat] = (messages, size)
+        self.history_bytes += size
+        while self.history and (
+            len(self.history) > settings.max_ui_chats
+            or self.history_bytes > settings.max_total_history_bytes
+        ):
+            self.history_bytes -= self.history.popitem(last=False)[1][1]

@@ -245,3 +245,25 @@ async def test_the_websocket_transports_frames_resume_abort_and_no_active(server
         assert chunks[-1] == "abort"
         await record.wait_ended(PROMPT_CLOSE_S)
         assert record.disconnected
+
+
+async def test_the_kept_chats_are_bounded_by_count_and_by_bytes(start_server):
+    def message(scenario: dict[str, Any]) -> dict[str, Any]:
+        return {"id": "u", "role": "user", "parts": [{"type": "text", "text": _fake(**scenario)}]}
+
+    async def roles(http: httpx.AsyncClient, chat: str) -> str:
+        body = {"id": chat, "message": message({"echo_roles": True}), "model": "fake"}
+        async with http.stream("POST", "/api/chat", json=body) as response:
+            events = await _events(response)
+        return "".join(e["delta"] for e in events if e != "[DONE]" and e["type"] == "text-delta")
+
+    for settings in ({"max_ui_chats": 2}, {"max_total_history_bytes": 250}):
+        async with (
+            start_server(**settings) as handle,
+            httpx.AsyncClient(base_url=handle.http, timeout=TIMEOUT) as http,
+        ):
+            for chat in ("a", "b", "c"):
+                body = {"id": chat, "messages": [message({"tokens": 2})], "model": "fake"}
+                assert (await http.post("/api/chat", json=body)).status_code == 200
+            assert await roles(http, "c") == "user assistant user ", settings
+            assert await roles(http, "a") == "user ", settings  # the oldest, forgotten
