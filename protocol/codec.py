@@ -6,10 +6,11 @@ are thread-safe and cheap to reuse, expensive to build.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -174,6 +175,16 @@ _SERVER_FRAME_TYPES: Final = frozenset(t.__struct_config__.tag for t in ServerFr
 
 _any_json: Final = msgspec.json.Decoder()
 NESTED_TOO_DEEPLY: Final = "JSON nested too deeply"
+
+
+@contextlib.contextmanager
+def too_deep_is_bad_message() -> Iterator[None]:
+    """Turn the ``RecursionError`` of walking a JSON value msgspec decoded,
+    but nested too deeply for Python to walk, into ``BadMessage``."""
+    try:
+        yield
+    except RecursionError:
+        raise BadMessage(NESTED_TOO_DEEPLY) from None
 
 
 def decode_json(data: str | bytes) -> Any:

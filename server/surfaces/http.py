@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 
 from tokenwire.protocol import BadMessage, Cancel, Error, Finish, ServerFrame
-from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
+from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
 from tokenwire.protocol.openai_common import (
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
@@ -147,23 +147,15 @@ class HttpSurfaces:
         assert parse is not None and surface is not None
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            if request.method != route.method:
-                return json_error(METHOD_NOT_ALLOWED, f"use {route.method}", None)
-            key = self.server.gate.key_of(request.headers.getall("Authorization", []))
-            if (refused := self.refused(request, key, need_room=True)) is not None:
-                return refused
-            raw = await self.read_body(request)
-            if isinstance(raw, web.StreamResponse):
-                return raw
+            admitted = await self.admit(request, route.method)
+            if isinstance(admitted, web.StreamResponse):
+                return admitted
+            key, raw = admitted
             try:
-                try:
+                with too_deep_is_bad_message():
                     asked = parse(decode_json(raw), route.new_id(), int(time.time()))
-                except RecursionError:  # a shape msgspec decoded, too deep to walk
-                    raise BadMessage(NESTED_TOO_DEEPLY) from None
             except BadMessage as exc:
-                self.server.metrics.errors.labels("bad_message").inc()
-                kind = error_kind("bad_message")
-                return json_error(kind, exc.message, "bad_message", param=exc.path)
+                return self.bad_message(exc)
             return await HttpLink(self.server, surface, request, asked).serve(key)
 
         return handle
@@ -171,6 +163,30 @@ class HttpSurfaces:
     def link(self, surface: Surface, request: web.Request, asked: SurfaceRequest) -> HttpLink:
         """The link that runs ``asked`` for ``request``."""
         return HttpLink(self.server, surface, request, asked)
+
+    async def admit(
+        self, request: web.Request, method: str, *, need_room: bool = True, body: bool = True
+    ) -> tuple[bytes | None, bytes] | web.StreamResponse:
+        """A request to a route taking ``method``: the key it presented and its
+        body (``body`` False: none read), or the answer that refuses it (405,
+        the gate's refusal, 413, 408)."""
+        if request.method != method:
+            return json_error(METHOD_NOT_ALLOWED, f"use {method}", None)
+        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
+        if (refused := self.refused(request, key, need_room=need_room)) is not None:
+            return refused
+        if not body:
+            return key, b""
+        raw = await self.read_body(request)
+        if isinstance(raw, web.StreamResponse):
+            return raw
+        return key, raw
+
+    def bad_message(self, exc: BadMessage) -> web.Response:
+        """A request that could not be taken: 400 with OpenAI's body, counted."""
+        self.server.metrics.errors.labels("bad_message").inc()
+        kind = error_kind("bad_message")
+        return json_error(kind, exc.message, "bad_message", param=exc.path)
 
     async def read_body(self, request: web.Request) -> bytes | web.StreamResponse:
         """The request's body, or the error response when it is too large

@@ -39,7 +39,7 @@ from tokenwire.protocol import (
     ServerFrame,
     assistant_message,
 )
-from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
+from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
 from tokenwire.protocol.openai_responses import (
     ResponseEvents,
     ResponseRequest,
@@ -122,15 +122,13 @@ class ResponsesLink(Link):
             )
             return
         try:
-            try:
+            with too_deep_is_bad_message():
                 request = response_request(decode_json(data))
                 history = await self._history(request)
                 if history is None:
                     return
                 response_id = self._store.new_id()
                 generate = response_generate(request, response_id, history)
-            except RecursionError:  # a shape msgspec decoded, too deep to walk
-                raise BadMessage(NESTED_TOO_DEEPLY) from None
         except BadMessage as exc:
             self._error(ErrorCode.BAD_MESSAGE, exc.message, exc.path)
             return

@@ -24,8 +24,8 @@ from aiohttp import web
 
 from tokenwire.protocol import BadMessage, ErrorCode, Finish, assistant_message
 from tokenwire.protocol.ai_sdk import HEADERS, UiChunks, ui_request
-from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
-from tokenwire.protocol.openai_common import METHOD_NOT_ALLOWED, error_kind
+from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
+from tokenwire.protocol.openai_common import error_kind
 from tokenwire.protocol.surface import Surface, SurfaceRequest
 
 from .answers import json_error
@@ -56,11 +56,11 @@ class UiHost(Protocol):
     @property
     def server(self) -> Any: ...
 
-    def refused(
-        self, request: web.Request, key: bytes | None, *, need_room: bool
-    ) -> web.Response | None: ...
+    async def admit(
+        self, request: web.Request, method: str, *, need_room: bool = True, body: bool = True
+    ) -> tuple[bytes | None, bytes] | web.StreamResponse: ...
 
-    async def read_body(self, request: web.Request) -> bytes | web.StreamResponse: ...
+    def bad_message(self, exc: BadMessage) -> web.Response: ...
 
     def link(self, surface: Surface, request: web.Request, asked: SurfaceRequest) -> UiLink: ...
 
@@ -86,18 +86,13 @@ class UiChats:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """``POST /api/chat``: one answer, streamed as UI message chunks."""
-        if request.method != "POST":
-            return json_error(METHOD_NOT_ALLOWED, "use POST", None)
-        surfaces = self.surfaces
-        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
-        if (refused := surfaces.refused(request, key, need_room=True)) is not None:
-            return refused
-        raw = await surfaces.read_body(request)
-        if isinstance(raw, web.StreamResponse):
-            return raw
+        admitted = await self.surfaces.admit(request, "POST")
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        key, raw = admitted
         gid = f"msg-{secrets.token_hex(12)}"
         try:
-            try:
+            with too_deep_is_bad_message():
                 body = decode_json(raw)
                 history = None
                 if isinstance(body, dict) and isinstance(body.get("id"), str):
@@ -110,12 +105,8 @@ class UiChats:
                     new_message_id=gid,
                     history=history,
                 )
-            except RecursionError:
-                raise BadMessage(NESTED_TOO_DEEPLY) from None
         except BadMessage as exc:
-            self.server.metrics.errors.labels("bad_message").inc()
-            kind = error_kind("bad_message")
-            return json_error(kind, exc.message, "bad_message", param=exc.path)
+            return self.surfaces.bad_message(exc)
         limit = self.server.settings.max_history_bytes
         if len(_size(asked.history)) > limit:
             code = ErrorCode.CONVERSATION_LIMIT
@@ -142,11 +133,10 @@ class UiChats:
     async def stop(self, request: web.Request) -> web.StreamResponse:
         """``POST /api/chat/{id}/stop``: cancel the chat's running answer (its
         upstream request closes); any body is accepted, and ignored."""
-        if request.method != "POST":
-            return json_error(METHOD_NOT_ALLOWED, "use POST", None)
-        key = self.server.gate.key_of(request.headers.getall("Authorization", []))
-        if (refused := self.surfaces.refused(request, key, need_room=False)) is not None:
-            return refused
+        admitted = await self.surfaces.admit(request, "POST", need_room=False, body=False)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        key = admitted[0]
         link = self.running.get((key or b"", request.match_info["chat_id"]))
         if link is not None:
             link.stop()

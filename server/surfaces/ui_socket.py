@@ -29,7 +29,7 @@ from websockets.asyncio.server import ServerConnection
 
 from tokenwire.protocol import BadMessage, Cancel, Codec, Error, Finish, Ready, ServerFrame
 from tokenwire.protocol.ai_sdk import UiChunks, ui_request
-from tokenwire.protocol.codec import NESTED_TOO_DEEPLY, decode_json
+from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
 from tokenwire.protocol.surface import Surface
 
 from ..sessions.link import Link, written_as_is
@@ -104,12 +104,10 @@ class UiSocketLink(Link):
                 body[name] = frame[name]
         gid = f"msg-{secrets.token_hex(12)}"
         try:
-            try:
+            with too_deep_is_bad_message():
                 asked = ui_request(
                     body, gid, default_model=self._ui.default_model, new_message_id=gid
                 )
-            except RecursionError:
-                raise BadMessage(NESTED_TOO_DEEPLY) from None
         except BadMessage as exc:
             self._say("error", request_id, errorText=exc.message)
             return
