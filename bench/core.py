@@ -36,6 +36,21 @@ TOKENWIRE = os.environ.get("TOKENWIRE_SERVE") or str(Path(sys.executable).with_n
 SLOW = "fake:" + json.dumps({"tokens": 10_000, "interval": 0.02})
 
 
+def fake_deployment(fake: FakeUpstream) -> dict[str, str]:
+    """The LiteLLM params of the fake upstream's one model."""
+    return {"model": "openai/fake", "api_base": fake.base_url, "api_key": "sk-fake"}
+
+
+def write_config(path: Path, fake: FakeUpstream, **server: object) -> Path:
+    """A tokenwire config at ``path`` offering the fake as model ``fake``,
+    with these ``server`` settings (and room for 20,000 sessions)."""
+    path.write_text(json.dumps({
+        "model_list": [{"model_name": "fake", "litellm_params": fake_deployment(fake)}],
+        "server": {"max_sessions": 20_000, **server},
+    }))  # fmt: skip
+    return path
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -29,7 +29,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from core import start_server
+from core import fake_deployment, start_server, write_config
 from run import (
     PACE,
     ensure_proxy,
@@ -48,12 +48,8 @@ from tokenwire.server.engines.fake_upstream import FakeUpstream
 async def main(args: argparse.Namespace) -> None:
     async with FakeUpstream() as fake:
         tmp = Path(tempfile.mkdtemp())
-        deployment = {"model": "openai/fake", "api_base": fake.base_url, "api_key": "sk-fake"}
-        config = tmp / "tokenwire.yaml"
-        config.write_text(json.dumps({
-            "model_list": [{"model_name": "fake", "litellm_params": deployment}],
-            "server": {"max_sessions": 20_000},
-        }))  # fmt: skip
+        deployment = fake_deployment(fake)
+        config = write_config(tmp / "tokenwire.yaml", fake)
         proxy_config = write_proxy_config(tmp, deployment)
         long = "fake:" + json.dumps({"tokens": args.tokens})
         paced = "fake:" + json.dumps({"tokens": 100, "interval": 1 / PACE})

@@ -33,7 +33,16 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import aiohttp
-from core import cancel_through_tokenwire, children, idle_sessions, pct, rss_kb, start_server
+from core import (
+    cancel_through_tokenwire,
+    children,
+    fake_deployment,
+    idle_sessions,
+    pct,
+    rss_kb,
+    start_server,
+    write_config,
+)
 
 from tokenwire.server.engines.fake_upstream import FakeUpstream
 
@@ -211,18 +220,12 @@ async def main(args: argparse.Namespace) -> str:
 
     async with FakeUpstream() as fake:
         tmp = Path(tempfile.mkdtemp())
-        deployment = {"model": "openai/fake", "api_base": fake.base_url, "api_key": "sk-fake"}
-        tw_config = tmp / "tokenwire.yaml"
-        tw_config.write_text(json.dumps({
-            "model_list": [{"model_name": "fake", "litellm_params": deployment}],
-            "server": {"max_sessions": 20_000, "max_message_bytes": 1 << 20},
-        }))  # fmt: skip
+        deployment = fake_deployment(fake)
+        tw_config = write_config(tmp / "tokenwire.yaml", fake, max_message_bytes=1 << 20)
         # "before": the same server with every model on LiteLLM's acompletion stream.
-        tw_off_config = tmp / "tokenwire-off.yaml"
-        tw_off_config.write_text(json.dumps({
-            "model_list": [{"model_name": "fake", "litellm_params": deployment}],
-            "server": {"max_sessions": 20_000, "max_message_bytes": 1 << 20, "fast_path": "off"},
-        }))  # fmt: skip
+        tw_off_config = write_config(
+            tmp / "tokenwire-off.yaml", fake, max_message_bytes=1 << 20, fast_path="off"
+        )
         proxy_config = write_proxy_config(tmp, deployment)
 
         long_prompt = "fake:" + json.dumps({"tokens": long_tokens})

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core import start_server
+from core import start_server, write_config
 from run import PACE, measured, settle, sse_load, ws_load
 
 from tokenwire.server.engines.fake_upstream import FakeUpstream
@@ -30,13 +30,7 @@ async def main(args: argparse.Namespace) -> str:
     prompt = "fake:" + json.dumps({"tokens": 100, "interval": 1 / PACE})
     best: dict[str, dict[str, Any]] = {}
     async with FakeUpstream() as fake:
-        tmp = Path(tempfile.mkdtemp())
-        deployment = {"model": "openai/fake", "api_base": fake.base_url, "api_key": "sk-fake"}
-        config = tmp / "tokenwire.yaml"
-        config.write_text(json.dumps({
-            "model_list": [{"model_name": "fake", "litellm_params": deployment}],
-            "server": {"max_sessions": 20_000},
-        }))  # fmt: skip
+        config = write_config(Path(tempfile.mkdtemp()) / "tokenwire.yaml", fake)
         server, url, _ = await start_server(config)
         base = url.replace("ws://", "http://").removesuffix("/ws")
         try:
