@@ -86,17 +86,19 @@ class Upstream:
                 raise ValueError(
                     f"model {d['model_name']}: {problem}; --model demo serves the built-in model"
                 )
+        groups: dict[str, list[dict[str, Any]]] = {}
+        """Each model's deployments, in the config's order."""
+        for d in model_list:
+            groups.setdefault(d["model_name"], []).append(d)
         self.keyless: dict[str, str] = {}
         """Models none of whose deployments has its provider's key: what is missing."""
-        for name in dict.fromkeys(d["model_name"] for d in model_list):
-            missing = [
-                missing_keys(d["litellm_params"]) for d in model_list if d["model_name"] == name
-            ]
+        for name, deployments in groups.items():
+            missing = [missing_keys(d["litellm_params"]) for d in deployments]
             if all(missing):
                 self.keyless[name] = " or ".join(dict.fromkeys(k for m in missing for k in m))
         router_settings = {**ROUTER_DEFAULTS, **config.router_settings}
         self.router = make_router(model_list, router_settings)
-        self.models: list[str] = list(dict.fromkeys(d["model_name"] for d in model_list))
+        self.models: list[str] = list(groups)
         self._litellm_model = {
             d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
         }
@@ -105,8 +107,8 @@ class Upstream:
         self._secrets = [
             str(key) for d in model_list if (key := d["litellm_params"].get("api_key"))
         ]
-        for name in self.models:
-            params = [d["litellm_params"] for d in model_list if d["model_name"] == name]
+        for name, deployments in groups.items():
+            params = [d["litellm_params"] for d in deployments]
             self._where[name] = {
                 "deployment": ", ".join(str(p["model"]) for p in params),
                 "host": ", ".join(_host(p) for p in params),
@@ -118,21 +120,22 @@ class Upstream:
         self.native_models: frozenset[str] = frozenset()
         self._direct: dict[str, native.NativeRoute] = {}
         if config.server.fast_path == "auto":
-            self._plan_native_routes(config, model_list, router_settings)
+            self._plan_native_routes(config, groups, router_settings)
 
     def _plan_native_routes(
-        self, config: Config, model_list: list[dict[str, Any]], router_settings: dict[str, Any]
+        self,
+        config: Config,
+        groups: dict[str, list[dict[str, Any]]],
+        router_settings: dict[str, Any],
     ) -> None:
         """Which models take the native path: every deployment, and every
         model they fall back to, must have a native route."""
         off = {e.model_name for e in config.model_list if e.fast_path == "off"}
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for deployment in model_list:
-            name = deployment["model_name"]
-            groups.setdefault(name, []).append(deployment)
-            route = None if name in off else native.native_route(deployment["litellm_params"])
-            if route is not None:
-                self._routes[deployment["model_info"]["id"]] = route
+        for name, deployments in groups.items():
+            for deployment in deployments:
+                route = None if name in off else native.native_route(deployment["litellm_params"])
+                if route is not None:
+                    self._routes[deployment["model_info"]["id"]] = route
         capable = {
             name: all(d["model_info"]["id"] in self._routes for d in deployments)
             for name, deployments in groups.items()
