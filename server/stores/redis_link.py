@@ -152,10 +152,9 @@ class RedisLink:
             try:
                 await self.client.set(probe_key(self.node), b"1", px=int(PROBE * 2000))
             except (RedisError, OSError, TimeoutError) as exc:
-                if refusal_of(exc) is None:
-                    self.failed(exc)
+                self.trouble(exc)  # still refused: the episode goes on; gone: the outage's probe
+                if not self.reachable:
                     return
-                self._taking_since = None
             else:
                 self.accepted()
 

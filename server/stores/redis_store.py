@@ -161,11 +161,8 @@ class RedisStore(RedisLink):
                     self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            if refusal_of(exc) is None:
-                self.failed(exc)
-                return Cause.STORE_UNREACHABLE
-            self.refused(str(exc))
-            return Cause.STORE_REFUSED
+            self.trouble(exc)
+            return Cause.STORE_REFUSED if self.reachable else Cause.STORE_UNREACHABLE
         refusal: BaseException | str = ""
         if keys:
             appended = results[0]
