@@ -55,7 +55,7 @@ from .surfaces.gate import (
 from .surfaces.http import HttpLink, HttpSurfaces, PlainRoute
 from .surfaces.responses import ResponsesLink
 from .surfaces.routes import RESPONSES_PATH, UI_SOCKET_PATH, WEBSOCKET_ROUTES
-from .surfaces.ui_socket import UiSocketLink
+from .surfaces.ui_socket import UiAnswerLink, UiSocketLink
 from .workers import Workers
 
 log = structlog.get_logger("tokenwire.server")
@@ -94,7 +94,7 @@ class TokenwireServer:
         self.models = list(upstream.models)
         self.model_set = frozenset(self.models)
         self.draining = False
-        self.connections: set[Link | HttpLink] = set()
+        self.connections: set[Link | HttpLink | UiAnswerLink] = set()
         """Every open link: WebSocket connections and chat completions in progress."""
         self.no_sessions = asyncio.Event()
         """Set while no connection is open."""
@@ -293,16 +293,23 @@ class TokenwireServer:
         try:
             await link.run(session)
         finally:
-            self._closed(link)
+            self.closed(link)
 
     def open_session(
-        self, link: Link | HttpLink, key: bytes | None, *, attach: bool = True
+        self,
+        link: Link | HttpLink | UiAnswerLink,
+        key: bytes | None,
+        *,
+        attach: bool = True,
+        resumable: bool | None = None,
     ) -> Session:
-        """A new session served by ``link``, of its surface (the OpenAI
-        surfaces' sessions are not resumable)."""
+        """A new session served by ``link``, of its surface (resumable as the
+        surface is, unless ``resumable`` says: an AI SDK chat's answer asks)."""
         surface = link.surface
         token = self.workers.new_token() if self.workers is not None else None
-        session = Session(self, key_hash(key), token, resumable=surface.resumable, surface=surface)
+        if resumable is None:
+            resumable = surface.resumable
+        session = Session(self, key_hash(key), token, resumable=resumable, surface=surface)
         self._make_room()
         self.sessions[session.token_hash] = session
         self.connections.add(link)
@@ -313,14 +320,19 @@ class TokenwireServer:
             session.attach(link)
         return session
 
-    async def close_session(self, link: HttpLink, session: Session) -> None:
-        """A chat completion ended (or its client left): its generation is stopped."""
+    async def close_session(
+        self, link: HttpLink | UiAnswerLink, session: Session, *, end: bool = True
+    ) -> None:
+        """An HTTP answer ended (or its client left): its generation is
+        stopped, unless the session is resumable and not ``end``ed (then it
+        runs on, DETACHED, for a resume)."""
         try:
-            await session.detach(link, end=True)
+            await session.detach(link, end=end)
         finally:
-            self._closed(link)
+            self.closed(link)
 
-    def _closed(self, link: Link | HttpLink) -> None:
+    def closed(self, link: Link | HttpLink | UiAnswerLink) -> None:
+        """``link`` serves nothing any more."""
         self.connections.discard(link)
         if not self.connections:
             self.no_sessions.set()

@@ -124,6 +124,11 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     default_model: str | None = None
     """The model of a ``/api/chat`` request that names none (the AI SDK's
     ``body: {model}``); None: the first model offered."""
+    ui_resume: bool = False
+    """Whether every ``/api/chat`` answer survives its client's drop (as a
+    request with ``"resume": true`` does): it runs on for ``orphan_timeout``
+    and ``GET /api/chat/{id}/stream`` replays it. Off: a POST whose client
+    leaves is cancelled at once (the AI SDK's ``stop()`` is that abort)."""
     max_ui_chats: PositiveInt = 10_000
     """Chats whose history the server keeps for ``/api/chat`` requests that
     send only their last message (the oldest forgotten first); each at most

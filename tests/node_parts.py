@@ -1,10 +1,18 @@
 """Node.js checks: ``tests/node`` holds their scripts and a package.json whose
-packages (the official ``openai``, ``ws``) npm installs there, as users would."""
+packages (the official ``openai``, the AI SDK's ``ai``, ``ws``) npm installs
+as users would; ``tests/web/react`` holds the React page of the browser test.
+
+npm installs each folder's packages once per version of its package.json,
+outside the clone (``~/.cache/tokenwire/npm/<folder>-<hash>``, or
+``$TOKENWIRE_NPM_CACHE``), and the folder's ``node_modules`` links there:
+a second run, or a fresh clone on the same machine, installs nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,14 +20,15 @@ from typing import Any
 from conftest import TIMEOUT, needs
 
 FOLDER = Path(__file__).parent / "node"
-NPM_TIMEOUT = 180.0
-"""Seconds ``npm install`` may take (a fresh clone downloads the packages)."""
+CACHE = Path(os.environ.get("TOKENWIRE_NPM_CACHE", Path.home() / ".cache/tokenwire/npm"))
+NPM_TIMEOUT = 300.0
+"""Seconds ``npm install`` may take (the first run downloads the packages)."""
 
 
-async def _run(*command: str, timeout: float) -> str:
+async def _run(*command: str, cwd: Path, timeout: float) -> str:
     process = await asyncio.create_subprocess_exec(
         *command,
-        cwd=FOLDER,
+        cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -34,10 +43,31 @@ async def _run(*command: str, timeout: float) -> str:
     return out.decode()
 
 
-async def node(script: str, *args: str) -> Any:
-    """Run ``tests/node/<script>`` with ``args`` (after ``npm install``); the
-    JSON object it printed last."""
+async def installed(folder: Path) -> None:
+    """``folder``'s npm packages, installed (once per package.json) and linked."""
     needs("nodejs", shutil.which("node") is not None and shutil.which("npm") is not None)
-    await _run("npm", "install", "--no-audit", "--no-fund", "--loglevel=error", timeout=NPM_TIMEOUT)
-    out = await _run("node", script, *args, timeout=3 * TIMEOUT)
+    manifest = (folder / "package.json").read_bytes()
+    home = CACHE / f"{folder.name}-{hashlib.sha256(manifest).hexdigest()[:16]}"
+    if not (home / ".installed").exists():
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "package.json").write_bytes(manifest)
+        npm = ("npm", "install", "--no-audit", "--no-fund", "--loglevel=error")
+        await _run(*npm, cwd=home, timeout=NPM_TIMEOUT)
+        (home / ".installed").touch()
+    link = folder / "node_modules"
+    target = home / "node_modules"
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():  # an earlier `npm install` in the folder itself
+        shutil.rmtree(link)
+    link.symlink_to(target, target_is_directory=True)
+
+
+async def node(script: str, *args: str, folder: Path = FOLDER) -> Any:
+    """Run ``<folder>/<script>`` with ``args`` (its packages installed); the
+    JSON object it printed last."""
+    await installed(folder)
+    out = await _run("node", script, *args, cwd=folder, timeout=3 * TIMEOUT)
     return json.loads(out.strip().splitlines()[-1])

@@ -93,11 +93,12 @@ class LinkBase:
         self.send([frame])
 
     def release_held(self) -> None:
-        """Held text goes to the session (and so, when attached, to this outbox)."""
+        """Held text goes to its generation's session (and so, when
+        attached, to this outbox)."""
         holding, self._holding = self._holding, None
-        if holding and self.session is not None:
+        if holding:
             for generation in holding:
-                self.session.send(generation.assembler.flush())
+                generation.session.send(generation.assembler.flush())
         resolve(self._caught_up)
         self._caught_up = None
 

@@ -228,6 +228,31 @@ class ResponsePeers(Protocol):
     async def chain(self, owner: int, response_id: str) -> list[KeptResponse] | None: ...
 
 
+class ChatAnswer(msgspec.Struct, array_like=True):
+    """A UI chat's latest answer that a client may still resume
+    (``surfaces/ui.py``): the session running it and its generation."""
+
+    token: str
+    """The answer's session's resume token (a resume presents it)."""
+    gid: str
+    message_id: str
+    """The assistant message's id (a resumed stream's ``start`` repeats it)."""
+
+
+class ChatAnswers(Protocol):
+    """Each UI chat's resumable answer, by a name made of the API key and
+    the chat's id (``resume_ttl`` seconds each)."""
+
+    async def put(self, name: str, answer: ChatAnswer) -> None: ...
+
+    async def get(self, name: str) -> ChatAnswer | None: ...
+
+    async def drop(self, name: str, gid: str) -> None:
+        """Forget the chat's answer if it is still ``gid`` (its client has
+        received its end, or a newer answer replaced it)."""
+        ...
+
+
 class ResumeStore(Protocol):
     """A resume store, as the server and the resumer use it."""
 
@@ -282,4 +307,8 @@ class ResumeStore(Protocol):
 
     def responses(self, peers: ResponsePeers | None) -> ResponseStore:
         """Where responses are kept for ``previous_response_id``."""
+        ...
+
+    def chats(self) -> ChatAnswers:
+        """Where the UI chats' resumable answers are named."""
         ...

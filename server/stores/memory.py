@@ -40,6 +40,8 @@ from ..metrics import Metrics
 from . import resume
 from .contract import (
     MAX_CHAIN,
+    ChatAnswer,
+    ChatAnswers,
     Keeper,
     KeptResponse,
     Node,
@@ -248,6 +250,9 @@ class NoStore:
         settings = self.settings
         return MemoryResponses(settings.response_ttl, settings.response_store_bytes, peers)
 
+    def chats(self) -> ChatAnswers:
+        return MemoryChats(self.settings.resume_ttl, self.settings.max_ui_chats)
+
 
 class MemoryStore(NoStore):
     """``resume: memory``: frames kept in this process, bounded in bytes."""
@@ -314,3 +319,31 @@ class MemoryResponses:
             return None
         older = await self.peers.chain(owner, response_id)
         return None if older is None else [*newer, *older][:MAX_CHAIN]
+
+
+class MemoryChats:
+    """The UI chats' resumable answers in this process's memory:
+    ``resume_ttl`` seconds each, at most ``max_ui_chats`` (the oldest go first)."""
+
+    def __init__(self, ttl: float, max_chats: int) -> None:
+        self.ttl = ttl
+        self.max_chats = max_chats
+        self._kept: OrderedDict[str, tuple[ChatAnswer, float]] = OrderedDict()
+
+    async def put(self, name: str, answer: ChatAnswer) -> None:
+        now = time.monotonic()
+        self._kept.pop(name, None)
+        self._kept[name] = (answer, now + self.ttl)
+        while self._kept and (
+            len(self._kept) > self.max_chats or next(iter(self._kept.values()))[1] < now
+        ):
+            self._kept.popitem(last=False)
+
+    async def get(self, name: str) -> ChatAnswer | None:
+        entry = self._kept.get(name)
+        return None if entry is None or entry[1] < time.monotonic() else entry[0]
+
+    async def drop(self, name: str, gid: str) -> None:
+        entry = self._kept.get(name)
+        if entry is not None and entry[0].gid == gid:
+            del self._kept[name]

@@ -154,6 +154,11 @@ def watch_key(h: str, gid: str) -> str:
     return f"tw:{h}:w:{gid}"
 
 
+def chat_key(name: str) -> str:
+    """A UI chat's resumable answer (``RedisChats``)."""
+    return f"tw:ui:{name}"
+
+
 def probe_key(node: str) -> str:
     """A node's write probe while Redis refuses writes (expires by itself)."""
     return f"tw:node:{node}:probe"
@@ -224,6 +229,15 @@ def safe_url(url: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
+DROP_CHAT: Final = """
+-- KEYS[1]: a chat's answer (a MessagePack array: token, gid, message id);
+-- ARGV[1]: a gid. Deletes the answer if it is still that generation's.
+local kept = redis.call('GET', KEYS[1])
+if kept and cmsgpack.unpack(kept)[2] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 CHAIN: Final = """
 local out = {}
 local id = ARGV[1]

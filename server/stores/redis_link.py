@@ -25,18 +25,20 @@ from tokenwire.protocol import Error, Finish, GenerationFrame, ServerFrame
 from ..config import ServerSettings
 from ..metrics import Metrics
 from . import resume
-from .contract import MAX_CHAIN, KeptResponse, Record, Replay
+from .contract import MAX_CHAIN, ChatAnswer, KeptResponse, Record, Replay
 from .redis_keys import (
     APPEND,
     APPEND_SHA,
     CHAIN,
     COALESCE,
     CONNECTIONS,
+    DROP_CHAT,
     PROBE,
     RELAY_CONNECTIONS,
     TIMEOUT,
     cancel_key,
     channel,
+    chat_key,
     conversations_key,
     decode_record,
     encode_frames,
@@ -383,3 +385,26 @@ class RedisResponses:
         if not found:
             return None
         return [msgspec.msgpack.decode(raw, type=KeptResponse) for raw in found]
+
+
+class RedisChats:
+    """The UI chats' resumable answers in Redis (``resume_ttl`` seconds each):
+    ``tw:ui:{name}`` holds one (MessagePack), shared by every node."""
+
+    def __init__(self, store: RedisLink, ttl: int) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._drop = store.client.register_script(DROP_CHAT)
+
+    async def put(self, name: str, answer: ChatAnswer) -> None:
+        client = self.store.client
+        data = msgspec.msgpack.encode(answer)
+        await self.store.quietly(lambda: client.set(chat_key(name), data, ex=self.ttl))
+
+    async def get(self, name: str) -> ChatAnswer | None:
+        client = self.store.client
+        found = await self.store.quietly(lambda: client.get(chat_key(name)))
+        return None if found is None else msgspec.msgpack.decode(found, type=ChatAnswer)
+
+    async def drop(self, name: str, gid: str) -> None:
+        await self.store.quietly(lambda: self._drop(keys=[chat_key(name)], args=[gid]))

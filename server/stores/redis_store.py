@@ -37,6 +37,7 @@ from ..config import ServerSettings
 from ..metrics import Metrics
 from . import resume
 from .contract import (
+    ChatAnswers,
     Keeper,
     Node,
     Record,
@@ -66,7 +67,7 @@ from .redis_keys import (
     session_key,
     stream_key,
 )
-from .redis_link import RedisLink, RedisResponses, refusal_of
+from .redis_link import RedisChats, RedisLink, RedisResponses, refusal_of
 from .resume import SKIP_ALL, Cause, contiguous, gap_span, seq_of
 
 log = structlog.get_logger("tokenwire.resume")
@@ -94,6 +95,9 @@ class RedisStore(RedisLink):
 
     def responses(self, peers: ResponsePeers | None) -> ResponseStore:
         return RedisResponses(self, int(self.settings.response_ttl))
+
+    def chats(self) -> ChatAnswers:
+        return RedisChats(self, self.settings.resume_ttl)
 
     # -- writing ------------------------------------------------------------------
 

@@ -17,14 +17,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 from aiohttp import web
 
-from tokenwire.protocol import BadMessage, Cancel, Error, Finish, ServerFrame
+from tokenwire.protocol import (
+    BadMessage,
+    Cancel,
+    Error,
+    Finish,
+    Resume,
+    Resumed,
+    ResumeFailed,
+    ServerFrame,
+)
 from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
 from tokenwire.protocol.openai_common import (
     METHOD_NOT_ALLOWED,
@@ -71,9 +80,15 @@ class HttpContext(SessionContext, Protocol):
 
     def plain_route(self, path: str, authorization: Sequence[str] = ()) -> PlainRoute | None: ...
 
-    def open_session(self, link: HttpLink, key: bytes | None) -> Session: ...
+    def open_session(
+        self, link: HttpLink, key: bytes | None, *, resumable: bool | None = None
+    ) -> Session: ...
 
-    async def close_session(self, link: HttpLink, session: Session) -> None: ...
+    async def close_session(
+        self, link: HttpLink, session: Session, *, end: bool = True
+    ) -> None: ...
+
+    async def resume(self, link: Any, message: Resume) -> None: ...
 
 
 class HttpSurfaces:
@@ -280,19 +295,40 @@ class HttpLink(LinkBase):
         self._done: asyncio.Future[None] | None = None
         self.finish: Finish | None = None
         """The generation's finish, once it came."""
+        self.ended = False
+        """Whether the client got the whole answer, its end included."""
 
-    async def serve(self, key: bytes | None) -> web.StreamResponse:
-        """Run the generation; its response once written (the client gone: cancelled)."""
+    async def serve(
+        self,
+        key: bytes | None,
+        *,
+        resumable: bool = False,
+        opened: Callable[[Session], Awaitable[None]] | None = None,
+        rejoin: str | None = None,
+    ) -> web.StreamResponse:
+        """Run the generation; its response once written. The client gone,
+        it is cancelled, unless ``resumable``: then its session detaches
+        and it runs on for ``orphan_timeout``, waiting for a resume.
+        ``opened`` is awaited with the new session before the generation
+        starts. With ``rejoin`` (a resume token), nothing starts: the
+        session it names is resumed, the generation replayed from its first
+        frame (nothing to resume: 204)."""
         server = self.server
         self._task = asyncio.current_task()
-        session = server.open_session(self, key)
+        session = server.open_session(self, key, resumable=resumable or rejoin is not None)
         try:
-            session.handle(self.asked.generate)
+            if rejoin is not None:
+                await server.resume(self, Resume(token=rejoin, generations={self.id: -1}))
+            else:
+                if opened is not None:
+                    await opened(session)
+                session.handle(self.asked.generate)
             if self.asked.stream:
                 return await self._stream()
             return await self._collect()
         finally:
-            await server.close_session(self, session)
+            session = self.session or session  # a resume replaced the new one
+            await server.close_session(self, session, end=self.ended or not session.resumable)
             resolve(self._done)
 
     async def _next(self) -> list[ServerFrame]:
@@ -320,6 +356,11 @@ class HttpLink(LinkBase):
         frames_sent = self.server.metrics.frames_sent
         while True:
             frames = [f for f in await self._next() if getattr(f, "id", None) == self.id]
+            if response is None and frames and isinstance(frames[0], Resumed | ResumeFailed):
+                # a replay's answer: nothing to resume, or the frames follow
+                resumed = frames.pop(0)
+                if isinstance(resumed, ResumeFailed):
+                    return web.Response(status=HTTPStatus.NO_CONTENT)
             if not frames:
                 continue
             out: list[bytes] = []
@@ -339,6 +380,7 @@ class HttpLink(LinkBase):
                 if isinstance(frames[-1], Finish):
                     self.finish = frames[-1]
                 await response.write_eof()
+                self.ended = True
                 return response
 
     async def _collect(self) -> web.StreamResponse:
@@ -349,8 +391,10 @@ class HttpLink(LinkBase):
                 if getattr(frame, "id", None) != self.id:
                     continue
                 if isinstance(frame, Error):
+                    self.ended = True
                     return error_response(frame)
                 if body := translator.translate(frame):  # type: ignore[arg-type]
+                    self.ended = True
                     return web.Response(body=b"".join(body), headers=JSON_HEADERS)
 
     # -- what a session asks of its link ---------------------------------------------
@@ -379,8 +423,12 @@ class HttpLink(LinkBase):
             self.session.handle(Cancel(id=self.id))
 
     async def close(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
-        """Wait until the response is written (the drain ended its generation)."""
+        """Wait until the response is written (the drain ended its generation);
+        a response whose session a resume took elsewhere ends at once."""
         if self._task is None or self._task.done():
+            return
+        if code is CloseCode.RESUMED_ELSEWHERE:
+            self._task.cancel()
             return
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()

@@ -10,24 +10,43 @@ their last message (keyed by the API key and the chat's id, at most
 ``max_total_history_bytes`` for all of them), and the chat's
 running answer, which ``POST /api/chat/{id}/stop`` cancels (as a client
 leaving its POST does at once).
+
+An answer asked to survive drops (``"resume": true`` in the body, or
+``ui_resume`` in the config) runs in a resumable session: its client gone,
+it runs on for ``orphan_timeout``, and ``GET /api/chat/{id}/stream``
+resumes that session (``Resumer``), replaying the whole message from its
+first frame, then the live ones; with ``resume: redis`` on any node. The
+store names each chat's answer (``ChatAnswers``) until a client has
+received its end; then the chat answers 204.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import msgspec
 import structlog
 from aiohttp import web
 
-from tokenwire.protocol import BadMessage, ErrorCode, Finish, assistant_message
+from tokenwire.protocol import (
+    BadMessage,
+    Cancel,
+    ErrorCode,
+    Finish,
+    Generate,
+    assistant_message,
+)
 from tokenwire.protocol.ai_sdk import HEADERS, UiChunks, ui_request
 from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
 from tokenwire.protocol.openai_common import error_kind
 from tokenwire.protocol.surface import Surface, SurfaceRequest
 
+from ..stores.contract import ChatAnswer, ChatAnswers
+from ..stores.resume import key_hash, token_hash
 from .answers import json_error
 
 log = structlog.get_logger("tokenwire.server")
@@ -44,10 +63,18 @@ class UiLink(Protocol):
     """The link that runs one answer (``http.HttpLink``)."""
 
     finish: Finish | None
+    ended: bool
 
     def stop(self) -> None: ...
 
-    async def serve(self, key: bytes | None) -> web.StreamResponse: ...
+    async def serve(
+        self,
+        key: bytes | None,
+        *,
+        resumable: bool = False,
+        opened: Callable[[Any], Awaitable[None]] | None = None,
+        rejoin: str | None = None,
+    ) -> web.StreamResponse: ...
 
 
 class UiHost(Protocol):
@@ -75,9 +102,18 @@ class UiChats:
         """Each kept chat's messages and their size (JSON bytes), the oldest first."""
         self.history_bytes = 0
         self.running: dict[ChatKey, UiLink] = {}
+        self._answers: ChatAnswers | None = None
+
+    @property
+    def answers(self) -> ChatAnswers:
+        """Each chat's resumable answer, as the store names it."""
+        if self._answers is None:
+            self._answers = self.server.store.chats()
+        return self._answers
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/api/chat/{chat_id}/stop", self.stop)
+        app.router.add_route("*", "/api/chat/{chat_id}/stream", self.stream)
 
     @property
     def default_model(self) -> str:
@@ -113,21 +149,32 @@ class UiChats:
             message = f"the chat would be over max_history_bytes ({limit})"
             return json_error(error_kind(code), message, code)
         chat: ChatKey = (key or b"", asked.chat_id)
-        if (earlier := self.running.get(chat)) is not None:
-            earlier.stop()  # a new message supersedes the answer still running
+        await self.cancel(key, asked.chat_id)  # a new message supersedes the answer running
         translator = UiChunks(asked.message_id)
         asked_for = SurfaceRequest(asked.generate, translator, stream=True, headers=HEADERS)
         link = self.surfaces.link(Surface.UI, request, asked_for)
+        resumable = (asked.resume or self.server.settings.ui_resume) and self.server.store.keeps
+        name = chat_name(key, asked.chat_id)
+        answer = ChatAnswer("", gid, asked.message_id)
+
+        async def opened(session: Any) -> None:
+            answer.token = session.token
+            await self.answers.put(name, answer)
+
         self.running[chat] = link
         try:
-            response = await link.serve(key)
+            response = await link.serve(
+                key, resumable=resumable, opened=opened if resumable else None
+            )
         finally:
             if self.running.get(chat) is link:
                 del self.running[chat]
+        if link.ended and answer.token:
+            await self.answers.drop(name, gid)
         finish = link.finish
         if finish is not None and finish.reason in KEPT_REASONS:
-            answer = assistant_message(finish.content, finish.tool_calls)
-            self._keep(chat, [*asked.history, answer])
+            said = assistant_message(finish.content, finish.tool_calls)
+            self._keep(chat, [*asked.history, said])
         return response
 
     async def stop(self, request: web.Request) -> web.StreamResponse:
@@ -136,11 +183,53 @@ class UiChats:
         admitted = await self.surfaces.admit(request, "POST", need_room=False, body=False)
         if isinstance(admitted, web.StreamResponse):
             return admitted
-        key = admitted[0]
-        link = self.running.get((key or b"", request.match_info["chat_id"]))
+        stopped = await self.cancel(admitted[0], request.match_info["chat_id"])
+        return web.json_response({"stopped": stopped})
+
+    async def cancel(self, key: bytes | None, chat_id: str) -> bool:
+        """Cancel the chat's running answer, wherever it runs (its upstream
+        request closes); whether one ran."""
+        link = self.running.get((key or b"", chat_id))
         if link is not None:
             link.stop()
-        return web.json_response({"stopped": link is not None})
+        answer = await self.answers.get(chat_name(key, chat_id))
+        if answer is None:
+            return link is not None
+        server = self.server
+        h = token_hash(answer.token)
+        session = server.sessions.get(h)
+        if session is not None:
+            if not session.running(answer.gid):
+                return link is not None
+            session.handle(Cancel(id=answer.gid))
+            return True
+        record = await server.store.load(h)  # on another node
+        owner = record.owners.get(answer.gid) if record is not None else None
+        if owner is None:
+            return link is not None
+        await server.store.cancel(h, answer.gid, owner)
+        return True
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/chat/{id}/stream`` (``reconnectToStream``): the chat's
+        answer that no client received whole, replayed from its start, then
+        live; 204 when there is none."""
+        admitted = await self.surfaces.admit(request, "GET", body=False)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        key = admitted[0]
+        name = chat_name(key, request.match_info["chat_id"])
+        answer = await self.answers.get(name)
+        if answer is None:
+            return web.Response(status=204)
+        asked_for = SurfaceRequest(
+            replayed(answer.gid), UiChunks(answer.message_id), stream=True, headers=HEADERS
+        )
+        link = self.surfaces.link(Surface.UI, request, asked_for)
+        response = await link.serve(key, rejoin=answer.token)
+        if link.ended:
+            await self.answers.drop(name, answer.gid)
+        return response
 
     def _keep(self, chat: ChatKey, messages: list[dict[str, Any]]) -> None:
         """The chat's history after an answer, the oldest chats forgotten
@@ -160,3 +249,15 @@ class UiChats:
             or self.history_bytes > settings.max_total_history_bytes
         ):
             self.history_bytes -= self.history.popitem(last=False)[1][1]
+
+
+def chat_name(key: bytes | None, chat_id: str) -> str:
+    """A chat's name in the store: its API key's hash and its id, hashed."""
+    named = f"{key_hash(key)}\0{chat_id}".encode()
+    return hashlib.sha256(named).hexdigest()[:40]
+
+
+def replayed(gid: str) -> Generate:
+    """The request of a link that replays generation ``gid`` (never run:
+    a replay names the generation, not what it asked)."""
+    return Generate(id=gid, model="replay", messages=[{"role": "user", "content": ""}])

@@ -200,7 +200,10 @@ async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp
         measuring.cancel()
         await asyncio.sleep(1)
         fds.append(server.fds())
-        never_awaited = sum("was never awaited" in line for line in server.log_lines())
+        lines = server.log_lines()
+        never_awaited = sum("was never awaited" in line for line in lines)
+        # What the server said of a generation that broke a rule (its traceback).
+        failed = [line for line in lines if '"level":"error"' in line or "Traceback" in line]
     slope = _slope(rss)
     slope_bound = RSS_SLOPE["full" if full else "quick"]
     for engine in ENGINES:
@@ -245,7 +248,7 @@ async def test_a_mixed_soak_on_both_engines_leaks_nothing_and_breaks_no_rule(tmp
         f"{never_awaited} in {cancels} cancels",
     )
     print(dict(soak.outcomes))
-    assert not soak.violations, soak.violations[:10]
+    assert not soak.violations, (soak.violations[:10], failed[:5])
     assert slope <= slope_bound
     assert fds[-1] <= first_half + 5
     assert never_awaited <= allowed

@@ -5,7 +5,7 @@ import { AbstractChat } from "ai";
 class State {
   status = "ready";
   error = undefined;
-  messages = [];
+  constructor(messages = []) { this.messages = messages; }
   pushMessage = (m) => { this.messages = [...this.messages, m]; };
   popMessage = () => { this.messages = this.messages.slice(0, -1); };
   replaceMessage = (i, m) => {
@@ -15,7 +15,7 @@ class State {
 }
 
 export class Chat extends AbstractChat {
-  constructor(init) { super({ ...init, state: new State() }); }
+  constructor(init) { super({ ...init, state: new State(init.messages) }); }
   get status() { return this.state.status; }
   get error() { return this.state.error; }
 }

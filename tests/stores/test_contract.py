@@ -28,7 +28,7 @@ from tokenwire.protocol import (
 from tokenwire.server.config import ServerSettings
 from tokenwire.server.metrics import Metrics
 from tokenwire.server.stores import ResumeStore, open_store
-from tokenwire.server.stores.contract import KeptResponse
+from tokenwire.server.stores.contract import ChatAnswer, KeptResponse
 from tokenwire.server.stores.resume import SKIP_ALL, Cause, new_token, token_hash
 
 STORES = ["memory", "redis"]
@@ -221,6 +221,27 @@ async def test_kept_responses_come_back_as_a_chain_newest_first(opened):
     assert await responses.chain(second) == [two, one]
     assert await responses.chain(first) == [one]
     assert await responses.chain("resp_missing") is None
+
+
+async def test_a_chat_s_answer_is_named_until_dropped_by_its_own_generation(kind, opened):
+    store = await opened(max_ui_chats=2)
+    chats = store.chats()
+    answer = ChatAnswer(token="t1", gid="g1", message_id="m1")
+    await chats.put("chat-a", answer)
+    assert await chats.get("chat-a") == answer
+    assert await chats.get("chat-b") is None
+    await chats.drop("chat-a", "g0")  # a newer answer's name is not an older one's to drop
+    assert await chats.get("chat-a") == answer
+    newer = ChatAnswer(token="t2", gid="g2", message_id="m2")
+    await chats.put("chat-a", newer)
+    await chats.drop("chat-a", "g1")
+    assert await chats.get("chat-a") == newer
+    await chats.drop("chat-a", "g2")
+    assert await chats.get("chat-a") is None
+    if not store.shared:  # this node's memory: at most max_ui_chats names
+        for name in ("x", "y", "z"):
+            await chats.put(name, answer)
+        assert await chats.get("x") is None and await chats.get("z") == answer
 
 
 async def test_a_shared_store_keeps_the_record_for_any_node(kind, opened):
