@@ -71,6 +71,13 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     http_body_timeout: Seconds = 30.0
     """Seconds an HTTP request's body may take to arrive once its headers
     are in; past it the client gets 408 and the connection closes."""
+    sse_keepalive: Seconds = 15.0
+    """Seconds an SSE answer may stay silent (a model thinking before its
+    first token, say) before tokenwire writes an SSE comment
+    (``: keep-alive``), so that proxies that close idle responses (nginx's
+    ``proxy_read_timeout``, cloud load balancers: often 60 s) keep it. The
+    first one sends the response's headers: a failure after it is an
+    in-stream error, not an HTTP status."""
     max_queued_frames: PositiveInt = 4096
     """Frames waiting for one session's socket. While the socket is behind, a
     generation's consecutive ``token`` (or ``reasoning``) pieces merge into one

@@ -68,6 +68,9 @@ SSE_HEADERS: Final = {
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
 }
 
+KEEPALIVE: Final = b": keep-alive\n\n"
+"""An SSE comment: what a silent stream writes every ``sse_keepalive`` seconds."""
+
 PlainRoute = tuple[HTTPStatus, bytes, str, Sequence[tuple[str, str]]]
 """A plain route's answer: status, body, content type, headers."""
 
@@ -331,16 +334,24 @@ class HttpLink(LinkBase):
             await server.close_session(self, session, end=self.ended or not session.resumable)
             resolve(self._done)
 
-    async def _next(self) -> list[ServerFrame]:
-        """The frames queued now (waiting for one), held text included."""
+    async def _next(self, timeout: float | None = None) -> list[ServerFrame] | None:
+        """The frames queued now (waiting for one), held text included; None
+        when ``timeout`` seconds passed with none."""
         outbox = self._outbox
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not outbox:
             if self._holding:
                 self.release_held()
                 continue
-            self._writer_idle = asyncio.get_running_loop().create_future()
-            await self._writer_idle
+            if deadline is not None and loop.time() >= deadline:
+                return None
+            self._writer_idle = waiter = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, resolve, waiter)
+            await waiter
             self._writer_idle = None
+            if timer is not None:
+                timer.cancel()
         frames = list(outbox)
         outbox.clear()
         if self._holding:  # caught up: the held text goes out, merged
@@ -352,24 +363,37 @@ class HttpLink(LinkBase):
     async def _stream(self) -> web.StreamResponse:
         translator = self.asked.translator
         response: web.StreamResponse | None = None
+        opened = False
         clock = asyncio.get_running_loop().time
         frames_sent = self.server.metrics.frames_sent
+        keepalive = self.server.settings.sse_keepalive
         while True:
-            frames = [f for f in await self._next() if getattr(f, "id", None) == self.id]
-            if response is None and frames and isinstance(frames[0], Resumed | ResumeFailed):
+            queued = await self._next(keepalive)
+            if queued is None:  # silent for sse_keepalive: a comment keeps proxies open
+                if response is None:
+                    response = await self._prepare()
+                await response.write(KEEPALIVE)
+                continue
+            frames = [f for f in queued if getattr(f, "id", None) == self.id]
+            if not opened and frames and isinstance(frames[0], Resumed | ResumeFailed):
                 # a replay's answer: nothing to resume, or the frames follow
                 resumed = frames.pop(0)
                 if isinstance(resumed, ResumeFailed):
-                    return web.Response(status=HTTPStatus.NO_CONTENT)
+                    if response is None:
+                        return web.Response(status=HTTPStatus.NO_CONTENT)
+                    await response.write_eof()  # a keep-alive went out: an empty stream
+                    return response
             if not frames:
                 continue
             out: list[bytes] = []
-            if response is None:
-                if isinstance(frames[0], Error):
+            if not opened:
+                if response is None and isinstance(frames[0], Error):
                     return error_response(frames[0])
-                response = web.StreamResponse(headers=self.asked.headers or SSE_HEADERS)
-                await response.prepare(self.request)
+                if response is None:
+                    response = await self._prepare()
                 out += translator.opening()
+                opened = True
+            assert response is not None
             for frame in frames:
                 out += translator.translate(frame)  # type: ignore[arg-type]
             self._send_started = clock()
@@ -383,11 +407,17 @@ class HttpLink(LinkBase):
                 self.ended = True
                 return response
 
+    async def _prepare(self) -> web.StreamResponse:
+        """The stream's response, its headers sent."""
+        response = web.StreamResponse(headers=self.asked.headers or SSE_HEADERS)
+        await response.prepare(self.request)
+        return response
+
     async def _collect(self) -> web.StreamResponse:
         translator = self.asked.translator
         translator.opening()
         while True:
-            for frame in await self._next():
+            for frame in await self._next() or ():
                 if getattr(frame, "id", None) != self.id:
                     continue
                 if isinstance(frame, Error):

@@ -49,15 +49,21 @@ def nginx_config(ports: list[int], listen: int) -> str:
 
 
 @contextlib.contextmanager
-def nginx(tmp: Path, ports: list[int]) -> Iterator[str]:
-    """Debian's nginx in front of ``ports``; its WebSocket URL."""
+def nginx(tmp: Path, ports: list[int], **directives: str) -> Iterator[str]:
+    """Debian's nginx in front of ``ports``; its WebSocket URL. ``directives``
+    change the value of a proxy directive of the documented configuration
+    (``proxy_read_timeout="1s"``)."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     needs("nginx", Path(binary).exists())
     listen = free_port()
     prefix = tmp / "nginx"
     prefix.mkdir()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(ports, listen))
+    text = nginx_config(ports, listen)
+    for name, value in directives.items():
+        text, changed = re.subn(rf"{name} [^;]+;", f"{name} {value};", text)
+        assert changed, name
+    conf.write_text(text)
     with (prefix / "error.log").open("wb") as errors:
         process = subprocess.Popen(
             [binary, "-p", str(prefix), "-c", str(conf), "-e", "stderr",
