@@ -83,12 +83,20 @@ async def run_json(*command: str, timeout: float) -> dict[str, Any]:
 
 
 async def sse_load(
-    url: str, streams: int, prompt: str, deadline: float, ramp: float = 0.0, *, ui: bool = False
+    url: str,
+    streams: int,
+    prompt: str,
+    deadline: float,
+    ramp: float = 0.0,
+    *,
+    ui: bool = False,
+    surface: str = "chat",
 ) -> dict[str, Any]:
+    """``sse_load.py`` against ``url``: ``surface`` chat, ui, responses or messages."""
     return await run_json(
         PY, str(HERE / "sse_load.py"), "--url", url, "--model", "fake", "--streams", str(streams),
         "--prompt", prompt, "--deadline", str(deadline), "--key", PROXY_KEY,
-        "--ramp", str(ramp), *(["--ui"] if ui else []), timeout=deadline + 30,
+        "--ramp", str(ramp), "--surface", "ui" if ui else surface, timeout=deadline + 30,
     )  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """An SSE load generator for OpenAI-compatible /chat/completions endpoints
-(and, with ``--ui``, for tokenwire's ``/api/chat``: the AI SDK's UI message
-stream).
+(and, with ``--surface``, for tokenwire's other SSE surfaces: ``ui``, the AI
+SDK's ``/api/chat``; ``responses``, ``POST /v1/responses``; ``messages``,
+Anthropic's ``POST /v1/messages``).
 
 What `tokenwire loadtest` does over WebSocket, done over HTTP+SSE, so that the
 fake upstream itself (the ceiling) and the LiteLLM proxy are measured the same
@@ -48,11 +49,29 @@ class _UiChunk(msgspec.Struct):
 _decode_ui = msgspec.json.Decoder(_UiChunk).decode
 
 
-def _text(line: bytes, ui: bool) -> str | None:
+class _TextDelta(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+class _MessagesEvent(msgspec.Struct):
+    type: str
+    delta: _TextDelta | None = None
+
+
+_decode_messages = msgspec.json.Decoder(_MessagesEvent).decode
+
+
+def _text(line: bytes, surface: str) -> str | None:
     """The text a ``data:`` line carries, if any."""
-    if ui:
+    if surface in ("ui", "responses"):  # both: {"type": ..., "delta": "text"}
         chunk = _decode_ui(line[6:])
-        return chunk.delta if chunk.type == "text-delta" else None
+        wanted = "text-delta" if surface == "ui" else "response.output_text.delta"
+        return chunk.delta if chunk.type == wanted else None
+    if surface == "messages":
+        event = _decode_messages(line[6:])
+        delta = event.delta
+        return delta.text if delta is not None and delta.type == "text_delta" else None
     choices = _decode(line[6:]).choices
     return choices[0].delta.content if choices and choices[0].delta else None
 
@@ -62,10 +81,21 @@ async def stream(
 ) -> None:
     loop = asyncio.get_running_loop()
     await asyncio.sleep(delay)
-    if args.ui:
+    if args.surface == "ui":
         user = {"id": "u", "role": "user", "parts": [{"type": "text", "text": args.prompt}]}
         body: dict[str, Any] = {"id": f"chat-{delay}", "messages": [user], "model": args.model}
         url = args.url.removesuffix("/v1") + "/api/chat"
+    elif args.surface == "responses":
+        body = {"model": args.model, "stream": True, "input": args.prompt, "store": False}
+        url = args.url + "/responses"
+    elif args.surface == "messages":
+        body = {
+            "model": args.model,
+            "stream": True,
+            "max_tokens": 4096,
+            "messages": [{"role": "user", "content": args.prompt}],
+        }
+        url = args.url + "/messages"
     else:
         body = {
             "model": args.model,
@@ -84,7 +114,7 @@ async def stream(
             async for line in response.content:
                 if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                     continue
-                text = _text(line, args.ui)
+                text = _text(line, args.surface)
                 if not text:
                     continue
                 now = loop.time()
@@ -154,5 +184,15 @@ if __name__ == "__main__":
         "--ramp", type=float, default=0.0, help="seconds over which the streams start, evenly"
     )
     parser.add_argument("--key", default="sk-none", help="sent as Authorization: Bearer")
-    parser.add_argument("--ui", action="store_true", help="POST /api/chat (the UI message stream)")
-    print(json.dumps(asyncio.run(main(parser.parse_args()))))
+    parser.add_argument(
+        "--surface",
+        choices=("chat", "ui", "responses", "messages"),
+        default="chat",
+        help="chat: /chat/completions; ui: /api/chat; responses: /responses; "
+        "messages: Anthropic's /messages",
+    )
+    parser.add_argument("--ui", action="store_true", help="the same as --surface ui")
+    args = parser.parse_args()
+    if args.ui:
+        args.surface = "ui"
+    print(json.dumps(asyncio.run(main(args))))

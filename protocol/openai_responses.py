@@ -117,7 +117,17 @@ _INCOMPLETE: Final[Mapping[str, str | None]] = {
 class _Item:
     """An output item being streamed: a message, a reasoning or a function call."""
 
-    __slots__ = ("call_id", "delta_prefix", "id", "index", "kind", "name", "parts", "status")
+    __slots__ = (
+        "call_id",
+        "delta_prefix",
+        "delta_sse",
+        "id",
+        "index",
+        "kind",
+        "name",
+        "parts",
+        "status",
+    )
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind
@@ -127,6 +137,7 @@ class _Item:
         self.call_id = ""
         self.name = ""
         self.delta_prefix = b""
+        self.delta_sse = b""
         self.status = "in_progress"
         """``completed``, or ``incomplete`` when the response failed before it ended."""
 
@@ -181,16 +192,32 @@ class ResponseEvents:
     ``status`` describe the finished response.
     """
 
-    def __init__(self, request: ResponseRequest, response_id: str, created_at: int) -> None:
+    def __init__(
+        self,
+        request: ResponseRequest,
+        response_id: str,
+        created_at: int,
+        *,
+        sse: bool = False,
+        stream: bool = True,
+    ) -> None:
         self.request = request
         self.id = response_id
         self.created_at = created_at
+        self.sse = sse
+        """Each event as SSE (``event: TYPE`` and ``data: JSON``: ``POST
+        /v1/responses``), else one JSON message each (WebSocket mode)."""
+        self.stream = stream
+        """False: no events, the finished response as one JSON body
+        (``translate`` gives it with the terminal frame)."""
         self.seq = 0
         self.status = "in_progress"
         self._items: list[_Item] = []
         self._open: _Item | None = None  # the open message or reasoning item
         self._calls: dict[int, _Item] = {}
         self._suffix = response_id.removeprefix("resp_")
+        self.ended: dict[str, Any] = {}
+        """The finished response's fields beside its output (usage, error...)."""
 
     def created(self) -> list[bytes]:
         """``response.created`` and ``response.in_progress``."""
@@ -200,12 +227,18 @@ class ResponseEvents:
         ]
 
     def opening(self) -> list[bytes]:
-        """``Translator.opening``: ``created``."""
-        return self.created()
+        """``Translator.opening``: ``created`` (nothing for one JSON body)."""
+        return self.created() if self.stream else []
 
     def translate(self, frame: GenerationFrame) -> list[bytes]:
-        """``Translator.translate``: ``feed``."""
-        return self.feed(frame)
+        """``Translator.translate``: ``feed`` (for one JSON body: nothing,
+        then the finished response with the terminal frame)."""
+        events = self.feed(frame)
+        if self.stream:
+            return events
+        if isinstance(frame, Finish | Error):
+            return [_encode(self.response(**self.ended))]
+        return []
 
     def feed(self, frame: GenerationFrame) -> list[bytes]:
         """The events for one of the response's frames."""
@@ -223,7 +256,8 @@ class ResponseEvents:
             seq = str(self.seq).encode()
             self.seq += 1
             tail = b',"logprobs":[]}' if kind is Token else b"}"
-            events.append(item.delta_prefix + _encode(text) + b',"sequence_number":' + seq + tail)
+            event = item.delta_prefix + _encode(text) + b',"sequence_number":' + seq + tail
+            events.append(item.delta_sse + event + b"\n\n" if self.sse else event)
             return events
         if isinstance(frame, ToolCallChunk):
             events = self._close_open()
@@ -256,6 +290,7 @@ class ResponseEvents:
             events = self._close_all()
             reason = _INCOMPLETE.get(frame.reason, "")
             usage = response_usage(frame.usage)
+            self.ended = {"usage": usage}
             if reason == "":
                 self.status = "completed"
                 return [
@@ -264,6 +299,7 @@ class ResponseEvents:
                 ]
             self.status = "incomplete"
             details = {"reason": reason} if reason else None
+            self.ended["incomplete_details"] = details
             return [
                 *events,
                 self._event(
@@ -280,6 +316,7 @@ class ResponseEvents:
                 else "server_error"
             )
             error = {"code": code, "message": f"{frame.code}: {frame.message}"}
+            self.ended = {"error": error}
             return [*events, self._event("response.failed", response=self.response(error=error))]
         return []
 
@@ -340,6 +377,7 @@ class ResponseEvents:
             )
         )
         delta = item.text_events + ".delta"
+        item.delta_sse = b"event: " + delta.encode() + b"\ndata: "
         item.delta_prefix = (
             _encode(
                 {"type": delta, "item_id": item.id, "output_index": item.index, "content_index": 0}
@@ -402,4 +440,6 @@ class ResponseEvents:
         fields["type"] = kind
         fields["sequence_number"] = self.seq
         self.seq += 1
+        if self.sse:
+            return b"event: " + kind.encode() + b"\ndata: " + _encode(fields) + b"\n\n"
         return _encode(fields)

@@ -21,6 +21,17 @@ from .openai_chat import to_generate
 from .openai_common import OpenAIErrorKind, expect, plain_json, reject_unknown
 from .validation import check_generate, quote
 
+HINTS: Final = frozenset(
+    {
+        "prompt_cache_key",
+        "client_metadata",
+        "safety_identifier",
+        "service_tier",
+        "prompt_cache_retention",
+    }
+)
+"""Fields that only hint (caching keys, client metadata, service tiers):
+taken with any value and ignored, as agents (Codex) send them."""
 SUPPORTED: Final = frozenset(
     {
         "type",
@@ -41,22 +52,33 @@ SUPPORTED: Final = frozenset(
         "truncation",
         "include",
         "user",
+        *HINTS,
     }
 )
 """Every ``response.create`` field tokenwire takes; any other is refused by name.
-``parallel_tool_calls`` only as ``true``, ``truncation`` only as ``"disabled"``
-and ``include`` only empty: their other values ask for what tokenwire does not do."""
+``truncation`` only as ``"disabled"``: another value asks for what tokenwire
+does not do."""
 NO_OP: Final[Mapping[str, tuple[Any, ...]]] = {
     "background": (False, None),
     "stream": (True, None),
     "top_logprobs": (None, 0),
     "max_tool_calls": (None,),
-    "service_tier": (None, "auto"),
-    "prompt_cache_key": (None,),
-    "safety_identifier": (None,),
 }
 """Fields sent with the API's default value: they ask for nothing, and pass.
 (``stream: true`` is what WebSocket mode does anyway.)"""
+HOSTED_TOOLS: Final = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer_use_preview",
+        "local_shell",
+    }
+)
+"""Tools OpenAI runs on its side: no provider behind tokenwire runs them, so
+they are dropped from the request (what agents send by default must pass)."""
 MAX_METADATA: Final = 16
 """Keys a response's ``metadata`` may have (OpenAI's limit)."""
 _ROLES: Final = frozenset({"user", "system", "developer", "assistant"})
@@ -88,6 +110,20 @@ class ResponseRequest(NamedTuple):
     """Request fields the response object repeats, in Responses' shape."""
 
 
+def http_response_request(body: Any) -> tuple[ResponseRequest, bool]:
+    """A ``POST /v1/responses`` body: the request (the fields of
+    ``response.create``), and whether it streams (``stream``, default false)."""
+    expect(body, dict, "$", "a JSON object")
+    if "type" in body:
+        raise BadMessage("`type` is not a field of POST /v1/responses", path="$.type")
+    stream = body.get("stream")
+    if stream is not None:
+        expect(stream, bool, "$.stream", "a boolean")
+    event = {name: value for name, value in body.items() if name != "stream"}
+    event["type"] = "response.create"
+    return response_request(event), stream is True
+
+
 def response_request(event: Any) -> ResponseRequest:
     """Read a ``response.create`` event; ``BadMessage`` names what is wrong or unsupported."""
     expect(event, dict, "$", "a JSON object")
@@ -107,9 +143,10 @@ def response_request(event: Any) -> ResponseRequest:
     tools = None
     if event.get("tools"):
         tools = [
-            _tool(t, f"$.tools[{i}]")
+            function
             for i, t in enumerate(expect(event["tools"], list, "$.tools", "a list"))
-        ]
+            for function in _tools(t, f"$.tools[{i}]")
+        ] or None
     tool_choice = _tool_choice(event.get("tool_choice"))
     params: dict[str, Any] = {}
     for name in ("temperature", "top_p"):
@@ -120,20 +157,21 @@ def response_request(event: Any) -> ResponseRequest:
     if (reasoning := event.get("reasoning")) is not None:
         expect(reasoning, dict, "$.reasoning", "an object")
         reject_unknown(
-            {k: v for k, v in reasoning.items() if v is not None}, ("effort",), "$.reasoning"
+            {k: v for k, v in reasoning.items() if v is not None},
+            ("effort", "summary", "generate_summary"),  # a summary is a hint
+            "$.reasoning",
         )
         if reasoning.get("effort") is not None:
             params["reasoning_effort"] = reasoning["effort"]
     if (text := event.get("text")) is not None and (fmt := _text_format(text)) is not None:
         params["response_format"] = fmt
-    if event.get("parallel_tool_calls") not in (None, True):
-        raise BadMessage(
-            "`parallel_tool_calls: false` is not supported", path="$.parallel_tool_calls"
-        )
+    if event.get("parallel_tool_calls") is not None:  # a hint: providers call as they do
+        expect(event["parallel_tool_calls"], bool, "$.parallel_tool_calls", "a boolean")
     if event.get("truncation") not in (None, "disabled"):
         raise BadMessage('only `truncation: "disabled"` is supported', path="$.truncation")
-    if event.get("include"):
-        raise BadMessage("`include` is not supported", path="$.include")
+    if event.get("include") is not None:  # extra output (encrypted reasoning...): none to add
+        for i, name in enumerate(expect(event["include"], list, "$.include", "a list")):
+            expect(name, str, f"$.include[{i}]", "a string")
     if event.get("user") is not None:
         expect(event["user"], str, "$.user", "a string")
     previous = event.get("previous_response_id")
@@ -157,7 +195,7 @@ def response_request(event: Any) -> ResponseRequest:
         "metadata": metadata or {},
         "reasoning": reasoning,
         "text": text or {"format": {"type": "text"}},
-        "parallel_tool_calls": True,
+        "parallel_tool_calls": event.get("parallel_tool_calls") is not False,
         "truncation": "disabled",
         "user": event.get("user"),
     }
@@ -302,6 +340,19 @@ def _text_of(parts: list[Any], path: str) -> str:
     return "".join(texts)
 
 
+def _tools(tool: Any, path: str) -> list[dict[str, Any]]:
+    """A tool as chat tools: a function tool; a ``namespace`` tool's
+    function tools, flattened; none for a hosted tool (``HOSTED_TOOLS``)."""
+    expect(tool, dict, path, "a tool (object)")
+    kind = tool.get("type")
+    if kind in HOSTED_TOOLS:
+        return []
+    if kind == "namespace":
+        inner = expect(tool.get("tools"), list, f"{path}.tools", "a list of tools")
+        return [f for i, t in enumerate(inner) for f in _tools(t, f"{path}.tools[{i}]")]
+    return [_tool(tool, path)]
+
+
 def _tool(tool: Any, path: str) -> dict[str, Any]:
     expect(tool, dict, path, "a tool (object)")
     if tool.get("type") != "function":
@@ -309,7 +360,9 @@ def _tool(tool: Any, path: str) -> dict[str, Any]:
             f"unsupported tool type {quote(tool.get('type'))}: only `function` tools",
             path=f"{path}.type",
         )
-    reject_unknown(tool, ("type", "name", "description", "parameters", "strict"), path)
+    reject_unknown(
+        tool, ("type", "name", "description", "parameters", "strict", "defer_loading"), path
+    )
     function: dict[str, Any] = {
         "name": expect(tool.get("name"), str, f"{path}.name", "a string"),
         "parameters": plain_json(

@@ -34,11 +34,13 @@ class Surface(enum.StrEnum):
     WS = "ws"
     """tokenwire's own, at ``/v1/ws`` (resumable)."""
     RESPONSES = "responses"
-    """OpenAI's Responses API in WebSocket mode, at ``/v1/responses``."""
+    """OpenAI's Responses API at ``/v1/responses`` (WebSocket mode, and HTTP)."""
     CHAT_COMPLETIONS = "chat_completions"
     """OpenAI's Chat Completions over HTTP (SSE or one JSON body)."""
     UI = "ui"
     """The AI SDK's UI message stream (``useChat``), at ``/api/chat``."""
+    ANTHROPIC = "anthropic_messages"
+    """Anthropic's Messages API, at ``POST /v1/messages``."""
 
     @property
     def resumable(self) -> bool:
@@ -72,3 +74,6 @@ class SurfaceRequest:
     """Whether the answer streams (SSE) or is one body."""
     headers: Mapping[str, str] | None = None
     """A stream's response headers, when the surface names its own."""
+    keepalive: bytes = b": keep-alive\n\n"
+    """What a silent stream gets every ``sse_keepalive`` seconds (an SSE
+    comment; Anthropic's surface sends its ``ping`` event)."""

@@ -52,7 +52,8 @@ from .surfaces.gate import Gate
 from .surfaces.gate import (
     auth_subprotocol as auth_subprotocol,  # where tests and tools import it from
 )
-from .surfaces.http import HttpLink, HttpSurfaces, PlainRoute
+from .surfaces.http import HttpSurfaces
+from .surfaces.http_link import HttpLink, PlainRoute
 from .surfaces.responses import ResponsesLink
 from .surfaces.routes import RESPONSES_PATH, UI_SOCKET_PATH, WEBSOCKET_ROUTES
 from .surfaces.ui_socket import UiAnswerLink, UiSocketLink

@@ -55,6 +55,10 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reasoning_field: str = "reasoning_content"
     """The delta field reasoning comes in (vLLM and others: ``reasoning``)."""
     tool_calls: list[FakeToolCall] = []
+    after_tool: list[str] | None = None
+    """The answer (content chunks, no tool calls) to a request whose last
+    message is a tool's result: a tool loop's next turn (an agent runs the
+    call, sends its result, and gets this)."""
     interval: float = 0.0
     """Pause between chunks."""
     first_delay: float = 0.0
@@ -188,6 +192,11 @@ class FakeUpstream:
                 if scenario.echo_roles:
                     roles = [f"{m.get('role')} " for m in body.get("messages") or []]
                     scenario = msgspec.structs.replace(scenario, text=roles)
+                last = (body.get("messages") or [{}])[-1]
+                if scenario.after_tool is not None and last.get("role") == "tool":
+                    scenario = msgspec.structs.replace(
+                        scenario, text=scenario.after_tool, tool_calls=[]
+                    )
                 return scenario
             break
         return self.default

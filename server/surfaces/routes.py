@@ -38,8 +38,9 @@ class Route:
     websocket: bool = False
     """Reached by a WebSocket handshake (``GET``)."""
     parse: HttpParser | None = None
-    """An HTTP surface's request parser (None for ``/api/chat``, whose
-    requests continue server-kept chats: ``surfaces/ui.py``)."""
+    """An HTTP surface's request parser (None for ``/api/chat`` and ``POST
+    /v1/responses``, whose requests continue what the server kept:
+    ``surfaces/ui.py``, ``surfaces/responses_http.py``)."""
     id_prefix: str = ""
     """An HTTP surface's response ids: this prefix and 24 hex digits."""
 
@@ -51,22 +52,26 @@ WS_PATH: Final = "/v1/ws"
 RESPONSES_PATH: Final = "/v1/responses"
 CHAT_PATH: Final = "/v1/chat/completions"
 MODELS_PATH: Final = "/v1/models"
+MESSAGES_PATH: Final = "/v1/messages"
 UI_PATH: Final = "/api/chat"
 UI_SOCKET_PATH: Final = "/api/chat/ws"
 
 ROUTES: Final = (
     Route("GET", WS_PATH, Surface.WS, websocket=True),
     Route("GET", RESPONSES_PATH, Surface.RESPONSES, websocket=True),
+    Route("POST", RESPONSES_PATH, Surface.RESPONSES, id_prefix="resp_"),
     Route("POST", CHAT_PATH, Surface.CHAT_COMPLETIONS, parse=chat_surface, id_prefix="chatcmpl-"),
     Route("GET", MODELS_PATH, None),
+    Route("POST", MESSAGES_PATH, Surface.ANTHROPIC, id_prefix="msg_"),
     Route("POST", UI_PATH, Surface.UI, id_prefix="msg-"),
     Route("GET", UI_SOCKET_PATH, Surface.UI, websocket=True),
 )
 
 WEBSOCKET_ROUTES: Final = {route.path: route for route in ROUTES if route.websocket}
 HTTP_ROUTES: Final = {route.path: route for route in ROUTES if not route.websocket}
-HTTP_PATHS: Final = frozenset(path.encode() for path in HTTP_ROUTES)
-"""Paths served over plain HTTP whatever the method."""
+HTTP_PATHS: Final = frozenset(path.encode() for path in HTTP_ROUTES if path not in WEBSOCKET_ROUTES)
+"""Paths served over plain HTTP whatever the method (``/v1/responses`` is
+HTTP but for a GET, its WebSocket handshake)."""
 WEBSOCKET_PATHS: Final = frozenset(path.encode() for path in WEBSOCKET_ROUTES)
 API_PREFIXES: Final = (b"/v1/", b"/api/")
 """Paths under them that are no WebSocket route are the HTTP server's, on every

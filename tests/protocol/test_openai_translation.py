@@ -196,10 +196,10 @@ def test_input_items_become_chat_messages():
     ("extra", "path", "words"),
     [
         ({"background": True, "top_logprobs": 1}, "$.background", "`background`, `top_logprobs`"),
-        ({"tools": [{"type": "web_search"}]}, "$.tools[0].type", "web_search"),
+        ({"tools": [{"type": "mcp", "server_label": "x"}]}, "$.tools[0].type", "mcp"),
         ({"tool_choice": {"type": "web_search"}}, "$.tool_choice", "tool_choice"),
-        ({"parallel_tool_calls": False}, "$.parallel_tool_calls", "not supported"),
-        ({"reasoning": {"effort": "low", "summary": "auto"}}, "$.reasoning.summary", "`summary`"),
+        ({"parallel_tool_calls": "no"}, "$.parallel_tool_calls", "boolean"),
+        ({"reasoning": {"effort": "low", "mode": "auto"}}, "$.reasoning.mode", "`mode`"),
         ({"text": {"format": {"type": "grammar"}}}, "$.text.format.type", "grammar"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "$.input[0].type", "item_reference"),
         (

@@ -1,0 +1,95 @@
+"""Gateway CPU per token of every surface (``/v1/ws``, Chat Completions,
+the AI SDK's ``/api/chat``, ``POST /v1/responses``, Anthropic's ``POST
+/v1/messages``), side by side on the same server, in one invocation: an SSE
+surface may cost at most 1.2× ``/v1/ws``.
+
+    .venv/bin/python bench/surfaces.py [--streams 200] [--rounds 2] [--unpaced]
+
+Each round runs the endpoints in turn (200 streams at 50 tokens/s, started
+over 1 s, against the fake upstream; with ``--unpaced``, one stream of
+20,000 tokens as fast as they come), the order rotated each round; each
+cell is the best (lowest CPU) of the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from core import start_server, write_config
+from run import PACE, measured, settle, sse_load, ws_load
+
+from tokenwire.server.engines.fake_upstream import FakeUpstream
+
+ENDPOINTS = ("/v1/ws", "/v1/chat/completions", "/api/chat", "/v1/responses", "/v1/messages")
+SURFACES = {
+    "/v1/chat/completions": "chat",
+    "/api/chat": "ui",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+}
+UNPACED_TOKENS = 20_000
+
+
+async def main(args: argparse.Namespace) -> str:
+    prompt = "fake:" + json.dumps({"tokens": 100, "interval": 1 / PACE})
+    if args.unpaced:
+        args.streams = 1
+        prompt = "fake:" + json.dumps({"tokens": UNPACED_TOKENS})
+    best: dict[str, dict[str, Any]] = {}
+    async with FakeUpstream() as fake:
+        config = write_config(Path(tempfile.mkdtemp()) / "tokenwire.yaml", fake)
+        server, url, _ = await start_server(config)
+        base = url.replace("ws://", "http://").removesuffix("/ws")
+        try:
+            ramp = 0.0 if args.unpaced else 1.0
+            for round_ in range(args.rounds):
+                shift = round_ % len(ENDPOINTS)
+                for endpoint in ENDPOINTS[shift:] + ENDPOINTS[:shift]:
+                    await settle(fake, 60)
+                    if endpoint == "/v1/ws":
+                        load = ws_load(url, args.streams, prompt, 60, ramp)
+                    else:
+                        surface = SURFACES[endpoint]
+                        load = sse_load(base, args.streams, prompt, 60, ramp, surface=surface)
+                    report = await measured(server.pid, load)
+                    cell = report.get("gateway_cpu_s_per_1k_tokens", float("inf"))
+                    kept = best.get(endpoint)
+                    if kept is None or cell < kept["gateway_cpu_s_per_1k_tokens"]:
+                        best[endpoint] = report
+        finally:
+            server.terminate()
+            await server.wait()
+    ws = best["/v1/ws"]["gateway_cpu_s_per_1k_tokens"]
+    load = (
+        f"one unpaced stream of {UNPACED_TOKENS} tokens"
+        if args.unpaced
+        else f"{args.streams} streams at {PACE} tokens/s"
+    )
+    lines = [
+        f"{load}, best of {args.rounds} rounds",
+        "",
+        "| endpoint | tokens | tokens/s | failed | gateway CPU s / 1k tokens | × /v1/ws |",
+        "|---|---|---|---|---|---|",
+    ]
+    for endpoint in ENDPOINTS:
+        r = best[endpoint]
+        cpu = r["gateway_cpu_s_per_1k_tokens"]
+        failed = r.get("generations_failed") or 0
+        rate = r.get("tokens_per_s", 0)
+        lines.append(
+            f"| {endpoint} | {r['tokens']} | {rate} | {failed} | {cpu:.4f} | {cpu / ws:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--unpaced", action="store_true", help="one stream, as fast as it comes")
+    print(asyncio.run(main(parser.parse_args())))
