@@ -116,7 +116,7 @@ async def measured(pid: int | None, load: Any) -> dict[str, Any]:
     report = await load
     if pid and "tokens" in report:
         used = cpu_s(pid) - before
-        report["gateway_cpu_s"] = round(used, 2)
+        report["gateway_cpu_s"] = round(used, 3)
         report["gateway_cpu_s_per_1k_tokens"] = round(1000 * used / max(report["tokens"], 1), 4)
     return report
 

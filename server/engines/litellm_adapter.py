@@ -69,6 +69,7 @@ __all__ = [
     "router_init",
     "set_module_settings",
     "stream_chunks",
+    "takes_param",
     "token_counter",
 ]
 
@@ -213,6 +214,23 @@ def route_problem(params: dict[str, Any]) -> str | None:
     return None
 
 
+def takes_param(params: dict[str, Any], name: str) -> bool:
+    """Whether a deployment (``litellm_params``) takes the OpenAI parameter
+    ``name``, as LiteLLM knows its provider and model: LiteLLM refuses a
+    parameter outside this list (``UnsupportedParamsError``)."""
+    model = str(params.get("model", ""))
+    try:
+        model, provider, _, _ = get_llm_provider(
+            model=model,
+            custom_llm_provider=params.get("custom_llm_provider"),
+            api_base=params.get("api_base"),
+        )
+        supported = litellm.get_supported_openai_params(model=model, custom_llm_provider=provider)
+    except Exception:  # a provider LiteLLM cannot check: nothing is known to be taken
+        return False
+    return name in (supported or ())
+
+
 def missing_keys(params: dict[str, Any]) -> list[str]:
     """The environment variables a deployment's provider needs for its key
     and does not find (``OPENAI_API_KEY``). A deployment with its own
@@ -280,6 +298,11 @@ INTERNALS: Final[dict[str, tuple[object, str, tuple[str, ...]]]] = {
         ("model", "custom_llm_provider", "api_base", "api_key"),
     ),
     "litellm.token_counter": (litellm, "token_counter", ("model", "messages", "text")),
+    "litellm.get_supported_openai_params": (
+        litellm,
+        "get_supported_openai_params",
+        ("model", "custom_llm_provider"),
+    ),
     "litellm.utils.get_optional_params": (
         _utils,
         "get_optional_params",

@@ -41,6 +41,7 @@ from .litellm_adapter import (
     route_problem,
     set_module_settings,
     stream_chunks,
+    takes_param,
     token_counter,
 )
 
@@ -102,6 +103,14 @@ class Upstream:
         self._litellm_model = {
             d["model_name"]: d["litellm_params"]["model"] for d in reversed(model_list)
         }
+        self.reasons: frozenset[str] = frozenset(
+            name
+            for name, deployments in groups.items()
+            if all(takes_param(d["litellm_params"], "reasoning_effort") for d in deployments)
+        )
+        """Models every deployment of which takes ``reasoning_effort`` (as
+        LiteLLM knows each provider and model): where a surface whose
+        clients ask for thinking by habit (Claude Code) passes it on."""
         self._where: dict[str, dict[str, str]] = {}
         """Each model's deployments and hosts, for log lines (never a key)."""
         self._secrets = [

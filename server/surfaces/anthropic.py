@@ -82,10 +82,19 @@ class AnthropicMessages:
                 asked = messages_request(decode_json(raw), message_id)
         except BadMessage as exc:
             return anthropic_error(self.surfaces.bad_message(exc))
+        generate = asked.generate
+        params = generate.params
+        if (
+            params is not None
+            and params.reasoning_effort is not None
+            and asked.model not in self.server.upstream.reasons
+        ):
+            # Thinking is asked by habit (Claude Code asks on every turn): a
+            # model that takes no reasoning effort answers without it.
+            params = msgspec.structs.replace(params, reasoning_effort=None)
+            generate = msgspec.structs.replace(generate, params=params)
         events = MessageEvents(message_id, asked.model, stream=asked.stream)
-        surface_request = SurfaceRequest(
-            asked.generate, events, asked.stream, keepalive=events.keepalive
-        )
+        surface_request = SurfaceRequest(generate, events, asked.stream, keepalive=events.keepalive)
         link = self.surfaces.link(Surface.ANTHROPIC, request, surface_request)
         return anthropic_error(await link.serve(key))
 

@@ -147,3 +147,17 @@ async def test_a_client_leaving_its_stream_closes_the_upstream(server, fake):
         record = await fake.request_after(mark, TIMEOUT)
     await record.wait_ended(PROMPT_CLOSE_S)
     assert record.disconnected
+
+
+async def test_thinking_asked_of_a_model_without_reasoning_effort_is_dropped(client, fake):
+    """Claude Code asks for thinking on every turn: a model that takes no
+    reasoning effort (LiteLLM knows which) answers without it, where a
+    reasoning model gets it."""
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    hi = [{"role": "user", "content": "Hello!"}]
+    demo = await client.messages.create(model="demo", max_tokens=200, messages=hi,
+                                        thinking=thinking)  # fmt: skip
+    assert demo.stop_reason == "end_turn" and demo.content[-1].text
+    asked = [{"role": "user", "content": scripted(tokens=1)}]
+    await client.messages.create(model="fake", max_tokens=20, thinking=thinking, messages=asked)
+    assert fake.requests[-1].body["reasoning_effort"] == "low"
