@@ -4,6 +4,7 @@ the AI SDK's ``/api/chat``, ``POST /v1/responses``, Anthropic's ``POST
 surface may cost at most 1.2× ``/v1/ws``.
 
     .venv/bin/python bench/surfaces.py [--streams 200] [--rounds 2] [--unpaced]
+        [--against-proxy]
 
 Each round runs the endpoints in turn (200 streams at 50 tokens/s, started
 over 1 s, against the fake upstream; with ``--unpaced``, one stream of
@@ -20,8 +21,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core import start_server, write_config
-from run import PACE, measured, settle, sse_load, ws_load
+from core import fake_deployment, start_server, write_config
+from run import (
+    PACE,
+    ensure_proxy,
+    free_port,
+    measured,
+    settle,
+    sse_load,
+    start_proxy,
+    write_proxy_config,
+    ws_load,
+)
 
 from tokenwire.server.engines.fake_upstream import FakeUpstream
 
@@ -74,6 +85,7 @@ async def main(args: argparse.Namespace) -> str:
         finally:
             server.terminate()
             await server.wait()
+        proxy = await against_proxy(fake, prompt, args) if args.against_proxy else {}
     ws = best["/v1/ws"]["gateway_cpu_s_per_1k_tokens"]
     load = (
         f"one unpaced stream of {UNPACED_TOKENS} tokens"
@@ -95,7 +107,59 @@ async def main(args: argparse.Namespace) -> str:
             f"| {endpoint} | {r['relayed']} | {r['relayed_per_s']} | {r['tokens']} | {failed} "
             f"| {cpu:.4f} | {cpu / ws:.2f}× |"
         )
+    if proxy:
+        lines += [
+            "",
+            "The same load through the LiteLLM proxy (its own endpoints, same fake upstream):",
+            "",
+            "| endpoint | proxy tokens/s | failed | tokenwire tokens/s | × the proxy |",
+            "|---|---|---|---|---|",
+        ]
+        for endpoint, r in proxy.items():
+            mine = best[endpoint]["relayed_per_s"]
+            failed = r.get("generations_failed") or 0
+            times = mine / r["relayed_per_s"] if r["relayed_per_s"] else float("inf")
+            lines.append(
+                f"| {endpoint} | {r['relayed_per_s']} | {failed} | {mine} | {times:.1f}× |"
+            )
     return "\n".join(lines)
+
+
+async def against_proxy(
+    fake: FakeUpstream, prompt: str, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """The LiteLLM proxy's figures on its SSE endpoints (installed once into
+    bench/.proxy-venv), best of the rounds."""
+    litellm = ensure_proxy()
+    if litellm is None:
+        return {}
+    # As a chat-completions-only provider (vLLM's kind): the proxy bridges its
+    # /v1/responses and /v1/messages to the fake's /chat/completions, as
+    # tokenwire does (as openai/, it would call the fake's /responses).
+    deployment = {**fake_deployment(fake), "model": "hosted_vllm/fake"}
+    config = write_proxy_config(Path(tempfile.mkdtemp()), deployment)
+    port = free_port()
+    proxy = await start_proxy(litellm, config, port)
+    base = f"http://127.0.0.1:{port}/v1"
+    per_stream = json.loads(prompt.removeprefix("fake:"))["tokens"]
+    best: dict[str, dict[str, Any]] = {}
+    try:
+        for _ in range(args.rounds):
+            # /v1/responses last: the proxy sends it to the provider's own
+            # /responses (which the fake has not), and the 404 cools the model down.
+            for endpoint in ("/v1/chat/completions", "/v1/messages", "/v1/responses"):
+                surface = SURFACES[endpoint]
+                await settle(fake, 60)
+                report = await sse_load(base, args.streams, prompt, 120, 0.0, surface=surface)
+                relayed = (report.get("generations_completed") or 0) * per_stream
+                report["relayed_per_s"] = round(relayed / max(report["wall_s"], 1e-9))
+                kept = best.get(endpoint)
+                if kept is None or report["relayed_per_s"] > kept["relayed_per_s"]:
+                    best[endpoint] = report
+    finally:
+        proxy.terminate()
+        await proxy.wait()
+    return best
 
 
 if __name__ == "__main__":
@@ -103,4 +167,7 @@ if __name__ == "__main__":
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--unpaced", action="store_true", help="one stream, as fast as it comes")
+    parser.add_argument(
+        "--against-proxy", action="store_true", help="also the LiteLLM proxy's SSE endpoints"
+    )
     print(asyncio.run(main(parser.parse_args())))
