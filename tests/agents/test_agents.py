@@ -7,14 +7,16 @@ provider whose base URL is tokenwire's ``/v1``). npm installs each, pinned
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TIMEOUT
-from node_parts import installed
+from node_parts import CACHE, installed
 
 FOLDER = Path(__file__).parent
 BIN = FOLDER / "node_modules" / ".bin"
@@ -25,14 +27,16 @@ def scripted(**scenario: Any) -> str:
     return "fake:" + json.dumps(scenario)
 
 
-async def run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+async def run(
+    command: list[str], env: dict[str, str], cwd: Path, timeout: float = AGENT_TIMEOUT
+) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         *command, cwd=cwd, env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        async with asyncio.timeout(AGENT_TIMEOUT):
+        async with asyncio.timeout(timeout):
             out, err = await process.communicate()
     finally:
         if process.returncode is None:
@@ -48,6 +52,28 @@ def agent_env(tmp: Path, **extra: str) -> dict[str, str]:
     home.mkdir(exist_ok=True)
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "TERM") if k in os.environ}
     return {**keep, "HOME": str(home), "NO_COLOR": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+async def agents_sdk() -> Path:
+    """A venv with the OpenAI Agents SDK (``agents-sdk.txt``), made once per
+    version of that file, outside the clone; its python."""
+    pins = FOLDER / "agents-sdk.txt"
+    venv = (
+        CACHE.parent / "venvs" / f"agents-sdk-{hashlib.sha256(pins.read_bytes()).hexdigest()[:16]}"
+    )
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        env = {**os.environ}
+        for command in (
+            [sys.executable, "-m", "venv", "--clear", str(venv)],
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             "-r", str(pins)],
+        ):  # fmt: skip
+            code, _, err = await run(command, env, FOLDER, timeout=300)
+            assert code == 0, err[-2000:]
+        (venv / ".installed").touch()
+    return python
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +131,19 @@ async def test_codex_exec_completes_through_the_responses_api(agents, server, fa
     assert code == 0, (out[-2000:], err[-3000:])
     assert "Codex works." in out, (out[-2000:], err[-2000:])
     assert [r.body["model"] for r in fake.requests[mark:]][-1:] == ["fake-model"]
+
+
+async def test_the_agents_sdk_runs_a_tool_loop_to_its_final_answer(agents_sdk, server, fake,
+                                                                   tmp_path):  # fmt: skip
+    call = {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}
+    prompt = scripted(tokens=0, tool_calls=[call], after_tool=["It is sunny ", "in Paris."])
+    mark = fake.mark()
+    script = str(FOLDER / "agents_sdk_check.py")
+    code, out, err = await run(
+        [str(agents_sdk), script, f"{server.http}/v1", prompt], agent_env(tmp_path), tmp_path
+    )
+    assert code == 0, (out[-2000:], err[-3000:])
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"final": "It is sunny in Paris.", "calls": ["Paris"]}, result
+    turns = fake.requests[mark:]
+    assert len(turns) == 2 and turns[1].body["messages"][-1]["role"] == "tool"
