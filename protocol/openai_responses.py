@@ -66,26 +66,32 @@ _encode = msgspec.json.encode
 
 
 def error_event(
-    code: str, message: str, param: str | None = None, sequence_number: int = 0
+    code: str,
+    message: str,
+    param: str | None = None,
+    sequence_number: int = 0,
+    stream_id: str | None = None,
 ) -> bytes:
     """An ``error`` event: a request not taken (or refused before it started).
 
     Both shapes the SDKs read: openai-python 2.x's ``ResponseErrorEvent``
     (``code``, ``message``, ``param`` at the top) and 3.x's ``ResponseWsError``
-    (an ``error`` object with OpenAI's ``type``, and the HTTP ``status``).
+    (an ``error`` object with OpenAI's ``type``, and the HTTP ``status``);
+    with the lane's ``stream_id`` when the request named one.
     """
     kind = error_kind(code) if code in ERROR_KINDS else SURFACE_ERRORS.get(code, BAD_REQUEST)
-    return _encode(
-        {
-            "type": "error",
-            "code": code,
-            "message": message,
-            "param": param,
-            "sequence_number": sequence_number,
-            "status": kind.status,
-            "error": {"type": kind.type, "code": code, "message": message, "param": param},
-        }
-    )
+    event: dict[str, Any] = {
+        "type": "error",
+        "code": code,
+        "message": message,
+        "param": param,
+        "sequence_number": sequence_number,
+        "status": kind.status,
+        "error": {"type": kind.type, "code": code, "message": message, "param": param},
+    }
+    if stream_id is not None:
+        event["stream_id"] = stream_id
+    return _encode(event)
 
 
 def response_usage(usage: Usage | None) -> dict[str, Any] | None:
@@ -200,8 +206,12 @@ class ResponseEvents:
         *,
         sse: bool = False,
         stream: bool = True,
+        stream_id: str | None = None,
     ) -> None:
         self.request = request
+        self.stream_id = stream_id
+        """The WebSocket lane the response runs on: every event echoes it."""
+        self._lane = b"" if stream_id is None else b',"stream_id":' + _encode(stream_id)
         self.id = response_id
         self.created_at = created_at
         self.sse = sse
@@ -255,7 +265,7 @@ class ResponseEvents:
             item.parts.append(text)
             seq = str(self.seq).encode()
             self.seq += 1
-            tail = b',"logprobs":[]}' if kind is Token else b"}"
+            tail = (b',"logprobs":[]' if kind is Token else b"") + self._lane + b"}"
             event = item.delta_prefix + _encode(text) + b',"sequence_number":' + seq + tail
             events.append(item.delta_sse + event + b"\n\n" if self.sse else event)
             return events
@@ -439,6 +449,8 @@ class ResponseEvents:
     def _event(self, kind: str, **fields: Any) -> bytes:
         fields["type"] = kind
         fields["sequence_number"] = self.seq
+        if self.stream_id is not None:
+            fields["stream_id"] = self.stream_id
         self.seq += 1
         if self.sse:
             return b"event: " + kind.encode() + b"\ndata: " + _encode(fields) + b"\n\n"

@@ -52,6 +52,7 @@ SUPPORTED: Final = frozenset(
         "truncation",
         "include",
         "user",
+        "stream_id",
         *HINTS,
     }
 )
@@ -86,6 +87,7 @@ BAD_REQUEST: Final = OpenAIErrorKind(400, "invalid_request_error")
 SURFACE_ERRORS: Final = {
     "previous_response_not_found": OpenAIErrorKind(404, "invalid_request_error"),
     "response_in_flight": OpenAIErrorKind(409, "invalid_request_error"),
+    "response_not_found": OpenAIErrorKind(404, "invalid_request_error"),
 }
 """The errors of the Responses surface itself, as HTTP statuses and OpenAI types."""
 _TOOL_CHOICES: Final = frozenset({"auto", "none", "required"})
@@ -108,14 +110,18 @@ class ResponseRequest(NamedTuple):
     store: bool
     echo: dict[str, Any]
     """Request fields the response object repeats, in Responses' shape."""
+    stream_id: str | None = None
+    """The WebSocket lane (WebSocket mode only): FIFO within a lane, lanes
+    in parallel; every event of the response echoes it."""
 
 
 def http_response_request(body: Any) -> tuple[ResponseRequest, bool]:
     """A ``POST /v1/responses`` body: the request (the fields of
     ``response.create``), and whether it streams (``stream``, default false)."""
     expect(body, dict, "$", "a JSON object")
-    if "type" in body:
-        raise BadMessage("`type` is not a field of POST /v1/responses", path="$.type")
+    for name in ("type", "stream_id"):  # the WebSocket mode's envelope
+        if name in body:
+            raise BadMessage(f"`{name}` is not a field of POST /v1/responses", path=f"$.{name}")
     stream = body.get("stream")
     if stream is not None:
         expect(stream, bool, "$.stream", "a boolean")
@@ -174,6 +180,11 @@ def response_request(event: Any) -> ResponseRequest:
             expect(name, str, f"$.include[{i}]", "a string")
     if event.get("user") is not None:
         expect(event["user"], str, "$.user", "a string")
+    stream_id = event.get("stream_id")
+    if stream_id is not None:
+        expect(stream_id, str, "$.stream_id", "a lane's name (string)")
+        if not 0 < len(stream_id) <= 256:
+            raise BadMessage("`stream_id` must be 1 to 256 characters", path="$.stream_id")
     previous = event.get("previous_response_id")
     if previous is not None:
         expect(previous, str, "$.previous_response_id", "a response id (string)")
@@ -209,6 +220,7 @@ def response_request(event: Any) -> ResponseRequest:
         previous_response_id=previous,
         store=store is not False,
         echo=echo,
+        stream_id=stream_id,
     )
 
 

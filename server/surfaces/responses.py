@@ -3,9 +3,15 @@
 A connection is a session (not resumable) served by a ``ResponsesLink``: a
 ``Link`` that reads ``response.create`` events instead of tokenwire
 messages and writes ``response.*`` events instead of frames, both
-translated by ``tokenwire.protocol.openai_responses``. Responses run one at a
-time per connection, as in OpenAI's WebSocket mode; closing the socket
-cancels the one in flight and closes its upstream request.
+translated by ``tokenwire.protocol.openai_responses``. A ``response.create``
+without ``stream_id`` runs one at a time per connection, as in OpenAI's
+first WebSocket mode (a second one in flight: ``response_in_flight``). With
+``stream_id`` it runs on that lane: a lane's responses run FIFO (a create
+waits for the one before it), lanes run in parallel (up to
+``max_generations``), and every event of a laned response echoes its
+``stream_id``. ``response.cancel`` (``response_id``) ends that response
+with ``response.incomplete`` and leaves the others streaming. Closing the
+socket cancels every response in flight and closes their upstream requests.
 
 ``previous_response_id`` continues a response the server kept. Each
 response is kept as the messages it added (its input and its answer) and
@@ -21,8 +27,9 @@ from __future__ import annotations
 
 import enum
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -31,6 +38,7 @@ from websockets.asyncio.server import ServerConnection
 
 from tokenwire.protocol import (
     BadMessage,
+    Cancel,
     Codec,
     Error,
     ErrorCode,
@@ -62,19 +70,23 @@ CONNECTION_RESPONSES: Final = 64
 """Responses a connection remembers for ``previous_response_id`` (the newest)."""
 PREVIOUS_NOT_FOUND: Final = "previous_response_not_found"
 RESPONSE_IN_FLIGHT: Final = "response_in_flight"
+RESPONSE_NOT_FOUND: Final = "response_not_found"
+MAX_QUEUED: Final = 256
+"""``response.create`` events one lane may hold waiting (past it: ``overloaded``)."""
 
 _encode = msgspec.json.encode
 
 
 class ResponseState(enum.Enum):
-    """A ``/v1/responses`` connection's response in flight::
+    """A response of a ``/v1/responses`` connection (the lane it runs on is
+    busy from ADMITTING until IDLE again)::
 
     IDLE ──► ADMITTING ──► STREAMING ──► IDLE
                 └── refused ──────────────┘
     """
 
     IDLE = "idle"
-    """No response in flight: a ``response.create`` is taken."""
+    """Not in flight (its lane takes the next ``response.create``)."""
     ADMITTING = "admitting"
     """Its generation is being admitted; a refusal is an ``error`` event."""
     STREAMING = "streaming"
@@ -86,6 +98,20 @@ _RESPONSE_MOVES: Final[Mapping[ResponseState, frozenset[ResponseState]]] = {
     ResponseState.ADMITTING: frozenset({ResponseState.STREAMING, ResponseState.IDLE}),
     ResponseState.STREAMING: frozenset({ResponseState.IDLE}),
 }
+
+
+@dataclass
+class _Flight:
+    """A response in flight on this connection."""
+
+    events: ResponseEvents
+    turn: list[dict[str, Any]]
+    """Its history and input: its conversation so far."""
+    state: ResponseState = ResponseState.IDLE
+
+    def advance(self, to: ResponseState) -> None:
+        """The response's one transition function."""
+        self.state = advance(_RESPONSE_MOVES, self.state, to, "response")
 
 
 class ResponsesLink(Link):
@@ -103,34 +129,63 @@ class ResponsesLink(Link):
         super().__init__(context, connection, codec)
         self._encode = written_as_is  # events are encoded as they are made
         self._store = store
-        self.response_state = ResponseState.IDLE
-        self._events: ResponseEvents | None = None
-        """The response in flight (ADMITTING or STREAMING)."""
-        self._turn: list[dict[str, Any]] = []
-        """The in-flight response's history and input: its conversation so far."""
+        self._flights: dict[str, _Flight] = {}
+        """The responses in flight, by id."""
+        self._busy: set[str | None] = set()
+        """Lanes with a response in flight (None: the one without ``stream_id``)."""
+        self._waiting: dict[str, deque[ResponseRequest]] = {}
+        """Each busy lane's next ``response.create`` events, in order."""
         self._made: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         """The conversation after each response this connection made (the newest)."""
 
     async def _handle(self, data: str | bytes) -> None:
-        session = self.session
-        assert session is not None
-        if self._events is not None:  # ADMITTING is over once session.handle returns
-            self._error(
-                RESPONSE_IN_FLIGHT,
-                f"response {self._events.id} is in flight: responses run one at a time "
-                "per connection; send the next response.create after its last event",
-            )
-            return
+        lane: str | None = None
         try:
             with too_deep_is_bad_message():
-                request = response_request(decode_json(data))
+                event = decode_json(data)
+                if isinstance(event, dict):
+                    named = event.get("stream_id")
+                    lane = named if isinstance(named, str) else None
+                    if event.get("type") == "response.cancel":
+                        self._cancel(event.get("response_id"), lane)
+                        return
+                request = response_request(event)
+        except BadMessage as exc:
+            self._error(ErrorCode.BAD_MESSAGE, exc.message, exc.path, lane)
+            return
+        if lane not in self._busy:
+            await self._start(request)
+        elif lane is None:
+            running = [f.events.id for f in self._flights.values() if f.events.stream_id is None]
+            self._error(
+                RESPONSE_IN_FLIGHT,
+                f"response {(running or ['?'])[0]} is in flight: responses without a stream_id "
+                "run one at a time per connection; send the next response.create after its "
+                "last event, or name a lane (stream_id)",
+            )
+        elif len(waiting := self._waiting.setdefault(lane, deque())) >= MAX_QUEUED:
+            message = f"lane {lane[:80]!r} has {MAX_QUEUED} responses waiting"
+            self._error(ErrorCode.OVERLOADED, message, "stream_id", lane)
+        else:
+            waiting.append(request)  # FIFO within the lane
+
+    async def _start(self, request: ResponseRequest) -> None:
+        """Run ``request`` on its lane (busy until it ends, or is refused)."""
+        session = self.session
+        assert session is not None
+        lane = request.stream_id
+        self._busy.add(lane)
+        try:
+            with too_deep_is_bad_message():
                 history = await self._history(request)
                 if history is None:
+                    self._next(lane)
                     return
                 response_id = self._store.new_id()
                 generate = response_generate(request, response_id, history)
         except BadMessage as exc:
-            self._error(ErrorCode.BAD_MESSAGE, exc.message, exc.path)
+            self._error(ErrorCode.BAD_MESSAGE, exc.message, exc.path, lane)
+            self._next(lane)
             return
         conversation = [*history, *request.input]
         limit = self.context.settings.max_history_bytes
@@ -139,21 +194,42 @@ class ResponsesLink(Link):
                 ErrorCode.CONVERSATION_LIMIT,
                 f"the conversation would be over max_history_bytes ({limit})",
                 "previous_response_id",
+                lane,
             )
+            self._next(lane)
             return
-        events = ResponseEvents(request, response_id, int(time.time()))
-        self._events, self._turn = events, conversation
-        self._advance_response(ResponseState.ADMITTING)
+        if self.session is not session:  # the connection went meanwhile
+            return
+        events = ResponseEvents(request, response_id, int(time.time()), stream_id=lane)
+        flight = self._flights[response_id] = _Flight(events, conversation)
+        flight.advance(ResponseState.ADMITTING)
         session.handle(generate)
         if response_id in session.generations:  # admitted (else refused: an error event went)
-            self._advance_response(ResponseState.STREAMING)
+            flight.advance(ResponseState.STREAMING)
             self._queue(events.opening())
 
-    def _advance_response(self, to: ResponseState) -> None:
-        """The in-flight response's one transition function."""
-        self.response_state = advance(_RESPONSE_MOVES, self.response_state, to, "response")
-        if to is ResponseState.IDLE:
-            self._events = None
+    def _next(self, lane: str | None) -> None:
+        """``lane``'s response ended: its next waiting one starts."""
+        waiting = self._waiting.get(lane) if lane is not None else None
+        if not waiting:
+            self._waiting.pop(lane or "", None)
+            self._busy.discard(lane)
+            return
+        self.context.background(self._start(waiting.popleft()))
+
+    def _cancel(self, response_id: Any, lane: str | None) -> None:
+        """``response.cancel``: that response ends (``response.incomplete``)."""
+        session = self.session
+        flight = self._flights.get(response_id) if isinstance(response_id, str) else None
+        if flight is None or session is None:
+            self._error(
+                RESPONSE_NOT_FOUND,
+                f"no response {str(response_id)[:80]!r} in flight on this connection",
+                "response_id",
+                lane,
+            )
+            return
+        session.handle(Cancel(id=flight.events.id))
 
     async def _history(self, request: ResponseRequest) -> list[dict[str, Any]] | None:
         """The conversation ``previous_response_id`` names (None: an error event went)."""
@@ -171,43 +247,52 @@ class ResponsesLink(Link):
                 f"no response {previous[:80]!r} to continue: unknown, expired, or made "
                 "with store false on another connection",
                 "previous_response_id",
+                request.stream_id,
             )
             return None
         return [message for kept in reversed(chain) for message in kept.messages]
 
-    def _error(self, code: str, message: str, param: str | None = None) -> None:
+    def _error(
+        self, code: str, message: str, param: str | None = None, lane: str | None = None
+    ) -> None:
         self.context.metrics.errors.labels(code).inc()
-        self._queue([error_event(code, message, param)])
+        self._queue([error_event(code, message, param, stream_id=lane)])
 
     def send(self, frames: Iterable[ServerFrame]) -> None:
-        """Translate the session's frames to the in-flight response's events."""
+        """Translate the session's frames to their responses' events."""
         out: list[bytes] = []
         for frame in frames:
             if isinstance(frame, Ready):
                 continue
-            events = self._events
-            if events is None or getattr(frame, "id", None) != events.id:
+            gid = getattr(frame, "id", None)
+            flight = self._flights.get(gid) if isinstance(gid, str) else None
+            if flight is None:
                 if isinstance(frame, Error) and frame.id is None:
                     out.append(error_event(frame.code, frame.message))
                 continue
-            if self.response_state is ResponseState.ADMITTING:  # refused before it started
+            events = flight.events
+            if flight.state is ResponseState.ADMITTING:  # refused before it started
                 assert isinstance(frame, Error)
-                out.append(error_event(frame.code, frame.message))
-                self._advance_response(ResponseState.IDLE)
+                out.append(error_event(frame.code, frame.message, stream_id=events.stream_id))
+                self._ended(flight, frame)
                 continue
             out += events.translate(frame)  # type: ignore[arg-type]
             if isinstance(frame, Finish | Error):
-                self._ended(events, frame)
+                self._ended(flight, frame)
         if out:
             self._queue(out)
 
-    def _ended(self, events: ResponseEvents, frame: Finish | Error) -> None:
-        self._advance_response(ResponseState.IDLE)
-        if not isinstance(frame, Finish):
+    def _ended(self, flight: _Flight, frame: Finish | Error) -> None:
+        events = flight.events
+        started = flight.state is ResponseState.STREAMING
+        flight.advance(ResponseState.IDLE)
+        del self._flights[events.id]
+        self._next(events.stream_id)
+        if not started or not isinstance(frame, Finish):
             return
         answer = assistant_message(frame.content, frame.tool_calls)
         request = events.request
-        conversation = [*self._turn, answer]
+        conversation = [*flight.turn, answer]
         self._made[events.id] = conversation
         while len(self._made) > CONNECTION_RESPONSES:
             self._made.popitem(last=False)
