@@ -207,8 +207,11 @@ class ResponseEvents:
         sse: bool = False,
         stream: bool = True,
         stream_id: str | None = None,
+        background: bool = False,
     ) -> None:
         self.request = request
+        self.background = background
+        """A background response: a cancel makes it ``cancelled``."""
         self.stream_id = stream_id
         """The WebSocket lane the response runs on: every event echoes it."""
         self._lane = b"" if stream_id is None else b',"stream_id":' + _encode(stream_id)
@@ -307,7 +310,7 @@ class ResponseEvents:
                     *events,
                     self._event("response.completed", response=self.response(usage=usage)),
                 ]
-            self.status = "incomplete"
+            self.status = "cancelled" if self.background and reason is None else "incomplete"
             details = {"reason": reason} if reason else None
             self.ended["incomplete_details"] = details
             return [
@@ -346,7 +349,7 @@ class ResponseEvents:
             "error": None,
             "incomplete_details": None,
             "usage": None,
-            "background": False,
+            "background": self.background,
             **self.request.echo,
         }
         body.update(fields)
@@ -455,3 +458,45 @@ class ResponseEvents:
         if self.sse:
             return b"event: " + kind.encode() + b"\ndata: " + _encode(fields) + b"\n\n"
         return _encode(fields)
+
+
+def finished(events: ResponseEvents, frame: Finish | Error) -> bytes:
+    """The finished response object made of its terminal frame alone (its
+    text and tool calls; streamed reasoning is not in it): what a
+    background response keeps for ``GET /v1/responses/{id}``."""
+    fresh = ResponseEvents(
+        events.request, events.id, events.created_at, stream=False, background=events.background
+    )
+    if isinstance(frame, Finish):
+        if frame.content:
+            fresh.feed(Token(id=frame.id, seq=0, text=frame.content))
+        for call in frame.tool_calls:
+            fresh.feed(
+                ToolCallComplete(
+                    id=frame.id, seq=0, index=call.index, call_id=call.call_id,
+                    name=call.name, arguments=call.arguments,
+                )
+            )  # fmt: skip
+    return fresh.translate(frame)[0]
+
+
+class After:
+    """A response's events after a sequence number (``starting_after``): a
+    replay's translator, made of one that translates from the first frame."""
+
+    def __init__(self, events: ResponseEvents, after: int) -> None:
+        self.events = events
+        self.after = after
+        self._next = 0
+        """The sequence number of the next event made."""
+
+    def _past(self, made: list[bytes]) -> list[bytes]:
+        first = self._next
+        self._next += len(made)
+        return made[max(0, self.after + 1 - first) :]
+
+    def opening(self) -> list[bytes]:
+        return self._past(self.events.opening())
+
+    def translate(self, frame: GenerationFrame) -> list[bytes]:
+        return self._past(self.events.translate(frame))

@@ -67,6 +67,23 @@ NO_OP: Final[Mapping[str, tuple[Any, ...]]] = {
 }
 """Fields sent with the API's default value: they ask for nothing, and pass.
 (``stream: true`` is what WebSocket mode does anyway.)"""
+ECHOED: Final = (
+    "instructions",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "top_p",
+    "max_output_tokens",
+    "previous_response_id",
+    "store",
+    "metadata",
+    "reasoning",
+    "text",
+    "parallel_tool_calls",
+    "truncation",
+    "user",
+)
+"""The request fields a response object repeats."""
 HOSTED_TOOLS: Final = frozenset(
     {
         "web_search",
@@ -115,19 +132,42 @@ class ResponseRequest(NamedTuple):
     in parallel; every event of the response echoes it."""
 
 
-def http_response_request(body: Any) -> tuple[ResponseRequest, bool]:
+def http_response_request(body: Any) -> tuple[ResponseRequest, bool, bool]:
     """A ``POST /v1/responses`` body: the request (the fields of
-    ``response.create``), and whether it streams (``stream``, default false)."""
+    ``response.create``), whether it streams (``stream``, default false) and
+    whether it runs in the background (``background``: on without its
+    client, retrieved and cancelled by id; it must be stored)."""
     expect(body, dict, "$", "a JSON object")
     for name in ("type", "stream_id"):  # the WebSocket mode's envelope
         if name in body:
             raise BadMessage(f"`{name}` is not a field of POST /v1/responses", path=f"$.{name}")
-    stream = body.get("stream")
-    if stream is not None:
-        expect(stream, bool, "$.stream", "a boolean")
-    event = {name: value for name, value in body.items() if name != "stream"}
+    flags = []
+    for name in ("stream", "background"):
+        if body.get(name) is not None:
+            expect(body[name], bool, f"$.{name}", "a boolean")
+        flags.append(body.get(name) is True)
+    stream, background = flags
+    if background and body.get("store") is False:
+        raise BadMessage("a background response must be stored (`store: false`)", path="$.store")
+    event = {k: v for k, v in body.items() if k not in ("stream", "background")}
     event["type"] = "response.create"
-    return response_request(event), stream is True
+    return response_request(event), stream, background
+
+
+def stored_request(response: dict[str, Any]) -> ResponseRequest:
+    """The request a stored response object echoes (what its events repeat):
+    a replay's translator is made of it."""
+    return ResponseRequest(
+        model=str(response.get("model", "")),
+        input=[],
+        instructions=response.get("instructions"),
+        tools=None,
+        tool_choice=None,
+        params={},
+        previous_response_id=response.get("previous_response_id"),
+        store=True,
+        echo={name: response.get(name) for name in ECHOED},
+    )
 
 
 def response_request(event: Any) -> ResponseRequest:
@@ -194,7 +234,7 @@ def response_request(event: Any) -> ResponseRequest:
     metadata = event.get("metadata")
     if metadata is not None:
         _check_metadata(metadata)
-    echo = {
+    echo = {  # ECHOED, in this order
         "instructions": instructions,
         "tools": event.get("tools") or [],
         "tool_choice": event.get("tool_choice") or "auto",

@@ -212,7 +212,7 @@ class TokenwireServer:
                 orphaned = session.orphaned_for(now)
                 if not orphaned:
                     continue
-                if orphaned >= settings.orphan_timeout and session.core.active:
+                if orphaned >= session.orphan_timeout and session.core.active:
                     await self._orphan(session)
                 if orphaned >= settings.resume_ttl:
                     self.resumer.expire(session, Cause.RESUME_TTL)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final, Protocol, assert_never
 
 import structlog
@@ -148,6 +148,12 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self.detached_at = 0.0
         """Loop time the last link dropped (DETACHED)."""
+        self.orphan_timeout = settings.orphan_timeout
+        """Seconds its generations run on DETACHED (a background response's:
+        ``resume_ttl``)."""
+        self.ended_hook: Callable[[Finish | Error], None] | None = None
+        """Told each generation's terminal frame (a background response
+        keeps its final object so)."""
         self.delivery = Delivery(context.metrics, self.kept.lost)
         """The replay window: what a resume sent, what waits for it."""
 
@@ -306,6 +312,8 @@ class Session:
             self.link.unhold(generation)
         if generation.entry.state is GenerationState.ENDED:
             return
+        if terminal is not None and self.ended_hook is not None:
+            self.ended_hook(terminal)
         keeps_history = generation.entry.history is not None and isinstance(terminal, Finish)
         answer = generation.assistant_message() if keeps_history else None
         self.context.history_bytes += self.core.ended(generation.entry, terminal, answer)

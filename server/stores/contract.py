@@ -201,6 +201,9 @@ class KeptResponse(msgspec.Struct, array_like=True):
     """The hash of the API key that made it: only that key continues it."""
     previous: str | None
     messages: list[dict[str, Any]]
+    body: bytes | None = None
+    """The response object as ``GET /v1/responses/{id}`` answers it (JSON):
+    the finished one, or a background one's as it started."""
 
 
 class ResponseStore(Protocol):
@@ -215,6 +218,10 @@ class ResponseStore(Protocol):
     async def chain(self, response_id: str) -> list[KeptResponse] | None:
         """The kept responses from ``response_id`` back to its chain's first
         (newest first); None if one of them is not kept."""
+        ...
+
+    async def get(self, response_id: str) -> KeptResponse | None:
+        """The kept response ``response_id`` alone."""
         ...
 
 

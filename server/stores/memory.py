@@ -285,7 +285,9 @@ class MemoryResponses:
         return self.peers.new_response_id() if self.peers is not None else new_response_id()
 
     async def put(self, response_id: str, kept: KeptResponse) -> None:
-        size = len(msgspec.json.encode(kept.messages)) + 200
+        size = len(msgspec.json.encode(kept.messages)) + len(kept.body or b"") + 200
+        if (old := self._kept.pop(response_id, None)) is not None:  # replaced
+            self.bytes -= old[1]
         now = time.monotonic()
         self._kept[response_id] = (kept, size, now + self.ttl)
         self.bytes += size
@@ -305,6 +307,13 @@ class MemoryResponses:
             out.append(kept)
             rid = kept.previous
         return out
+
+    async def get(self, response_id: str) -> KeptResponse | None:
+        kept = self._get(response_id)
+        if kept is not None:
+            return kept
+        chain = await self._elsewhere(response_id, [])
+        return chain[0] if chain else None
 
     def _get(self, response_id: str) -> KeptResponse | None:
         entry = self._kept.get(response_id)

@@ -380,6 +380,11 @@ class RedisResponses:
         data = msgspec.msgpack.encode(kept)
         await self.store.quietly(lambda: client.set(f"tw:r:{response_id}", data, ex=self.ttl))
 
+    async def get(self, response_id: str) -> KeptResponse | None:
+        client = self.store.client
+        found = await self.store.quietly(lambda: client.get(f"tw:r:{response_id}"))
+        return None if found is None else msgspec.msgpack.decode(found, type=KeptResponse)
+
     async def chain(self, response_id: str) -> list[KeptResponse] | None:
         found = await self.store.quietly(lambda: self._chain(args=[response_id, MAX_CHAIN]))
         if not found:

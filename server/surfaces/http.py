@@ -82,6 +82,7 @@ class HttpSurfaces:
             app.router.add_route("*", route.path, handler)
         self.ui.add_routes(app)
         self.anthropic.add_routes(app)
+        self.responses.add_routes(app)
         app.router.add_route("*", "/{tail:.*}", self.other)
         self._runner = runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
         await runner.setup()

@@ -105,6 +105,8 @@ class HttpLink(LinkBase):
         resumable: bool = False,
         opened: Callable[[Session], Awaitable[None]] | None = None,
         rejoin: str | None = None,
+        keep: bool = False,
+        detach: bool = False,
     ) -> web.StreamResponse:
         """Run the generation; its response once written. The client gone,
         it is cancelled, unless ``resumable``: then its session detaches
@@ -112,7 +114,11 @@ class HttpLink(LinkBase):
         ``opened`` is awaited with the new session before the generation
         starts. With ``rejoin`` (a resume token), nothing starts: the
         session it names is resumed, the generation replayed from its first
-        frame (nothing to resume: 204)."""
+        frame (nothing to resume: 204). With ``keep``, a resumable session
+        stays (detached, for ``resume_ttl``) even once its client got the
+        whole answer; with ``detach``, the generation starts and the link
+        leaves it at once (a background response): the answer is 202, or
+        the refusal."""
         server = self.server
         self._task = asyncio.current_task()
         session = server.open_session(self, key, resumable=resumable or rejoin is not None)
@@ -123,12 +129,16 @@ class HttpLink(LinkBase):
                 if opened is not None:
                     await opened(session)
                 session.handle(self.asked.generate)
+                if detach:
+                    refused = [f for f in self._outbox if isinstance(f, Error)]
+                    return error_response(refused[0]) if refused else web.Response(status=202)
             if self.asked.stream:
                 return await self._stream()
             return await self._collect()
         finally:
             session = self.session or session  # a resume replaced the new one
-            await server.close_session(self, session, end=self.ended or not session.resumable)
+            end = (self.ended and not keep) or not session.resumable
+            await server.close_session(self, session, end=end)
             resolve(self._done)
 
     async def _next(self, timeout: float | None = None) -> list[ServerFrame] | None:

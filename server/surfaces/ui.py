@@ -192,21 +192,26 @@ class UiChats:
         link = self.running.get((key or b"", chat_id))
         if link is not None:
             link.stop()
-        answer = await self.answers.get(chat_name(key, chat_id))
+        return await self.cancel_answer(chat_name(key, chat_id)) or link is not None
+
+    async def cancel_answer(self, name: str) -> bool:
+        """Cancel the answer the store names ``name``, wherever it runs;
+        whether one ran."""
+        answer = await self.answers.get(name)
         if answer is None:
-            return link is not None
+            return False
         server = self.server
         h = token_hash(answer.token)
         session = server.sessions.get(h)
         if session is not None:
             if not session.running(answer.gid):
-                return link is not None
+                return False
             session.handle(Cancel(id=answer.gid))
             return True
         record = await server.store.load(h)  # on another node
         owner = record.owners.get(answer.gid) if record is not None else None
         if owner is None:
-            return link is not None
+            return False
         await server.store.cancel(h, answer.gid, owner)
         return True
 

@@ -4,6 +4,7 @@ streamed and not, through the real server to the fake upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -43,6 +44,7 @@ async def test_a_response_as_one_object_and_as_sse_events(client, server):
     async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http:
         raw = (await http.post("/v1/responses", json=body)).text
     blocks = [b.split("\n") for b in raw.strip().split("\n\n")]
+    assert all(len(b) == 2 for b in blocks), raw[:3000]
     for event_line, data_line in blocks:
         assert event_line == "event: " + json.loads(data_line[len("data: ") :])["type"]
 
@@ -128,9 +130,11 @@ async def test_what_codex_and_the_agents_sdk_send_passes(server, fake):
 
 async def test_what_cannot_be_delivered_is_refused_by_name(client):
     with pytest.raises(openai.BadRequestError) as refused:
-        await client.responses.create(model="fake", input="hi", background=True, top_logprobs=2)
-    message = str(refused.value)
-    assert "`background`" in message and "`top_logprobs`" in message
+        await client.responses.create(model="fake", input="hi", top_logprobs=2)
+    assert "`top_logprobs`" in str(refused.value)
+    with pytest.raises(openai.BadRequestError) as lane:  # the WebSocket mode's alone
+        await client.responses.create(model="fake", input="hi", extra_body={"stream_id": "x"})
+    assert "`stream_id`" in str(lane.value)
     with pytest.raises(openai.BadRequestError) as tool:
         custom = [{"type": "custom", "name": "x"}]
         await client.responses.create(model="fake", input="hi", tools=custom)
@@ -152,3 +156,55 @@ async def test_a_client_leaving_its_stream_cancels_it(server, fake):
         record = await fake.request_after(mark, TIMEOUT)
     await record.wait_ended(PROMPT_CLOSE_S)
     assert record.disconnected
+
+
+async def test_a_stored_response_is_retrieved_and_store_false_is_not(client):
+    kept = await client.responses.create(model="fake", input=scripted(tokens=2, reasoning=1))
+    again = await client.responses.retrieve(kept.id)
+    assert again.id == kept.id and again.output_text == "tok0 tok1 " and again.status == "completed"
+    unkept = await client.responses.create(model="fake", input="hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(unkept.id)
+
+
+async def test_a_background_stream_cut_is_replayed_after_a_sequence_number(client, fake):
+    stream = await client.responses.create(
+        model="fake", input=scripted(tokens=40, interval=0.02), stream=True, background=True
+    )
+    seen = []
+    async for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta" and len(seen) > 8:
+            break
+    await stream.close()  # the client goes; a background response runs on
+    response_id = seen[0].response.id
+    cut = seen[-1].sequence_number
+    replay = await client.responses.retrieve(
+        response_id, stream=True, starting_after=cut
+    )  # fmt: skip
+    rest = [event async for event in replay]
+    assert [e.sequence_number for e in rest] == list(range(cut + 1, cut + 1 + len(rest)))
+    text = "".join(e.delta for e in [*seen, *rest] if e.type == "response.output_text.delta")
+    assert text == "".join(f"tok{i} " for i in range(40))
+    assert rest[-1].type == "response.completed"
+    done = await client.responses.retrieve(response_id)
+    assert done.status == "completed" and done.output_text == text and done.background
+
+
+async def test_a_background_response_runs_without_its_client_and_is_cancelled(client, fake):
+    mark = fake.mark()
+    started = await client.responses.create(
+        model="fake", input=scripted(tokens=2000, interval=0.01), background=True
+    )
+    assert started.status == "in_progress" and started.background
+    record = await fake.request_after(mark, TIMEOUT)
+    await asyncio.sleep(0.3)
+    assert not record.disconnected  # no client: it runs on
+    cancelled = await client.responses.cancel(started.id)
+    assert cancelled.status == "cancelled"
+    await record.wait_ended(PROMPT_CLOSE_S)
+    assert record.disconnected
+    assert (await client.responses.retrieve(started.id)).status == "cancelled"
+    plain = await client.responses.create(model="fake", input="hi")
+    with pytest.raises(openai.BadRequestError):
+        await client.responses.cancel(plain.id)  # only a background response
