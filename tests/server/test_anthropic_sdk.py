@@ -161,3 +161,16 @@ async def test_thinking_asked_of_a_model_without_reasoning_effort_is_dropped(cli
     asked = [{"role": "user", "content": scripted(tokens=1)}]
     await client.messages.create(model="fake", max_tokens=20, thinking=thinking, messages=asked)
     assert fake.requests[-1].body["reasoning_effort"] == "low"
+
+
+async def test_the_node_sdk_streams_parses_tool_input_and_counts(server):
+    """``@anthropic-ai/sdk`` (Node) as it is: its stream accumulator."""
+    from node_parts import node
+
+    result = await node("anthropic_check.mjs", server.http)
+    text = result["text"]
+    assert text["streamed"] == "tok0 tok1 tok2 " and text["blocks"] == ["thinking", "text"]
+    assert text["stop"] == "end_turn" and text["usage"]["output_tokens"] > 0
+    assert result["tool"] == {"name": "get_weather", "input": {"city": "Paris"}, "stop": "tool_use"}
+    assert result["count"] > 20
+    assert result["rateLimited"] == {"status": 429, "type": "rate_limit_error"}
