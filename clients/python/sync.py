@@ -15,13 +15,14 @@ any thread may start, iterate, await or cancel them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import websockets
 from websockets.sync.client import ClientConnection
@@ -58,6 +59,12 @@ from ._common import (
 )
 from ._connect import CONNECT_ERRORS, connect_failed, not_tokenwire, worth_retrying
 from .errors import ConnectFailed, ConnectionLost, GenerationError
+
+DIRECT: Final[dict[str, Any]] = (
+    {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
+)
+"""What ``websockets.sync``'s ``connect`` needs to hand the connection over
+without a ``with`` block (websockets 17.1+: ``legacy=True``)."""
 
 
 class Generation(GenerationView):
@@ -166,7 +173,7 @@ class Client(ClientCore):
 
     def _open(self) -> ClientConnection:
         try:
-            ws = ws_connect(
+            ws: ClientConnection = ws_connect(
                 self.url,
                 subprotocols=[Subprotocol(self.encoding.subprotocol)],
                 additional_headers=handshake_headers(self._api_key),
@@ -174,8 +181,9 @@ class Client(ClientCore):
                 max_size=self._max_frame_bytes,
                 compression=None,
                 # The client owns the connection's lifetime, not a `with` block:
-                # websockets 17.1+ asks for this flag to hand it over directly.
-                legacy=True,
+                # websockets 17.1+ asks for this flag to hand it over directly
+                # (older ones, which the client-only install takes, know none).
+                **DIRECT,
             )
         except CONNECT_ERRORS as exc:
             raise connect_failed(self.url, exc) from exc
