@@ -141,6 +141,8 @@ class TokenwireServer:
             max_size=self.settings.max_message_bytes,
             max_queue=RECEIVE_QUEUE,
             close_timeout=CLOSE_TIMEOUT,
+            ping_interval=self.settings.ping_interval or None,
+            ping_timeout=self.settings.ping_timeout,
             server_header=SERVER_HEADER,
             reuse_port=reuse_port,
         )

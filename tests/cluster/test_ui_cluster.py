@@ -73,6 +73,11 @@ async def test_a_cut_chat_resumes_on_the_other_node_and_through_nginx(tmp_path, 
         assert _text(chunks) == TEXT and chunks[-2]["type"] == "finish"
         for _ in range(2):  # either node, through nginx: the finish was received
             assert (await _replay(front, "sse"))[0] == 204
+        # All through nginx: a POST on one node, its resume on whichever.
+        message_id = await _cut(front, _chat("front", tokens=60, interval=0.02), deltas=5)
+        status, chunks = await _replay(front, "front")
+        assert status == 200 and chunks[0] == {"type": "start", "messageId": message_id}
+        assert _text(chunks) == TEXT
         # The WebSocket transport: a socket dropped on node A, resumed on B.
         chat = _chat("ws", tokens=60, interval=0.02)
         send = {"type": "send", "requestId": "s", "id": "ws", "trigger": "submit-message",

@@ -300,3 +300,33 @@ async def test_version():
     from importlib.metadata import version
 
     assert process.returncode == 0 and out.decode().strip() == f"tokenwire {version('tokenwire')}"
+
+
+async def test_the_server_raises_its_open_file_limit_and_says_what_a_low_one_allows():
+    import resource
+
+    def low_limit() -> None:  # soft 300 of a hard 1,100: what the server may raise itself
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 1100))
+
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    process = await asyncio.create_subprocess_exec(
+        TOKENWIRE, "serve", "--model", "demo", "--port", "0", "--log-format", "json",
+        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, preexec_fn=low_limit,
+    )  # fmt: skip
+    try:
+        events = []
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while not events or events[-1].get("event") != "listening":
+                assert process.stderr is not None
+                line = await process.stderr.readline()
+                assert line, "the server exited before listening"
+                events.append(json.loads(line))
+        soft, hard = resource.prlimit(process.pid, resource.RLIMIT_NOFILE)
+        assert (soft, hard) == (1100, 1100)  # soft raised to the hard limit
+        (said,) = [e for e in events if "open-file limit" in e.get("event", "")]
+        assert said["level"] == "warning"
+        assert "(1100) allows about 588 sessions" in said["event"] and "10000" in said["event"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()

@@ -129,3 +129,23 @@ async def test_unknown_paths_are_404(server):
 async def test_the_first_known_subprotocol_offered_is_chosen(server, offered):
     async with websockets.connect(server.url, subprotocols=offered, open_timeout=TIMEOUT) as ws:
         assert ws.subprotocol == next(p for p in offered if p.startswith("tokenwire"))
+
+
+async def test_keepalive_pings_close_a_peer_that_vanished_and_can_be_off(start_server):
+    import websockets as ws_lib
+
+    async def silent_for(settings: dict[str, float], seconds: float) -> int:
+        """Sessions left (at most ``seconds`` later) after a client stops reading."""
+        async with start_server(**settings) as handle:
+            connection = await ws_lib.connect(handle.url, open_timeout=TIMEOUT)
+            connection.transport.pause_reading()  # answers no ping any more
+            deadline = asyncio.get_running_loop().time() + seconds
+            while handle.server.connections and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            left = len(handle.server.connections)
+            connection.transport.abort()
+            return left
+
+    # The ping, its timeout, then the closing handshake's own (CLOSE_TIMEOUT).
+    assert await silent_for({"ping_interval": 0.2, "ping_timeout": 0.2}, 4.0) == 0
+    assert await silent_for({"ping_interval": 0}, 1.5) == 1
