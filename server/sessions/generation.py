@@ -160,6 +160,15 @@ class Generation:
         except RepeatedOutput as exc:
             return assembler.fail(ErrorCode.REPEATED_OUTPUT, str(exc))
         except Exception as exc:
+            if self.entry.stop_reason is not None:
+                # A stop was asked, and closing the upstream's stream raised in
+                # place of the cancel (LiteLLM 1.110's stream bridge, about once
+                # in several thousand cancels under the soak): the client asked
+                # to stop, and stopped it is.
+                log.info("upstream close failed after a stop", error=type(exc).__name__)
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    task.uncancel()
+                return self._stopped()
             failure = classify(exc)
             if failure.code is ErrorCode.INTERNAL:
                 log.exception("generation failed")
