@@ -32,41 +32,6 @@ HINTS: Final = frozenset(
 )
 """Fields that only hint (caching keys, client metadata, service tiers):
 taken with any value and ignored, as agents (Codex) send them."""
-SUPPORTED: Final = frozenset(
-    {
-        "type",
-        "model",
-        "input",
-        "instructions",
-        "tools",
-        "tool_choice",
-        "temperature",
-        "top_p",
-        "max_output_tokens",
-        "previous_response_id",
-        "store",
-        "metadata",
-        "reasoning",
-        "text",
-        "parallel_tool_calls",
-        "truncation",
-        "include",
-        "user",
-        "stream_id",
-        *HINTS,
-    }
-)
-"""Every ``response.create`` field tokenwire takes; any other is refused by name.
-``truncation`` only as ``"disabled"``: another value asks for what tokenwire
-does not do."""
-NO_OP: Final[Mapping[str, tuple[Any, ...]]] = {
-    "background": (False, None),
-    "stream": (True, None),
-    "top_logprobs": (None, 0),
-    "max_tool_calls": (None,),
-}
-"""Fields sent with the API's default value: they ask for nothing, and pass.
-(``stream: true`` is what WebSocket mode does anyway.)"""
 ECHOED: Final = (
     "instructions",
     "tools",
@@ -84,6 +49,18 @@ ECHOED: Final = (
     "user",
 )
 """The request fields a response object repeats."""
+SUPPORTED: Final = frozenset({"type", "model", "input", "include", "stream_id", *ECHOED, *HINTS})
+"""Every ``response.create`` field tokenwire takes; any other is refused by name.
+``truncation`` only as ``"disabled"``: another value asks for what tokenwire
+does not do."""
+NO_OP: Final[Mapping[str, tuple[Any, ...]]] = {
+    "background": (False, None),
+    "stream": (True, None),
+    "top_logprobs": (None, 0),
+    "max_tool_calls": (None,),
+}
+"""Fields sent with the API's default value: they ask for nothing, and pass.
+(``stream: true`` is what WebSocket mode does anyway.)"""
 HOSTED_TOOLS: Final = frozenset(
     {
         "web_search",

@@ -25,13 +25,15 @@ NPM_TIMEOUT = 300.0
 """Seconds ``npm install`` may take (the first run downloads the packages)."""
 
 
-async def _run(*command: str, cwd: Path, timeout: float) -> str:
+async def run(
+    *command: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float
+) -> tuple[int, str, str]:
+    """``command`` (no standard input), killed past ``timeout`` seconds: its
+    exit status, standard output and standard error."""
     process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+        *command, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     try:
         async with asyncio.timeout(timeout):
             out, err = await process.communicate()
@@ -39,8 +41,14 @@ async def _run(*command: str, cwd: Path, timeout: float) -> str:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0, err.decode()[-2000:]
-    return out.decode()
+    assert process.returncode is not None
+    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def _run(*command: str, cwd: Path, timeout: float) -> str:
+    code, out, err = await run(*command, cwd=cwd, timeout=timeout)
+    assert code == 0, err[-2000:]
+    return out
 
 
 async def installed(folder: Path) -> None:

@@ -6,7 +6,6 @@ provider whose base URL is tokenwire's ``/v1``). npm installs each, pinned
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import TIMEOUT
-from node_parts import CACHE, installed
+from node_parts import CACHE, installed, run
 
 FOLDER = Path(__file__).parent
 BIN = FOLDER / "node_modules" / ".bin"
@@ -27,23 +26,10 @@ def scripted(**scenario: Any) -> str:
     return "fake:" + json.dumps(scenario)
 
 
-async def run(
+async def run_agent(
     command: list[str], env: dict[str, str], cwd: Path, timeout: float = AGENT_TIMEOUT
 ) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *command, cwd=cwd, env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    return await run(*command, cwd=cwd, env=env, timeout=timeout)
 
 
 def agent_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -70,7 +56,7 @@ async def agents_sdk() -> Path:
             [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
              "-r", str(pins)],
         ):  # fmt: skip
-            code, _, err = await run(command, env, FOLDER, timeout=300)
+            code, _, err = await run_agent(command, env, FOLDER, timeout=300)
             assert code == 0, err[-2000:]
         (venv / ".installed").touch()
     return python
@@ -96,7 +82,8 @@ async def test_claude_code_answers_and_runs_a_tool_on_another_provider(agents, s
     )
     claude = [str(agents / "claude"), "--model", "fake", "--output-format", "json", "-p"]
     mark = fake.mark()
-    code, out, err = await run([*claude, scripted(text=["Hello ", "from fake."])], env, tmp_path)
+    hello = scripted(text=["Hello ", "from fake."])
+    code, out, err = await run_agent([*claude, hello], env, tmp_path)
     assert code == 0, (out[-2000:], err[-2000:])
     result = json.loads(out.strip().splitlines()[-1])
     assert result["result"] == "Hello from fake." and not result["is_error"], result
@@ -105,7 +92,7 @@ async def test_claude_code_answers_and_runs_a_tool_on_another_provider(agents, s
     note.write_text("the secret is 42\n")
     read = {"name": "Read", "arguments": json.dumps({"file_path": str(note)})}
     prompt = scripted(tokens=0, tool_calls=[read], after_tool=["It says 42."])
-    code, out, err = await run([*claude, prompt, "--allowedTools", "Read"], env, tmp_path)
+    code, out, err = await run_agent([*claude, prompt, "--allowedTools", "Read"], env, tmp_path)
     assert code == 0, (out[-2000:], err[-2000:])
     result = json.loads(out.strip().splitlines()[-1])
     assert result["result"] == "It says 42.", result
@@ -127,7 +114,7 @@ async def test_codex_exec_completes_through_the_responses_api(agents, server, fa
     )
     codex = [str(agents / "codex"), "exec", "--skip-git-repo-check", "--sandbox", "read-only"]
     mark = fake.mark()
-    code, out, err = await run([*codex, scripted(text=["Codex ", "works."])], env, tmp_path)
+    code, out, err = await run_agent([*codex, scripted(text=["Codex ", "works."])], env, tmp_path)
     assert code == 0, (out[-2000:], err[-3000:])
     assert "Codex works." in out, (out[-2000:], err[-2000:])
     assert [r.body["model"] for r in fake.requests[mark:]][-1:] == ["fake-model"]
@@ -139,7 +126,7 @@ async def test_the_agents_sdk_runs_a_tool_loop_to_its_final_answer(agents_sdk, s
     prompt = scripted(tokens=0, tool_calls=[call], after_tool=["It is sunny ", "in Paris."])
     mark = fake.mark()
     script = str(FOLDER / "agents_sdk_check.py")
-    code, out, err = await run(
+    code, out, err = await run_agent(
         [str(agents_sdk), script, f"{server.http}/v1", prompt], agent_env(tmp_path), tmp_path
     )
     assert code == 0, (out[-2000:], err[-3000:])

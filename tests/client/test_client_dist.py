@@ -6,7 +6,6 @@ oldest and the newest websockets it claims, each in a venv of its own
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, say
-from node_parts import CACHE
+from node_parts import CACHE, run
 
 ROOT = Path(__file__).resolve().parents[2]
 WEBSOCKETS = ["15.0.1", "17.4"]
@@ -23,19 +22,10 @@ WEBSOCKETS = ["15.0.1", "17.4"]
 
 
 async def _run(*command: str, timeout: float = 300) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, err.decode()[-3000:]
-    return out.decode()
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    code, out, err = await run(*command, env=env, timeout=timeout)
+    assert code == 0, err[-3000:]
+    return out
 
 
 @pytest.fixture(scope="module")
