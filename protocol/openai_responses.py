@@ -39,6 +39,7 @@ from .messages import (
     Usage,
 )
 from .openai_common import ERROR_KINDS, error_kind
+from .openai_responses_items import OutputItem
 from .openai_responses_request import (
     BAD_REQUEST,
     SUPPORTED,
@@ -120,76 +121,6 @@ _INCOMPLETE: Final[Mapping[str, str | None]] = {
 }
 
 
-class _Item:
-    """An output item being streamed: a message, a reasoning or a function call."""
-
-    __slots__ = (
-        "call_id",
-        "delta_prefix",
-        "delta_sse",
-        "id",
-        "index",
-        "kind",
-        "name",
-        "parts",
-        "status",
-    )
-
-    def __init__(self, kind: str, item_id: str, index: int) -> None:
-        self.kind = kind
-        self.id = item_id
-        self.index = index
-        self.parts: list[str] = []
-        self.call_id = ""
-        self.name = ""
-        self.delta_prefix = b""
-        self.delta_sse = b""
-        self.status = "in_progress"
-        """``completed``, or ``incomplete`` when the response failed before it ended."""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    @property
-    def text_events(self) -> str:
-        """The prefix of a message's or a reasoning's text events (``.delta``, ``.done``)."""
-        return "response.output_text" if self.kind == "message" else "response.reasoning_text"
-
-    def part(self, text: str) -> dict[str, Any]:
-        """The content part of a message (``output_text``) or reasoning (``reasoning_text``)."""
-        if self.kind == "message":
-            return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        return {"type": "reasoning_text", "text": text}
-
-    def body(self, status: str) -> dict[str, Any]:
-        content = [self.part(self.text)] if status != "in_progress" else []
-        if self.kind == "message":
-            return {
-                "id": self.id,
-                "type": "message",
-                "status": status,
-                "role": "assistant",
-                "content": content,
-            }
-        if self.kind == "reasoning":
-            return {
-                "id": self.id,
-                "type": "reasoning",
-                "summary": [],
-                "content": content,
-                "status": status,
-            }
-        return {
-            "id": self.id,
-            "type": "function_call",
-            "status": status,
-            "call_id": self.call_id,
-            "name": self.name,
-            "arguments": self.text,
-        }
-
-
 class ResponseEvents:
     """One response's events, made from its generation's frames.
 
@@ -225,9 +156,9 @@ class ResponseEvents:
         (``translate`` gives it with the terminal frame)."""
         self.seq = 0
         self.status = "in_progress"
-        self._items: list[_Item] = []
-        self._open: _Item | None = None  # the open message or reasoning item
-        self._calls: dict[int, _Item] = {}
+        self._items: list[OutputItem] = []
+        self._open: OutputItem | None = None  # the open message or reasoning item
+        self._calls: dict[int, OutputItem] = {}
         self._suffix = response_id.removeprefix("resp_")
         self.ended: dict[str, Any] = {}
         """The finished response's fields beside its output (usage, error...)."""
@@ -357,13 +288,15 @@ class ResponseEvents:
 
     # -- items ----------------------------------------------------------------
 
-    def _add(self, kind: str) -> _Item:
+    def _add(self, kind: str) -> OutputItem:
         prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}[kind]
-        item = _Item(kind, f"{prefix}_{self._suffix}_{len(self._items)}", len(self._items))
+        item = OutputItem(kind, f"{prefix}_{self._suffix}_{len(self._items)}", len(self._items))
         self._items.append(item)
         return item
 
-    def _open_call(self, frame: ToolCallChunk | ToolCallComplete, events: list[bytes]) -> _Item:
+    def _open_call(
+        self, frame: ToolCallChunk | ToolCallComplete, events: list[bytes]
+    ) -> OutputItem:
         """A new ``function_call`` item for ``frame``'s call; its events go to ``events``."""
         call = self._add("function_call")
         call.call_id = frame.call_id or f"call_{self._suffix}_{frame.index}"
@@ -371,7 +304,7 @@ class ResponseEvents:
         events += self._opened(call)
         return call
 
-    def _opened(self, item: _Item) -> list[bytes]:
+    def _opened(self, item: OutputItem) -> list[bytes]:
         events = [
             self._event(
                 "response.output_item.added", output_index=item.index, item=item.body("in_progress")
@@ -399,7 +332,7 @@ class ResponseEvents:
         )
         return events
 
-    def _closed(self, item: _Item, status: str = "completed") -> list[bytes]:
+    def _closed(self, item: OutputItem, status: str = "completed") -> list[bytes]:
         item.status = status
         text = item.text
         if item.kind == "function_call":
@@ -458,45 +391,3 @@ class ResponseEvents:
         if self.sse:
             return b"event: " + kind.encode() + b"\ndata: " + _encode(fields) + b"\n\n"
         return _encode(fields)
-
-
-def finished(events: ResponseEvents, frame: Finish | Error) -> bytes:
-    """The finished response object made of its terminal frame alone (its
-    text and tool calls; streamed reasoning is not in it): what a
-    background response keeps for ``GET /v1/responses/{id}``."""
-    fresh = ResponseEvents(
-        events.request, events.id, events.created_at, stream=False, background=events.background
-    )
-    if isinstance(frame, Finish):
-        if frame.content:
-            fresh.feed(Token(id=frame.id, seq=0, text=frame.content))
-        for call in frame.tool_calls:
-            fresh.feed(
-                ToolCallComplete(
-                    id=frame.id, seq=0, index=call.index, call_id=call.call_id,
-                    name=call.name, arguments=call.arguments,
-                )
-            )  # fmt: skip
-    return fresh.translate(frame)[0]
-
-
-class After:
-    """A response's events after a sequence number (``starting_after``): a
-    replay's translator, made of one that translates from the first frame."""
-
-    def __init__(self, events: ResponseEvents, after: int) -> None:
-        self.events = events
-        self.after = after
-        self._next = 0
-        """The sequence number of the next event made."""
-
-    def _past(self, made: list[bytes]) -> list[bytes]:
-        first = self._next
-        self._next += len(made)
-        return made[max(0, self.after + 1 - first) :]
-
-    def opening(self) -> list[bytes]:
-        return self._past(self.events.opening())
-
-    def translate(self, frame: GenerationFrame) -> list[bytes]:
-        return self._past(self.events.translate(frame))

@@ -131,22 +131,6 @@ def http_response_request(body: Any) -> tuple[ResponseRequest, bool, bool]:
     return response_request(event), stream, background
 
 
-def stored_request(response: dict[str, Any]) -> ResponseRequest:
-    """The request a stored response object echoes (what its events repeat):
-    a replay's translator is made of it."""
-    return ResponseRequest(
-        model=str(response.get("model", "")),
-        input=[],
-        instructions=response.get("instructions"),
-        tools=None,
-        tool_choice=None,
-        params={},
-        previous_response_id=response.get("previous_response_id"),
-        store=True,
-        echo={name: response.get(name) for name in ECHOED},
-    )
-
-
 def response_request(event: Any) -> ResponseRequest:
     """Read a ``response.create`` event; ``BadMessage`` names what is wrong or unsupported."""
     expect(event, dict, "$", "a JSON object")

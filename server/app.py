@@ -310,8 +310,7 @@ class TokenwireServer:
         surface is, unless ``resumable`` says: an AI SDK chat's answer asks)."""
         surface = link.surface
         token = self.workers.new_token() if self.workers is not None else None
-        if resumable is None:
-            resumable = surface.resumable
+        resumable = surface.resumable if resumable is None else resumable
         session = Session(self, key_hash(key), token, resumable=resumable, surface=surface)
         self._make_room()
         self.sessions[session.token_hash] = session
@@ -326,9 +325,8 @@ class TokenwireServer:
     async def close_session(
         self, link: HttpLink | UiAnswerLink, session: Session, *, end: bool = True
     ) -> None:
-        """An HTTP answer ended (or its client left): its generation is
-        stopped, unless the session is resumable and not ``end``ed (then it
-        runs on, DETACHED, for a resume)."""
+        """An HTTP answer ended (or its client left): its generation stops,
+        unless the session is resumable and not ``end``ed (DETACHED, it runs on)."""
         try:
             await session.detach(link, end=end)
         finally:

@@ -245,7 +245,9 @@ def _serve(args: argparse.Namespace) -> None:
             f"model {name}: {key} is not set",
             hint="its generations fail with upstream_rejected until the server starts with it",
         )
-    _raise_open_files(config.server.max_sessions)
+    from .limits import raise_open_files
+
+    raise_open_files(config.server.max_sessions)
     upstream.warm_up()
     # LiteLLM's import leaves ≈300,000 objects the collector would walk in
     # every full collection: a 170 ms pause, at random, for every session.
@@ -412,41 +414,6 @@ async def _run_server(
         for sig in signals:
             loop.remove_signal_handler(sig)
         await server.drain()
-
-
-OPEN_FILES_SPARE: Final = 512
-"""Descriptors kept for what is not a session: upstream and Redis
-connections, the listening sockets, logs, the page's files."""
-OPEN_FILES_CAP: Final = 1 << 20
-"""The soft limit asked for when the hard one is unlimited."""
-
-
-def _raise_open_files(max_sessions: int) -> None:
-    """Raise the open-file limit's soft value to the hard one (each session
-    holds a descriptor), and say in one line how many sessions the limit
-    allows when that is fewer than ``max_sessions``."""
-    import resource
-
-    import structlog
-
-    log = structlog.get_logger("tokenwire")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass  # the soft limit stays; the line below says what it allows
-    if soft == resource.RLIM_INFINITY:
-        return
-    allowed = max(0, soft - OPEN_FILES_SPARE)
-    if allowed < max_sessions:
-        log.warning(
-            f"the open-file limit ({soft}) allows about {allowed} sessions, "
-            f"fewer than max_sessions ({max_sessions})",
-            hint="raise the hard limit (ulimit -Hn, systemd's LimitNOFILE=) and restart",
-        )
 
 
 def _chat(args: argparse.Namespace) -> None:

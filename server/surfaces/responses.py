@@ -172,7 +172,8 @@ class ResponsesLink(Link):
     async def _start(self, request: ResponseRequest) -> None:
         """Run ``request`` on its lane (busy until it ends, or is refused)."""
         session = self.session
-        assert session is not None
+        if session is None:  # the connection went before its lane's turn came
+            return
         lane = request.stream_id
         self._busy.add(lane)
         try:

@@ -33,17 +33,12 @@ from aiohttp import web
 from tokenwire.protocol import BadMessage, Error, ErrorCode, Finish, assistant_message
 from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
 from tokenwire.protocol.openai_common import NOT_FOUND, error_kind
-from tokenwire.protocol.openai_responses import (
-    After,
-    ResponseEvents,
-    finished,
-    response_generate,
-)
+from tokenwire.protocol.openai_responses import ResponseEvents, response_generate
+from tokenwire.protocol.openai_responses_kept import After, finished, stored_request
 from tokenwire.protocol.openai_responses_request import (
     SURFACE_ERRORS,
     ResponseRequest,
     http_response_request,
-    stored_request,
 )
 from tokenwire.protocol.surface import Surface, SurfaceRequest
 
