@@ -14,7 +14,6 @@ gets ``ping`` events every ``sse_keepalive`` seconds.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -26,45 +25,17 @@ from tokenwire.protocol.codec import decode_json, too_deep_is_bad_message
 from tokenwire.protocol.surface import Surface, SurfaceRequest
 
 from .answers import _dumps
+from .http_link import SurfaceHost
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 KEPT_HEADERS = ("Retry-After", "WWW-Authenticate")
 """Headers of an error answer that its Anthropic form keeps."""
 
 
-class MessagesLink(Protocol):
-    """The link that runs one message (``http.HttpLink``)."""
-
-    async def serve(self, key: bytes | None) -> web.StreamResponse: ...
-
-
-class MessagesHost(Protocol):
-    """What this surface needs of the HTTP surfaces (``http.HttpSurfaces``)."""
-
-    @property
-    def server(self) -> Any: ...
-
-    async def admit(
-        self,
-        request: web.Request,
-        method: str,
-        *,
-        need_room: bool = True,
-        body: bool = True,
-        authorization: list[str] | None = None,
-    ) -> tuple[bytes | None, bytes] | web.StreamResponse: ...
-
-    def bad_message(self, exc: BadMessage) -> web.Response: ...
-
-    def link(
-        self, surface: Surface, request: web.Request, asked: SurfaceRequest
-    ) -> MessagesLink: ...
-
-
 class AnthropicMessages:
     """``POST /v1/messages`` and ``POST /v1/messages/count_tokens``."""
 
-    def __init__(self, surfaces: MessagesHost) -> None:
+    def __init__(self, surfaces: SurfaceHost) -> None:
         self.surfaces = surfaces
         self.server = surfaces.server
 

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from tokenwire.protocol import (
+    BadMessage,
     Cancel,
     Error,
     Finish,
@@ -52,6 +53,34 @@ SSE_HEADERS: Final = {
 
 PlainRoute = tuple[HTTPStatus, bytes, str, Sequence[tuple[str, str]]]
 """A plain route's answer: status, body, content type, headers."""
+
+
+class SurfaceHost(Protocol):
+    """What a surface's handlers (the AI SDK's chats, Responses over HTTP,
+    Anthropic's Messages) need of the HTTP surfaces (``http.HttpSurfaces``):
+    one admission, the 400 of a bad request, the link that runs an answer."""
+
+    @property
+    def server(self) -> Any: ...
+
+    @property
+    def ui(self) -> Any:
+        """The chats (``ui.UiChats``): where answers are named for a resume."""
+        ...
+
+    async def admit(
+        self,
+        request: web.Request,
+        method: str,
+        *,
+        need_room: bool = True,
+        body: bool = True,
+        authorization: Sequence[str] | None = None,
+    ) -> tuple[bytes | None, bytes] | web.StreamResponse: ...
+
+    def bad_message(self, exc: BadMessage) -> web.Response: ...
+
+    def link(self, surface: Surface, request: web.Request, asked: SurfaceRequest) -> HttpLink: ...
 
 
 class HttpContext(SessionContext, Protocol):

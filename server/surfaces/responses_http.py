@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 from aiohttp import web
@@ -45,6 +45,7 @@ from tokenwire.protocol.surface import Surface, SurfaceRequest
 from ..stores.contract import ChatAnswer, KeptResponse
 from ..stores.resume import key_hash
 from .answers import JSON_HEADERS, json_error
+from .http_link import HttpLink, SurfaceHost
 from .responses import PREVIOUS_NOT_FOUND
 from .ui import chat_name, replayed
 
@@ -53,47 +54,10 @@ CANCEL_WAIT: Final = 2.0
 """Seconds ``POST /v1/responses/{id}/cancel`` waits for the response to end."""
 
 
-class ResponsesLink(Protocol):
-    """The link that runs one response (``http.HttpLink``)."""
-
-    finish: Finish | None
-
-    async def serve(
-        self,
-        key: bytes | None,
-        *,
-        resumable: bool = False,
-        opened: Any = None,
-        rejoin: str | None = None,
-        keep: bool = False,
-        detach: bool = False,
-    ) -> web.StreamResponse: ...
-
-
-class ResponsesHost(Protocol):
-    """What this surface needs of the HTTP surfaces (``http.HttpSurfaces``)."""
-
-    @property
-    def server(self) -> Any: ...
-
-    async def admit(
-        self, request: web.Request, method: str, *, need_room: bool = True, body: bool = True
-    ) -> tuple[bytes | None, bytes] | web.StreamResponse: ...
-
-    @property
-    def ui(self) -> Any: ...
-
-    def bad_message(self, exc: BadMessage) -> web.Response: ...
-
-    def link(
-        self, surface: Surface, request: web.Request, asked: SurfaceRequest
-    ) -> ResponsesLink: ...
-
-
 class HttpResponses:
     """``POST /v1/responses``, ``GET /v1/responses/{id}`` and its cancel."""
 
-    def __init__(self, surfaces: ResponsesHost) -> None:
+    def __init__(self, surfaces: SurfaceHost) -> None:
         self.surfaces = surfaces
         self.server = surfaces.server
 
@@ -157,7 +121,7 @@ class HttpResponses:
         await self.server.responses.put(frame.id or "", kept)
 
     async def _background(
-        self, link: ResponsesLink, key: bytes | None, events: ResponseEvents
+        self, link: HttpLink, key: bytes | None, events: ResponseEvents
     ) -> web.StreamResponse:
         """A background response: it runs on without its client, named for
         a replay, its object kept as it starts and once it ends."""

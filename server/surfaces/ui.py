@@ -25,8 +25,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -36,7 +35,6 @@ from tokenwire.protocol import (
     BadMessage,
     Cancel,
     ErrorCode,
-    Finish,
     Generate,
     assistant_message,
 )
@@ -48,6 +46,7 @@ from tokenwire.protocol.surface import Surface, SurfaceRequest
 from ..stores.contract import ChatAnswer, ChatAnswers
 from ..stores.resume import key_hash, token_hash
 from .answers import json_error
+from .http_link import HttpLink, SurfaceHost
 
 log = structlog.get_logger("tokenwire.server")
 
@@ -59,49 +58,16 @@ KEPT_REASONS: Final = frozenset({"stop", "length", "tool_calls"})
 _size: Final = msgspec.json.encode
 
 
-class UiLink(Protocol):
-    """The link that runs one answer (``http.HttpLink``)."""
-
-    finish: Finish | None
-    ended: bool
-
-    def stop(self) -> None: ...
-
-    async def serve(
-        self,
-        key: bytes | None,
-        *,
-        resumable: bool = False,
-        opened: Callable[[Any], Awaitable[None]] | None = None,
-        rejoin: str | None = None,
-    ) -> web.StreamResponse: ...
-
-
-class UiHost(Protocol):
-    """What the chats need of the HTTP surfaces (``http.HttpSurfaces``)."""
-
-    @property
-    def server(self) -> Any: ...
-
-    async def admit(
-        self, request: web.Request, method: str, *, need_room: bool = True, body: bool = True
-    ) -> tuple[bytes | None, bytes] | web.StreamResponse: ...
-
-    def bad_message(self, exc: BadMessage) -> web.Response: ...
-
-    def link(self, surface: Surface, request: web.Request, asked: SurfaceRequest) -> UiLink: ...
-
-
 class UiChats:
     """The chats of ``/api/chat``: their kept history and running answers."""
 
-    def __init__(self, surfaces: UiHost) -> None:
+    def __init__(self, surfaces: SurfaceHost) -> None:
         self.surfaces = surfaces
         self.server = surfaces.server
         self.history: OrderedDict[ChatKey, tuple[list[dict[str, Any]], int]] = OrderedDict()
         """Each kept chat's messages and their size (JSON bytes), the oldest first."""
         self.history_bytes = 0
-        self.running: dict[ChatKey, UiLink] = {}
+        self.running: dict[ChatKey, HttpLink] = {}
         self._answers: ChatAnswers | None = None
 
     @property
