@@ -33,6 +33,8 @@ PositiveInt = Annotated[int, Meta(gt=0)]
 Seconds = Annotated[float, Meta(gt=0)]
 FastPath = Literal["auto", "off"]
 ResumeMode = Literal["off", "memory", "redis"]
+REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+"""What ``redis_url`` may start with (``+cluster``: a Redis Cluster)."""
 FAST_PATH_VALUES: Final = ("auto", "off")
 
 
@@ -114,7 +116,8 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     keeps them on this node; ``redis`` keeps them in Redis (``redis_url``), so
     any node behind a load balancer resumes them; ``off``: a drop cancels."""
     redis_url: str | None = None
-    """``redis://host:port/db`` for ``resume: redis`` (required there)."""
+    """``redis://host:port/db`` for ``resume: redis`` (required there); a
+    Redis Cluster is ``redis+cluster://host:port`` (any of its nodes)."""
     resume_ttl: PositiveInt = 300
     """Seconds after a drop during which the session (its conversations and
     the frames of its generations) can be resumed."""
@@ -244,12 +247,8 @@ def parse(raw: Any, *, source: str = "config", environ: Mapping[str, str] | None
         raise ConfigError(f"{source}: {_describe(exc)}") from None
     if config.server.resume == "redis" and not config.server.redis_url:
         raise ConfigError(f"{source}: server.redis_url: required when server.resume is redis")
-    if (url := config.server.redis_url) is not None and not url.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
-        raise ConfigError(
-            f"{source}: server.redis_url: must start with redis://, rediss:// or unix://"
-        )
+    if (url := config.server.redis_url) is not None and not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(f"{source}: server.redis_url: must start with {', '.join(REDIS_SCHEMES)}")
     for section, known in (
         ("router_settings", litellm_keys.ROUTER_SETTINGS),
         ("litellm_settings", litellm_keys.LITELLM_SETTINGS),

@@ -395,3 +395,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         terminalreporter.write_line("  ".join(cells).rstrip())
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis Cluster (Debian's redis-server: three primaries, three
+    replicas) on ephemeral ports, for the whole run."""
+    import shutil
+
+    from resume_parts import redis_cluster as cluster
+
+    needs("redis-server", shutil.which("redis-server") is not None)
+    with cluster(tmp_path_factory.mktemp("redis-cluster")) as servers:
+        yield servers

@@ -40,13 +40,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """Debian's ``redis-server``, started for the tests, no persistence."""
+    """Debian's ``redis-server``, started for the tests, no persistence (a
+    node of a Redis Cluster with ``cluster``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, cluster: bool = False) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+        self.cluster = cluster
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -65,6 +67,18 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",  # not port + 10000: past 65535 from a high port
+                        str(free_port()),
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                    if self.cluster
+                    else []
+                ),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -97,6 +111,98 @@ class RedisServer:
             return s.recv(65536).decode(errors="replace")
 
 
+class RedisClusterServers:
+    """A Redis Cluster of Debian's ``redis-server``: three primaries and
+    three replicas on ephemeral ports, joined by ``redis-cli --cluster
+    create``. ``url`` is the store's ``redis+cluster://`` (one seed node)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.nodes = []
+        for i in range(6):
+            (directory / f"node{i}").mkdir()
+            self.nodes.append(RedisServer(directory / f"node{i}", cluster=True))
+        self.url = f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        needs("redis-cli", cli is not None)
+        assert cli is not None
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_ok()
+
+    def wait_ok(self, timeout: float = 20) -> None:
+        """Until every node says the cluster is ok and has three primaries."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [node.cli("CLUSTER", "INFO") for node in self.nodes]
+            if all("cluster_state:ok" in s and "cluster_size:3" in s for s in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not come up")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def cli(self, *args: str) -> str:
+        """One command on every node (``FLUSHALL``, ``CLIENT KILL``): the
+        replies, one a line (a replica refuses writes: its primary's reach it)."""
+        return "\n".join(node.cli(*args) for node in self.nodes)
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot now (from ``CLUSTER NODES``)."""
+        slot = int(self.nodes[0].cli("CLUSTER", "KEYSLOT", key).strip(":\r\n"))
+        for node in self.nodes:  # any node that is up knows the map
+            for line in node.cli("CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if len(fields) < 9 or "master" not in fields[2]:
+                    continue
+                port = int(fields[1].split("@")[0].rpartition(":")[2])
+                for span in fields[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no primary serves slot {slot}")
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        for node in self.nodes:
+            info = node.cli("INFO", "replication")
+            if "role:slave" in info and f"master_port:{primary.port}" in info:
+                return node
+        raise AssertionError(f"{primary.port} has no replica")
+
+    def fail_over(self, primary: RedisServer) -> RedisServer:
+        """``CLUSTER FAILOVER`` on the replica of ``primary``: returns once the
+        replica has taken over its slots and the cluster is ok; the new primary."""
+        new = self.replica_of(primary)
+        assert "OK" in new.cli("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if "role:master" in new.cli("INFO", "replication"):
+                self.wait_ok()
+                return new
+            time.sleep(0.05)
+        raise AssertionError("the failover did not happen")
+
+
+@contextlib.contextmanager
+def redis_cluster(directory: Path) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(directory)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
 @contextlib.contextmanager
 def redis_server(directory: Path) -> Iterator[RedisServer]:
     server = RedisServer(directory)
@@ -108,8 +214,8 @@ def redis_server(directory: Path) -> Iterator[RedisServer]:
 
 
 def resume_settings(store: str, redis_url: str | None, **extra: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {"resume": store, **extra}
-    if store == "redis":
+    settings: dict[str, Any] = {"resume": "redis" if store.startswith("redis") else store, **extra}
+    if store.startswith("redis"):
         assert redis_url is not None
         settings["redis_url"] = redis_url
     return settings

@@ -2,22 +2,26 @@
 
 Keys, for a session named by its token's hash ``h`` (the token itself is
 never stored), all expiring ``resume_ttl`` + ``orphan_timeout`` + 60 s after
-their last write (refreshed while the session lives)::
+their last write (refreshed while the session lives). ``{h}`` is written in
+braces, a hash tag: on a Redis Cluster all of a session's keys are in one
+slot, so one script call stores them together::
 
     tw:{h}:s          hash   key (the API key's hash), id, deadline (when a
                              resume stops being possible; 0 while attached),
-                             g:{gid} (owner node), r:{gid} (the generate),
-                             lost:{gid} (why some of its frames are not
+                             g:<gid> (owner node), r:<gid> (the generate),
+                             lost:<gid> (why some of its frames are not
                              kept: a ``resume.Cause``)
     tw:{h}:c          hash   conversation name → its messages (JSON)
-    tw:{h}:g:{gid}    stream one entry per stored batch of a generation's
-                             frames (MessagePack), id 0-{last seq + 1}: ids
-                             grow with seq, so a duplicate write is refused
-    tw:{h}:l:{gid}    string the owner node's lease on a running generation
-    tw:{h}:x:{gid}    string a cancel asked from another node
-    tw:{h}:w:{gid}    string another node relays the generation to its client
-    tw:node:{node}    channel cancels for that node's generations
-    tw:r:{{id}}        string a response kept for ``previous_response_id``
+    tw:{h}:g:<gid>    stream one entry per stored batch of a generation's
+                             frames (``pack_frames``), id 0-<last seq + 1>:
+                             ids grow with seq, so a duplicate write is refused
+    tw:{h}:l:<gid>    string the owner node's lease on a running generation
+    tw:{h}:x:<gid>    string a cancel asked from another node
+    tw:{h}:w:<gid>    string another node relays the generation to its client
+    tw:node:<node>    channel cancels for that node's generations (sharded
+                             on a cluster)
+    tw:r:<id>         string a response kept for ``previous_response_id``
+    tw:ui:<name>      string a UI chat's resumable answer
 
 A frame reaches the client only once stored. The frames of all of a
 node's sessions are coalesced for ``COALESCE`` seconds and stored in one
@@ -75,12 +79,6 @@ whether to set the stream's expiry. Returns the last refusal's message ('':
 none) and the 1-based positions of the keys whose entry Redis refused (out
 of memory, say)."""
 APPEND_SHA: Final = hashlib.sha1(APPEND.encode()).hexdigest()
-CONNECTIONS: Final = 64
-"""Pooled connections for storing and reading (each command holds one for
-its round trip); past it a command waits up to ``TIMEOUT`` for one."""
-RELAY_CONNECTIONS: Final = 512
-"""Pooled connections for relays (each blocks on its stream's next entry);
-past it a relay waits its turn."""
 COALESCE: Final = 0.005
 """Seconds frames wait to be stored together (one XADD per generation per batch)."""
 MAX_ENTRIES: Final = 100_000
@@ -131,27 +129,27 @@ class StreamEntries:
 
 
 def session_key(h: str) -> str:
-    return f"tw:{h}:s"
+    return f"tw:{{{h}}}:s"
 
 
 def conversations_key(h: str) -> str:
-    return f"tw:{h}:c"
+    return f"tw:{{{h}}}:c"
 
 
 def stream_key(h: str, gid: str) -> str:
-    return f"tw:{h}:g:{gid}"
+    return f"tw:{{{h}}}:g:{gid}"
 
 
 def lease_key(h: str, gid: str) -> str:
-    return f"tw:{h}:l:{gid}"
+    return f"tw:{{{h}}}:l:{gid}"
 
 
 def cancel_key(h: str, gid: str) -> str:
-    return f"tw:{h}:x:{gid}"
+    return f"tw:{{{h}}}:x:{gid}"
 
 
 def watch_key(h: str, gid: str) -> str:
-    return f"tw:{h}:w:{gid}"
+    return f"tw:{{{h}}}:w:{gid}"
 
 
 def chat_key(name: str) -> str:
@@ -166,6 +164,11 @@ def probe_key(node: str) -> str:
 
 def channel(node: str) -> str:
     return f"tw:node:{node}"
+
+
+def response_key(response_id: str) -> str:
+    """A response kept for ``previous_response_id`` (``RedisResponses``)."""
+    return f"tw:r:{response_id}"
 
 
 def entry_id(last_seq: int) -> str:

@@ -15,30 +15,32 @@ import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-import msgspec
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from tokenwire.protocol import Error, Finish, GenerationFrame, ServerFrame
 
 from ..config import ServerSettings
 from ..metrics import Metrics
 from . import resume
-from .contract import MAX_CHAIN, ChatAnswer, KeptResponse, Record, Replay
+from .contract import Record, Replay
+from .redis_client import (
+    CONNECTIONS,
+    FAILURES,
+    RELAY_CONNECTIONS,
+    connect,
+    disconnect,
+    is_cluster,
+    publish,
+)
 from .redis_keys import (
     APPEND,
     APPEND_SHA,
-    CHAIN,
     COALESCE,
-    CONNECTIONS,
-    DROP_CHAT,
     PROBE,
-    RELAY_CONNECTIONS,
     TIMEOUT,
     cancel_key,
     channel,
-    chat_key,
     conversations_key,
     decode_record,
     encode_frames,
@@ -52,7 +54,7 @@ from .redis_keys import (
     stream_key,
     watch_key,
 )
-from .resume import Cause, contiguous, new_response_id, seq_of
+from .resume import Cause, contiguous, seq_of
 
 log = structlog.get_logger("tokenwire.resume")
 
@@ -83,26 +85,17 @@ class RedisLink:
         self.settings = settings
         self.metrics = metrics
         self.node = secrets.token_hex(8)
+        self.cluster = is_cluster(url)
+        """A Redis Cluster (``redis+cluster://``): ``redis_client.py``."""
         # A burst (a hundred resumes at once) waits for a pooled connection
         # instead of failing; relays' blocking reads have a pool of their own,
         # so they never hold up the stores.
-        self.client = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=CONNECTIONS,
-                timeout=TIMEOUT,
-                socket_timeout=TIMEOUT,
-                socket_connect_timeout=TIMEOUT,
-            )
-        )
-        self.relays = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=RELAY_CONNECTIONS,
-                timeout=None,
-                socket_timeout=TIMEOUT + self.settings.resume_lease,
-                socket_connect_timeout=TIMEOUT,
-            )
+        self.client = connect(url, timeout=TIMEOUT, blocking_timeout=TIMEOUT, pool=CONNECTIONS)
+        self.relays = connect(
+            url,
+            timeout=TIMEOUT + settings.resume_lease,
+            blocking_timeout=None,
+            pool=RELAY_CONNECTIONS,
         )
         self.reachable = True
         self.refusing: str | None = None
@@ -153,7 +146,7 @@ class RedisLink:
             await asyncio.sleep(PROBE)
             try:
                 await self.client.set(probe_key(self.node), b"1", px=int(PROBE * 2000))
-            except (RedisError, OSError, TimeoutError) as exc:
+            except FAILURES as exc:
                 self.trouble(exc)  # still refused: the episode goes on; gone: the outage's probe
                 if not self.reachable:
                     return
@@ -183,7 +176,7 @@ class RedisLink:
     async def _reconnect(self) -> None:
         while True:
             await asyncio.sleep(PROBE)
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*FAILURES):
                 await self.client.ping()
                 self.reachable = True
                 log.warning("resume store back", url=safe_url(self.url))
@@ -193,17 +186,15 @@ class RedisLink:
         try:
             await self.client.ping()
             self._append_sha = await self.client.script_load(APPEND)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except FAILURES as exc:
             self.trouble(exc)
 
     async def close(self) -> None:
         for probe in (self._probe, self._write_probe):
             if probe is not None:
                 probe.cancel()
-        await self.client.aclose()
-        await self.relays.aclose()
-        await self.client.connection_pool.disconnect()
-        await self.relays.connection_pool.disconnect()
+        await disconnect(self.client)
+        await disconnect(self.relays)
 
     async def quietly(self, command: Any) -> Any:
         """``command()`` awaited; None if Redis is (or just went) down, or
@@ -212,7 +203,7 @@ class RedisLink:
             return None
         try:
             return await command()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except FAILURES as exc:
             self.trouble(exc)
             return None
 
@@ -247,7 +238,7 @@ class RedisLink:
                         pipe.xrange(stream_key(h, gid), min=f"({entry_id(after_seq)}")
                 try:
                     results = iter(await pipe.execute())
-                except (RedisError, OSError, TimeoutError) as exc:
+                except FAILURES as exc:
                     self.trouble(exc)
                     for *_, reply in batch:
                         if not reply.done():
@@ -305,7 +296,7 @@ class RedisLink:
                     if not await self.end_orphan(h, frame):
                         continue  # its node stored a frame meanwhile: read it
                     frames = [frame]
-            except (RedisError, OSError, TimeoutError) as exc:
+            except FAILURES as exc:
                 self.trouble(exc)
                 frames = [orphan_error(gid, last + 1)]
             if not frames:
@@ -354,62 +345,27 @@ class RedisLink:
         results = await self.quietly(pipe.execute)
         return {pair for pair, seen in zip(pairs, results or (), strict=False) if seen}
 
+    async def renew(self, running: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Renew this node's leases on ``running`` (session hash, id) and
+        return those another node asked to cancel."""
+        running = list(running)
+        if not running or not self.reachable:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for h, gid in running:
+            pipe.set(lease_key(h, gid), self.node, px=self.lease_ms)
+            pipe.exists(cancel_key(h, gid))
+            pipe.expire(session_key(h), self.ttl)
+            pipe.expire(stream_key(h, gid), self.ttl)
+        results = await self.quietly(pipe.execute)
+        if results is None:
+            return []
+        return [pair for pair, asked in zip(running, results[1::4], strict=True) if asked]
+
     async def cancel(self, h: str, gid: str, owner: str) -> None:
         """Ask ``owner`` to cancel its generation: a key (seen at its next lease
         renewal) and a publish (seen at once)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.set(cancel_key(h, gid), "1", ex=self.ttl)
-        pipe.publish(channel(owner), f"{h} {gid}")
+        publish(pipe, self.cluster, channel(owner), f"{h} {gid}")
         await self.quietly(pipe.execute)
-
-
-class RedisResponses:
-    """Responses kept in Redis, ``response_ttl`` seconds each: ``tw:r:{id}``
-    holds a response (MessagePack), and one script call reads a chain back."""
-
-    def __init__(self, store: RedisLink, ttl: int) -> None:
-        self.store = store
-        self.ttl = ttl
-        self._chain = store.client.register_script(CHAIN)
-
-    def new_id(self) -> str:
-        return new_response_id()
-
-    async def put(self, response_id: str, kept: KeptResponse) -> None:
-        client = self.store.client
-        data = msgspec.msgpack.encode(kept)
-        await self.store.quietly(lambda: client.set(f"tw:r:{response_id}", data, ex=self.ttl))
-
-    async def get(self, response_id: str) -> KeptResponse | None:
-        client = self.store.client
-        found = await self.store.quietly(lambda: client.get(f"tw:r:{response_id}"))
-        return None if found is None else msgspec.msgpack.decode(found, type=KeptResponse)
-
-    async def chain(self, response_id: str) -> list[KeptResponse] | None:
-        found = await self.store.quietly(lambda: self._chain(args=[response_id, MAX_CHAIN]))
-        if not found:
-            return None
-        return [msgspec.msgpack.decode(raw, type=KeptResponse) for raw in found]
-
-
-class RedisChats:
-    """The UI chats' resumable answers in Redis (``resume_ttl`` seconds each):
-    ``tw:ui:{name}`` holds one (MessagePack), shared by every node."""
-
-    def __init__(self, store: RedisLink, ttl: int) -> None:
-        self.store = store
-        self.ttl = ttl
-        self._drop = store.client.register_script(DROP_CHAT)
-
-    async def put(self, name: str, answer: ChatAnswer) -> None:
-        client = self.store.client
-        data = msgspec.msgpack.encode(answer)
-        await self.store.quietly(lambda: client.set(chat_key(name), data, ex=self.ttl))
-
-    async def get(self, name: str) -> ChatAnswer | None:
-        client = self.store.client
-        found = await self.store.quietly(lambda: client.get(chat_key(name)))
-        return None if found is None else msgspec.msgpack.decode(found, type=ChatAnswer)
-
-    async def drop(self, name: str, gid: str) -> None:
-        await self.store.quietly(lambda: self._drop(keys=[chat_key(name)], args=[gid]))

@@ -18,9 +18,8 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from tokenwire.protocol import (
@@ -46,6 +45,8 @@ from .contract import (
     ResponseStore,
     StoredSession,
 )
+from .redis_client import FAILURES, by_slot, messages
+from .redis_kept import RedisChats, RedisResponses
 from .redis_keys import (
     APPEND,
     COALESCE,
@@ -53,10 +54,8 @@ from .redis_keys import (
     LISTEN_RETRY,
     MAX_ENTRIES,
     PROBE,
-    TIMEOUT,
     Started,
     StreamEntries,
-    cancel_key,
     channel,
     conversations_key,
     encode_frames,
@@ -67,7 +66,7 @@ from .redis_keys import (
     session_key,
     stream_key,
 )
-from .redis_link import RedisChats, RedisLink, RedisResponses, refusal_of
+from .redis_link import RedisLink, refusal_of
 from .resume import SKIP_ALL, Cause, contiguous, gap_span, seq_of
 
 log = structlog.get_logger("tokenwire.resume")
@@ -143,42 +142,53 @@ class RedisStore(RedisLink):
         self, batch: Mapping[RedisKeeper, Sequence[ServerFrame | Started]]
     ) -> Cause | None:
         """One round trip: every stream's entry through one script call
-        (``APPEND``: a command per token would cost more CPU than the relay),
-        then the rarer writes (records, leases, conversations). None: all
-        stored; else why not (the generations whose entries Redis refused
-        are told so here)."""
-        appends: list[EncodableT] = []
+        (``APPEND``: a command per token would cost more CPU than the relay;
+        on a cluster one call per hash slot), then the rarer writes (records,
+        leases, conversations). None: all stored; else why not (the
+        generations whose entries Redis refused are told so here)."""
+        appends: list[list[EncodableT]] = []
         keys: list[str] = []
         owners: list[tuple[RedisKeeper, str]] = []
-        rest = self.client.pipeline(transaction=False)
+        rest: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         for keeper, items in batch.items():
             self._write(rest, keys, owners, appends, keeper, items)
+        groups = by_slot(keys, self.cluster)
+        calls = [
+            (
+                len(group),
+                *(keys[i] for i in group),
+                MAX_ENTRIES,
+                self.ttl,
+                *(arg for i in group for arg in appends[i]),
+            )
+            for group in groups
+        ]
         pipe = self.client.pipeline(transaction=False)
-        if keys:
-            pipe.evalsha(self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends)
-        pipe.command_stack.extend(rest.command_stack)
+        for call in calls:  # first: a lease goes only once the frames are in
+            pipe.evalsha(self._append_sha, *call)
+        for name, args, kwargs in rest:
+            getattr(pipe, name)(*args, **kwargs)
         try:
             results = await pipe.execute(raise_on_error=False)
-            if keys and isinstance(results[0], NoScriptError):  # Redis restarted
-                self._append_sha = await self.client.script_load(APPEND)
-                results[0] = await self.client.evalsha(
-                    self._append_sha, len(keys), *keys, MAX_ENTRIES, self.ttl, *appends
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
+            if any(isinstance(result, NoScriptError) for result in results[: len(calls)]):
+                self._append_sha = await self.client.script_load(APPEND)  # Redis restarted
+                for i, call in enumerate(calls):  # or a replica took over
+                    if isinstance(results[i], NoScriptError):
+                        results[i] = await self.client.evalsha(self._append_sha, *call)
+        except FAILURES as exc:
             self.trouble(exc)
             return Cause.STORE_REFUSED if self.reachable else Cause.STORE_UNREACHABLE
         refusal: BaseException | str = ""
-        if keys:
-            appended = results[0]
-            if isinstance(appended, ResponseError):  # the whole script refused
+        for group, appended in zip(groups, results, strict=False):
+            if isinstance(appended, BaseException):  # the whole call refused
                 refusal = appended
-                refused = owners
+                refused = [owners[i] for i in group]
             else:
-                refusal = appended[0].decode() if appended and appended[0] else ""
-                refused = [owners[int(i) - 1] for i in appended[1:]]
+                refusal = appended[0].decode() if appended and appended[0] else refusal
+                refused = [owners[group[int(i) - 1]] for i in appended[1:]]
             for keeper, gid in refused:
                 keeper.not_stored([gid], Cause.STORE_REFUSED)
-        for result in results[1:] if keys else results:
+        for result in results[len(calls) :]:
             if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
                 refusal = refusal or result
         if (full := refusal_of(refusal)) is not None:
@@ -191,16 +201,16 @@ class RedisStore(RedisLink):
 
     def _write(
         self,
-        pipe: Any,
+        rest: list[tuple[str, tuple[Any, ...], dict[str, Any]]],
         keys: list[str],
         owners: list[tuple[RedisKeeper, str]],
-        appends: list[EncodableT],
+        appends: list[list[EncodableT]],
         keeper: RedisKeeper,
         batch: Sequence[ServerFrame | Started],
     ) -> None:
         """A session's frames (and start markers): the streams' entries as
         ``APPEND``'s keys and arguments (``owners``: whose each key is), the
-        rest added to ``pipe``."""
+        rest as commands in ``rest`` (name, arguments)."""
         session = keeper.session
         h = session.token_hash
         ttl = self.ttl
@@ -232,7 +242,7 @@ class RedisStore(RedisLink):
             last = isinstance(frames[-1], Finish | Error)
             keys.append(key)
             owners.append((keeper, gid))
-            appends += (entry_id(last_seq), data, minid or "", "1" if first or last else "")
+            appends.append([entry_id(last_seq), data, minid or "", "1" if first or last else ""])
             if last:
                 ended.append(frames[-1])
                 del keeper.stored[gid]
@@ -243,19 +253,20 @@ class RedisStore(RedisLink):
         if record:
             record["key"] = session.key_hash
             record["id"] = session.id
-            pipe.hset(session_key(h), mapping=record)
-            pipe.expire(session_key(h), ttl)
+            rest.append(("hset", (session_key(h),), {"mapping": record}))
+            rest.append(("expire", (session_key(h), ttl), {}))
             for name in record:
                 if isinstance(name, str) and name.startswith("g:"):
-                    pipe.set(lease_key(h, name[2:]), self.node, px=self.lease_ms)
+                    rest.append(("set", (lease_key(h, name[2:]), self.node), {"px": self.lease_ms}))
         for terminal in ended:
             gid = terminal.id or ""
             conversation = keeper.conversation_of(gid)
             if conversation is not None:
                 name, messages = conversation
-                pipe.hset(conversations_key(h), name, encode_json.encode(messages))
-                pipe.expire(conversations_key(h), ttl)
-            pipe.delete(lease_key(h, gid))
+                conversation_key = conversations_key(h)
+                rest.append(("hset", (conversation_key, name, encode_json.encode(messages)), {}))
+                rest.append(("expire", (conversation_key, ttl), {}))
+            rest.append(("delete", (lease_key(h, gid),), {}))
 
     async def forget_conversations(self, h: str) -> None:
         await self.quietly(lambda: self.client.delete(conversations_key(h)))
@@ -265,27 +276,10 @@ class RedisStore(RedisLink):
         h = session.token_hash
         fields = {"key": session.key_hash, "id": session.id, "deadline": repr(deadline)}
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(session_key(h), mapping=fields)  # type: ignore[arg-type]
+        pipe.hset(session_key(h), mapping=fields)
         pipe.expire(session_key(h), self.ttl)
         pipe.expire(conversations_key(h), self.ttl)
         await self.quietly(pipe.execute)
-
-    async def renew(self, running: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Renew this node's leases on ``running`` (session hash, id) and
-        return those another node asked to cancel."""
-        running = list(running)
-        if not running or not self.reachable:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for h, gid in running:
-            pipe.set(lease_key(h, gid), self.node, px=self.lease_ms)
-            pipe.exists(cancel_key(h, gid))
-            pipe.expire(session_key(h), self.ttl)
-            pipe.expire(stream_key(h, gid), self.ttl)
-        results = await self.quietly(pipe.execute)
-        if results is None:
-            return []
-        return [pair for pair, asked in zip(running, results[1::4], strict=True) if asked]
 
     def serve(self, node: Node) -> list[asyncio.Task[None]]:
         """Start the store's background duties for ``node``: renewing the
@@ -321,31 +315,23 @@ class RedisStore(RedisLink):
 
     async def listen(self) -> None:
         """Take cancels published to this node, reconnecting when the
-        connection is lost (a restart, ``CLIENT KILL``); after each
-        (re)subscription, cancels asked meanwhile come from the keys."""
-        listener = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=TIMEOUT, socket_keepalive=True
-        )
+        connection is lost (a restart, ``CLIENT KILL``, a failover); after
+        each (re)subscription, cancels asked meanwhile come from the keys."""
         delay = LISTEN_RETRY
-        try:
-            while True:
-                try:
-                    async with listener.pubsub() as pubsub:
-                        await pubsub.subscribe(channel(self.node))
+        while True:
+            try:
+                async for data in messages(self.url, channel(self.node)):
+                    if not data:  # subscribed
                         delay = LISTEN_RETRY
                         self._cancelled(None, None)  # check the keys
-                        async for message in pubsub.listen():
-                            if message.get("type") != "message":
-                                continue
-                            h, _, gid = message["data"].decode().partition(" ")
-                            self._cancelled(h, gid)
-                except (RedisError, OSError, TimeoutError) as exc:
-                    if delay == LISTEN_RETRY:  # once per loss, not per attempt
-                        log.warning("cancel listener reconnecting", error=repr(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, PROBE)
-        finally:
-            await listener.aclose()
+                        continue
+                    h, _, gid = data.decode().partition(" ")
+                    self._cancelled(h, gid)
+            except FAILURES as exc:
+                if delay == LISTEN_RETRY:  # once per loss, not per attempt
+                    log.warning("cancel listener reconnecting", error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PROBE)
 
 
 class RedisKeeper:

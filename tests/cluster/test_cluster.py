@@ -32,6 +32,15 @@ from tokenwire.protocol import Error, Finish, ResetDone, ResultBuilder, Resumed,
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.0
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis(request: pytest.FixtureRequest) -> Any:
+    """The shared store: one redis-server, or a Redis Cluster (three
+    primaries, three replicas); both started once for the run."""
+    return request.getfixturevalue("redis" if request.param == "redis" else "redis_cluster")
+
+
 """resume_lease in these tests: a dead node's generation ends within LEASE + 1 s."""
 
 

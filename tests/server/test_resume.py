@@ -1,7 +1,8 @@
 """Resume after a dropped connection: exact replay, no gap, no duplicate.
 
-Each test runs on both stores: ``memory`` (one node) and ``redis`` (a real
-``redis-server`` the tests start on an ephemeral port).
+Each test runs on every store: ``memory`` (one node), ``redis`` (a real
+``redis-server`` the tests start on an ephemeral port) and ``redis-cluster``
+(a real Redis Cluster: three primaries, three replicas).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tokenwire.protocol import (
     Token,
 )
 
-STORES = ["memory", "redis"]
+STORES = ["memory", "redis", "redis-cluster"]
 TOOL = {"name": "lookup", "arguments": '{"q": "weather"}', "fragment_chars": 4}
 
 
@@ -36,10 +37,11 @@ def store(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def redis_url(store: str, request: pytest.FixtureRequest) -> str | None:
-    """A fresh database of the tests' redis-server, for the redis store only."""
-    if store != "redis":
+    """A fresh database of the tests' redis-server (or their Redis Cluster),
+    for the redis stores only."""
+    if not store.startswith("redis"):
         return None
-    server = request.getfixturevalue("redis")
+    server = request.getfixturevalue("redis" if store == "redis" else "redis_cluster")
     server.cli("FLUSHALL")
     return str(server.url)
 
