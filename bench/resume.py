@@ -1,23 +1,28 @@
 """What resume costs: the gateway's CPU per token with ``resume: off``,
-``memory`` and ``redis`` side by side, resume latency, Redis memory.
+``memory``, ``redis`` and ``redis`` on a Redis Cluster side by side, resume
+latency, Redis memory.
 
     .venv/bin/python bench/resume.py [--streams 200] [--tokens 250] [--runs 2] [--resumes 100]
 
 One fake upstream (in this process), one ``redis-server`` (Debian's, on a
-free port, no persistence) and three ``tokenwire serve`` processes, one per
-``resume`` mode, each loaded by ``tokenwire loadtest`` (two client
-processes) with ``--streams`` concurrent streams of ``--tokens`` tokens at
-50 tokens/s. The modes run in turn, ``--runs`` times, so that the machine's
-drift hits them alike; the best run of each is printed with its ratio to
-``off`` (the bounds: memory within 1.05×, redis within 1.25×). Then the same
-with ``--workers 2`` (``w2``): ``memory`` against ``off``, both with two
-workers (the bound: 1.05×; a resume there may be piped between workers).
+free port, no persistence), a Redis Cluster of six more (three primaries,
+three replicas) and a ``tokenwire serve`` process per ``resume`` mode
+(``cluster``: ``redis`` on the cluster), each loaded by ``tokenwire
+loadtest`` (two client processes) with ``--streams`` concurrent streams of
+``--tokens`` tokens at 50 tokens/s. The modes run in turn, ``--runs``
+times, so that the machine's drift hits them alike; the best run of each is
+printed with its ratio to ``off`` (the bounds: memory within 1.05×, redis
+within 1.25×). Then the same with ``--workers 2`` (``w2``): ``memory``
+against ``off``, both with two workers (the bound: 1.05×; a resume there may
+be piped between workers).
 
-Then, for ``memory``, ``redis`` and ``w2 memory``: ``--resumes`` sessions each drop their
-connection mid-answer and resume at once, concurrently: the latency from
-opening the new connection to the first replayed frame. Last, Redis's
+Then, for ``memory``, ``redis``, ``cluster`` and ``w2 memory``:
+``--resumes`` sessions each drop their connection mid-answer and resume at
+once, concurrently: the latency from opening the new connection to the
+first replayed frame (the bound: p99 100 ms). Last, the single Redis's
 ``used_memory`` per finished 1,000-token generation (paced, so each token is
-an entry of its own: the most entries a generation makes).
+an entry of its own: the most entries a generation makes; the bound: 40 B
+a token).
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from run import free_port, measured, ws_load
 
 from tokenwire.server.engines.fake_upstream import FakeUpstream
 
-MODES = ("off", "memory", "redis", "w2 off", "w2 memory")
-"""The resume modes, one process each, then ``--workers 2`` with ``off`` and ``memory``."""
+MODES = ("off", "memory", "redis", "cluster", "w2 off", "w2 memory")
+"""The resume modes, one process each (``cluster``: ``resume: redis`` on a
+Redis Cluster of three primaries and three replicas), then ``--workers 2``
+with ``off`` and ``memory``."""
 PACE = 50
 
 
@@ -58,8 +65,9 @@ def workers_of(mode: str) -> int:
 
 
 def write_config(tmp: Path, mode: str, base_url: str, redis_url: str) -> Path:
-    server: dict[str, Any] = {"resume": mode.removeprefix("w2 "), "max_sessions": 20_000}
-    if mode == "redis":
+    resume = "redis" if mode == "cluster" else mode.removeprefix("w2 ")
+    server: dict[str, Any] = {"resume": resume, "max_sessions": 20_000}
+    if mode in ("redis", "cluster"):
         server["redis_url"] = redis_url
     params = {"model": "openai/fake-model", "api_base": base_url, "api_key": "sk-bench"}
     config = {"model_list": [{"model_name": "fake", "litellm_params": params}], "server": server}
@@ -80,6 +88,40 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     )  # fmt: skip
     time.sleep(0.3)
     return process, f"redis://127.0.0.1:{port}/0"
+
+
+def start_cluster(tmp: Path) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """A Redis Cluster: six ``redis-server`` in cluster mode (three primaries,
+    three replicas), joined by ``redis-cli --cluster create``."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        sys.exit("redis-server is not installed (apt-get install redis-server)")
+    ports = [free_port() for _ in range(6)]
+    processes = []
+    for port in ports:
+        (tmp / str(port)).mkdir()
+        processes.append(subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp / str(port)), "--cluster-enabled", "yes",
+             "--cluster-port", str(free_port())],
+            stdout=subprocess.DEVNULL,
+        ))  # fmt: skip
+    time.sleep(0.5)
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-replicas", "1",
+                    "--cluster-yes"], check=True, capture_output=True, timeout=60)  # fmt: skip
+    for port in ports:
+        while (
+            "cluster_state:ok"
+            not in subprocess.run(
+                [cli, "-p", str(port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+        ):
+            time.sleep(0.1)
+    return processes, f"redis+cluster://127.0.0.1:{ports[0]}"
 
 
 async def cpu_per_token(url: str, pid: int, streams: int, tokens: int) -> dict[str, Any]:
@@ -174,6 +216,7 @@ async def redis_bytes_per_generation(url: str, redis_url: str, n: int = 20) -> f
 async def main(args: argparse.Namespace) -> str:
     tmp = Path(tempfile.mkdtemp())
     redis_process, redis_url = start_redis(tmp)
+    cluster_processes, cluster_url = start_cluster(tmp)
     cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
     reports: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     latencies: dict[str, list[float]] = {}
@@ -181,7 +224,8 @@ async def main(args: argparse.Namespace) -> str:
         async with FakeUpstream() as fake:
             servers = {}
             for mode in MODES:
-                config = write_config(tmp, mode, fake.base_url, redis_url)
+                shared = cluster_url if mode == "cluster" else redis_url
+                config = write_config(tmp, mode, fake.base_url, shared)
                 process, url, _ = await start_server(config, workers_of(mode))
                 servers[mode] = (process, url)
             try:
@@ -192,7 +236,7 @@ async def main(args: argparse.Namespace) -> str:
                         reports[mode].append(report)
                         if "gateway_cpu_s_per_1k_tokens" in report:
                             cpu[mode].append(report["gateway_cpu_s_per_1k_tokens"])
-                for mode in ("memory", "redis", "w2 memory"):
+                for mode in ("memory", "redis", "cluster", "w2 memory"):
                     latencies[mode] = await resume_latency(servers[mode][1], args.resumes)
                 per_generation = await redis_bytes_per_generation(servers["redis"][1], redis_url)
             finally:
@@ -200,8 +244,9 @@ async def main(args: argparse.Namespace) -> str:
                     process.terminate()
                     await process.wait()
     finally:
-        redis_process.terminate()
-        redis_process.wait()
+        for redis in (redis_process, *cluster_processes):
+            redis.terminate()
+            redis.wait()
     return render(args, cpu, reports, latencies, per_generation)
 
 
@@ -242,6 +287,7 @@ def render(args, cpu, reports, latencies, per_generation) -> str:  # type: ignor
     lines.append("")
     lines.append(
         f"Redis used_memory per finished 1,000-token generation: {per_generation / 1024:.1f} KiB"
+        f" ({per_generation / 1000:.1f} B per token)"
     )
     return "\n".join(lines)
 

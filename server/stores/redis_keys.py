@@ -44,7 +44,7 @@ from typing import Any, Final, get_args
 
 import msgspec
 
-from tokenwire.protocol import Error, ErrorCode, Generate, GenerationFrame, error_frame
+from tokenwire.protocol import Error, ErrorCode, Generate, GenerationFrame, Token, error_frame
 
 from .contract import Record, Replay
 from .resume import Cause, seq_of
@@ -92,7 +92,7 @@ LISTEN_RETRY: Final = 0.05
 doubling up to ``PROBE``): a killed connection is replaced at once."""
 
 encode_frames = msgspec.msgpack.Encoder()
-decode_frames = msgspec.msgpack.Decoder(list[GenerationFrame])
+decode_packed = msgspec.msgpack.Decoder(list[int | str | GenerationFrame])
 decode_request = msgspec.msgpack.Decoder(Generate)
 encode_json = msgspec.json.Encoder()
 decode_json = msgspec.json.Decoder(list[dict[str, Any]])
@@ -204,13 +204,42 @@ def generation_ids(items: Iterable[object]) -> list[str]:
     return list({gid: None for item in items if (gid := getattr(item, "id", None))})
 
 
-def frames_after(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], after_seq: int) -> Replay:
-    """The stored frames after ``after_seq`` (``unknown``: no entry at all).
-    The caller checks that they follow on (``resume.contiguous``): the
-    oldest may have been trimmed."""
+def pack_frames(frames: Sequence[GenerationFrame]) -> bytes:
+    """A stream entry's frames (one generation's), compact: the first seq,
+    then each ``token`` that follows on from the frame before it as its bare
+    text, any other frame whole. A paced token is an entry of its own;
+    whole, its id, seq and field names would cost more than its text."""
+    items: list[int | str | GenerationFrame] = [seq_of(frames[0])]
+    expected = seq_of(frames[0])
+    for frame in frames:
+        items.append(frame.text if type(frame) is Token and frame.seq == expected else frame)
+        expected = seq_of(frame) + 1
+    return encode_frames.encode(items)
+
+
+def unpack_frames(gid: str, data: bytes) -> list[GenerationFrame]:
+    """The frames ``pack_frames`` packed (``gid``: the stream's generation)."""
+    first, *items = decode_packed.decode(data)
+    frames: list[GenerationFrame] = []
+    expected = first if isinstance(first, int) else 0
+    for item in items:
+        if isinstance(item, str):
+            frames.append(Token(id=gid, seq=expected, text=item))
+        elif not isinstance(item, int):
+            frames.append(item)
+        expected = seq_of(frames[-1]) + 1
+    return frames
+
+
+def frames_after(
+    gid: str, entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], after_seq: int
+) -> Replay:
+    """The stored frames of ``gid`` after ``after_seq`` (``unknown``: no entry
+    at all). The caller checks that they follow on (``resume.contiguous``):
+    the oldest may have been trimmed."""
     frames: list[GenerationFrame] = []
     for _, fields in entries:
-        frames.extend(f for f in decode_frames.decode(fields[b"f"]) if seq_of(f) > after_seq)
+        frames.extend(f for f in unpack_frames(gid, fields[b"f"]) if seq_of(f) > after_seq)
     return frames if entries else "unknown"
 
 

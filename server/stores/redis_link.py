@@ -43,11 +43,11 @@ from .redis_keys import (
     channel,
     conversations_key,
     decode_record,
-    encode_frames,
     entry_id,
     frames_after,
     lease_key,
     orphan_error,
+    pack_frames,
     probe_key,
     safe_url,
     session_key,
@@ -247,7 +247,7 @@ class RedisLink:
                 for _, positions, reply in batch:
                     raw, conversations = next(results), next(results)
                     replays = {
-                        gid: frames_after(next(results), after_seq)
+                        gid: frames_after(gid, next(results), after_seq)
                         for gid, after_seq in positions.items()
                     }
                     if not reply.done():
@@ -271,7 +271,7 @@ class RedisLink:
         if not response:
             return None
         entries = response[0][1]
-        frames = frames_after(entries, after_seq)
+        frames = frames_after(gid, entries, after_seq)
         return frames if isinstance(frames, list) else None
 
     async def follow(
@@ -327,7 +327,7 @@ class RedisLink:
         try:
             await self.client.xadd(
                 stream_key(h, gid),
-                {"f": encode_frames.encode([frame])},
+                {"f": pack_frames([frame])},
                 id=entry_id(frame.seq or 0),
             )
         except ResponseError:

@@ -63,6 +63,7 @@ from .redis_keys import (
     entry_id,
     generation_ids,
     lease_key,
+    pack_frames,
     session_key,
     stream_key,
 )
@@ -229,7 +230,7 @@ class RedisStore(RedisLink):
             if not frames:
                 continue
             key = stream_key(h, gid)
-            data = encode_frames.encode(frames)
+            data = pack_frames(frames)
             last_seq = seq_of(frames[-1])
             kept = keeper.stored.get(gid)
             if kept is None:
