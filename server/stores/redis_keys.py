@@ -92,7 +92,7 @@ LISTEN_RETRY: Final = 0.05
 doubling up to ``PROBE``): a killed connection is replaced at once."""
 
 encode_frames = msgspec.msgpack.Encoder()
-decode_packed = msgspec.msgpack.Decoder(list[int | str | GenerationFrame])
+decode_packed = msgspec.msgpack.Decoder(str | list[str | GenerationFrame])
 decode_request = msgspec.msgpack.Decoder(Generate)
 encode_json = msgspec.json.Encoder()
 decode_json = msgspec.json.Decoder(list[dict[str, Any]])
@@ -205,29 +205,31 @@ def generation_ids(items: Iterable[object]) -> list[str]:
 
 
 def pack_frames(frames: Sequence[GenerationFrame]) -> bytes:
-    """A stream entry's frames (one generation's), compact: the first seq,
-    then each ``token`` that follows on from the frame before it as its bare
-    text, any other frame whole. A paced token is an entry of its own;
+    """A stream entry's frames (one generation's, the entry's id naming the
+    last one's seq), compact: a ``token`` numbered one before the frame after
+    it (or, last, the entry's) as its bare text; any other frame whole; a
+    lone token as its text alone. A paced token is an entry of its own:
     whole, its id, seq and field names would cost more than its text."""
-    items: list[int | str | GenerationFrame] = [seq_of(frames[0])]
-    expected = seq_of(frames[0])
-    for frame in frames:
+    items: list[str | GenerationFrame] = []
+    expected = seq_of(frames[-1])
+    for frame in reversed(frames):
         items.append(frame.text if type(frame) is Token and frame.seq == expected else frame)
-        expected = seq_of(frame) + 1
-    return encode_frames.encode(items)
+        expected = seq_of(frame) - 1
+    items.reverse()
+    return encode_frames.encode(items[0] if len(items) == 1 and type(items[0]) is str else items)
 
 
-def unpack_frames(gid: str, data: bytes) -> list[GenerationFrame]:
-    """The frames ``pack_frames`` packed (``gid``: the stream's generation)."""
-    first, *items = decode_packed.decode(data)
+def unpack_frames(gid: str, entry: bytes, data: bytes) -> list[GenerationFrame]:
+    """The frames ``pack_frames`` packed in the entry ``entry`` (its id) of
+    generation ``gid``'s stream."""
+    packed = decode_packed.decode(data)
+    items = [packed] if isinstance(packed, str) else packed
+    expected = int(entry.rpartition(b"-")[2]) - 1  # entry_id: the last seq + 1
     frames: list[GenerationFrame] = []
-    expected = first if isinstance(first, int) else 0
-    for item in items:
-        if isinstance(item, str):
-            frames.append(Token(id=gid, seq=expected, text=item))
-        elif not isinstance(item, int):
-            frames.append(item)
-        expected = seq_of(frames[-1]) + 1
+    for item in reversed(items):
+        frames.append(Token(id=gid, seq=expected, text=item) if isinstance(item, str) else item)
+        expected = seq_of(frames[-1]) - 1
+    frames.reverse()
     return frames
 
 
@@ -238,8 +240,8 @@ def frames_after(
     at all). The caller checks that they follow on (``resume.contiguous``):
     the oldest may have been trimmed."""
     frames: list[GenerationFrame] = []
-    for _, fields in entries:
-        frames.extend(f for f in unpack_frames(gid, fields[b"f"]) if seq_of(f) > after_seq)
+    for entry, fields in entries:
+        frames.extend(f for f in unpack_frames(gid, entry, fields[b"f"]) if seq_of(f) > after_seq)
     return frames if entries else "unknown"
 
 

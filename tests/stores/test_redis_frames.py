@@ -1,11 +1,11 @@
 """How the Redis store packs a stream entry's frames (``pack_frames``): a
-token that follows on is its bare text, anything else whole; unpacked, the
-frames are exactly the ones packed."""
+token numbered on to the entry's id is its bare text, anything else whole;
+unpacked, the frames are exactly the ones packed."""
 
 from __future__ import annotations
 
 from tokenwire.protocol import Finish, Reasoning, Token, ToolCallChunk
-from tokenwire.server.stores.redis_keys import pack_frames, unpack_frames
+from tokenwire.server.stores.redis_keys import entry_id, pack_frames, unpack_frames
 
 
 def test_frames_come_back_exactly_and_a_following_token_costs_its_text() -> None:
@@ -19,6 +19,8 @@ def test_frames_come_back_exactly_and_a_following_token_costs_its_text() -> None
         Finish(id="g", seq=14, reason="stop", content="Hello there", tool_calls=[], usage=None),
     ]
     packed = pack_frames(frames)
-    assert unpack_frames("g", packed) == frames
-    assert len(pack_frames([Token(id="g", seq=500, text="tok ")])) <= 9
-    assert unpack_frames("g", pack_frames(frames[3:4])) == frames[3:4]
+    assert unpack_frames("g", entry_id(14).encode(), packed) == frames
+    lone = pack_frames([Token(id="g", seq=500, text="tok ")])
+    assert len(lone) == 5  # the text, and its length
+    assert unpack_frames("g", entry_id(500).encode(), lone) == [Token(id="g", seq=500, text="tok ")]
+    assert unpack_frames("g", entry_id(10).encode(), pack_frames(frames[3:4])) == frames[3:4]
