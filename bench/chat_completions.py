@@ -1,6 +1,6 @@
 """OpenAI's Chat Completions SSE, through tokenwire and through the LiteLLM proxy, in one run.
 
-    .venv/bin/python bench/openai.py [--streams 200] [--tokens 20000] [--skip-proxy]
+    .venv/bin/python bench/chat_completions.py [--streams 200] [--tokens 20000] [--skip-proxy]
 
 On one fake upstream (in this process), side by side:
 
