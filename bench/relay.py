@@ -14,7 +14,10 @@ Both it and ``tokenwire serve`` (the native path) are loaded by the same
 ``tokenwire loadtest`` (two client processes) with ``--streams`` concurrent
 streams of ``--tokens`` tokens at 50 tokens/s from one fake upstream, in
 turn, ``--runs`` times; the best run of each is printed: CPU per token
-(µs, the server process only), gap p99, and tokenwire ÷ floor.
+(µs, the server's processes only), gap p99, and tokenwire ÷ floor.
+``--workers N`` runs ``tokenwire serve --workers N`` (the reference relay
+stays one process: with ``--streams 1000`` it shows whether one process of
+it could carry what two of tokenwire's carry).
 """
 
 from __future__ import annotations
@@ -211,7 +214,7 @@ async def compare(args: argparse.Namespace) -> str:
     async with FakeUpstream() as fake:
         tmp = Path(tempfile.mkdtemp())
         config = write_config(tmp / "relay.yaml", fake)
-        tokenwire, tw_url, _ = await start_server(config, 1)
+        tokenwire, tw_url, _ = await start_server(config, args.workers)
         reference, ref_url = await start_reference(fake.base_url)
         servers = {"reference relay": (reference, ref_url), "tokenwire": (tokenwire, tw_url)}
         try:
@@ -230,7 +233,7 @@ async def compare(args: argparse.Namespace) -> str:
     floor, ours = best("reference relay"), best("tokenwire")
     lines = [
         f"# relay floor: {args.streams} streams × {args.tokens} tokens at {PACE} tokens/s, "
-        f"best of {args.runs}",
+        f"best of {args.runs}, tokenwire --workers {args.workers}",
         "",
         f"{'':28}{'reference relay':>18}{'tokenwire':>12}",
     ]
@@ -263,6 +266,7 @@ if __name__ == "__main__":
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--tokens", type=int, default=250)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="tokenwire serve --workers")
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args.serve, args.upstream))

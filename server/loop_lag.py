@@ -58,9 +58,14 @@ class Silence:
     rescheduled with ``reschedule(when)`` (None: no deadline), but when it
     fires it first extends itself by the time the loop ran late since it was
     armed (measured by ``lag``, and by how late it fired itself). Raises
-    ``TimeoutError`` on the way out once it really expired."""
+    ``TimeoutError`` on the way out once it really expired.
 
-    __slots__ = ("_expired", "_handle", "_lag", "_loop", "_stolen_at", "_task", "_when")
+    A deadline moved later (every token moves the idle deadline) keeps its
+    armed timer, which re-arms itself for the new time when it fires: a
+    timer per token (a heap push and a cancelled handle) would cost more
+    than the token's own work in the relay."""
+
+    __slots__ = ("_armed", "_expired", "_handle", "_lag", "_loop", "_stolen_at", "_task", "_when")
 
     def __init__(self, delay: float, lag: LoopLag) -> None:
         self._lag = lag
@@ -70,30 +75,42 @@ class Silence:
         self._task: asyncio.Task[object] | None = None
         self._expired = False
         self._stolen_at = 0.0
+        self._armed = 0.0
+        """The time the armed timer (``_handle``) fires at."""
 
     def expired(self) -> bool:
         return self._expired
 
     def reschedule(self, when: float | None) -> None:
         """The deadline is now ``when`` (loop time), or none."""
+        self._stolen_at = self._lag.stolen
+        if when is not None and self._handle is not None and when >= self._armed:
+            self._when = when  # later: the armed timer re-arms when it fires
+            return
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         self._when = when
-        self._stolen_at = self._lag.stolen
         if when is not None and self._task is not None and not self._expired:
-            self._handle = self._loop.call_at(when, self._fire)
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        self._armed = when
+        self._handle = self._loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
         assert self._when is not None and self._task is not None
+        if self._when > self._armed:  # moved later since it was armed
+            self._arm(self._when)
+            return
         now = self._loop.time()
         late_here = max(0.0, now - self._when)
         owed = max(self._lag.stolen - self._stolen_at, late_here)
         if owed > 0.005:  # the loop was behind: that time was not the provider's silence
             self._stolen_at = self._lag.stolen
             self._when = now + owed
-            self._handle = self._loop.call_at(self._when, self._fire)
+            self._arm(self._when)
             return
         self._expired = True
         self._task.cancel()
