@@ -37,6 +37,7 @@ from . import workers
 from .config import ServerSettings
 from .engines.upstream import Upstream
 from .errors import CLOSE_REASONS, CloseCode
+from .keepalive import KeepAlive
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE, Metrics
 from .sessions.core import SessionLife, StopReason
@@ -77,8 +78,6 @@ WRONG_PROTOCOL_HINT: Final = (
 EVICTED_DEADLINE: Final = 1.0
 """The deadline (in 1970) an evicted session's Redis record gets: past, so
 any node's resume of it hears ``expired``."""
-EXPIRED_KEPT: Final = 65_536
-"""Tokens of expired sessions remembered, so that a late resume hears ``expired``."""
 
 
 class TokenwireServer:
@@ -104,6 +103,7 @@ class TokenwireServer:
         """Every session, attached or DETACHED, by its token's hash."""
         self.active_generations = 0
         self.loop_lag = LoopLag()
+        self.keepalive = KeepAlive(settings.ping_interval, settings.ping_timeout)
         self.history_bytes = 0
         """Bytes of conversation history all sessions keep (``max_total_history_bytes``)."""
         self._idle = asyncio.Event()
@@ -141,8 +141,7 @@ class TokenwireServer:
             max_size=self.settings.max_message_bytes,
             max_queue=RECEIVE_QUEUE,
             close_timeout=CLOSE_TIMEOUT,
-            ping_interval=self.settings.ping_interval or None,
-            ping_timeout=self.settings.ping_timeout,
+            ping_interval=None,  # one task pings them all (keepalive.py)
             server_header=SERVER_HEADER,
             reuse_port=reuse_port,
         )
@@ -163,7 +162,7 @@ class TokenwireServer:
         watchdog = asyncio.create_task(self._watch_sends(), name="send watchdog")
         lag = asyncio.create_task(self.loop_lag.run(), name="loop lag")
         sweeper = asyncio.create_task(self._sweep(), name="orphan sweeper")
-        background = [watchdog, lag, sweeper]
+        background = [watchdog, lag, sweeper, *self.keepalive.start()]
         await self.store.start()
         background += self.store.serve(self)  # leases, and cancels from other nodes
         try:
@@ -280,6 +279,7 @@ class TokenwireServer:
             code = CloseCode.TRY_AGAIN_LATER
             await connection.close(code, CLOSE_REASONS[code])
             return
+        self.keepalive.add(connection)
         encoding = ENCODING_BY_SUBPROTOCOL.get(connection.subprotocol or "", Encoding.JSON)
         request = connection.request
         key = self.gate.presented_key(request.headers) if request else None

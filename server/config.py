@@ -76,9 +76,10 @@ class ServerSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     ping_interval: Annotated[float, Meta(ge=0)] = 60.0
     """Seconds between the keep-alive pings a WebSocket session gets (0: none).
     A ping keeps proxies from closing an idle socket and finds a peer that
-    vanished; it costs every idle session a wake-up. websockets' default of
-    20 s spent 8.7% of a core on 18,000 idle sessions (≈100 µs a ping): at
-    60 s, 100,000 idle sessions cost ≈1,700 pings a second, about 16% of a
+    vanished. websockets' default (20 s, a task per connection) spent 8.7% of
+    a core on 18,000 idle sessions (≈90 µs a ping); tokenwire pings every
+    connection from one task (``keepalive.py``, ≈50 µs a ping and its pong):
+    at 60 s, 100,000 idle sessions cost ≈1,700 pings a second, about 8% of a
     core. A dead peer of a session that is sent frames is found sooner by
     ``send_timeout``."""
     ping_timeout: Seconds = 30.0

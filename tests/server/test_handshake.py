@@ -134,19 +134,27 @@ async def test_the_first_known_subprotocol_offered_is_chosen(server, offered):
 async def test_keepalive_pings_close_a_peer_that_vanished_and_can_be_off(start_server):
     import websockets as ws_lib
 
-    async def silent_for(settings: dict[str, float], seconds: float) -> int:
-        """Sessions left (at most ``seconds`` later) after a client stops reading."""
+    async def silent_for(settings: dict[str, float], seconds: float, *, silent: bool = True) -> int:
+        """Sessions left (at most ``seconds`` later) after a client stops
+        reading (or, not ``silent``, while it reads and answers pings)."""
         async with start_server(**settings) as handle:
             connection = await ws_lib.connect(handle.url, open_timeout=TIMEOUT)
-            connection.transport.pause_reading()  # answers no ping any more
+            if silent:
+                connection.transport.pause_reading()  # answers no ping any more
             for _ in range(round(seconds / 0.05)):
                 if not handle.server.connections:
                     break
                 await asyncio.sleep(0.05)
             left = len(handle.server.connections)
+            if not silent:  # a pong came back to the server: its latency is measured
+                (link,) = handle.server.connections
+                assert link._ws.latency > 0
             connection.transport.abort()
             return left
 
     # The ping, its timeout, then the closing handshake's own (CLOSE_TIMEOUT).
     assert await silent_for({"ping_interval": 0.2, "ping_timeout": 0.2}, 4.0) == 0
     assert await silent_for({"ping_interval": 0}, 1.5) == 1
+    # A client that answers is pinged and stays.
+    settings = {"ping_interval": 0.2, "ping_timeout": 0.2}
+    assert await silent_for(settings, 1.5, silent=False) == 1
