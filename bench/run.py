@@ -5,7 +5,9 @@
 On one fake upstream (in this process) and one load, it runs, side by side:
 1. the ceiling: the SSE load generator reading the fake upstream directly;
 2. tokenwire (`tokenwire serve`, loaded by `tokenwire loadtest` over /v1/ws,
-   and by the SSE load generator over /v1/chat/completions, OpenAI's format);
+   and by the SSE load generator over /v1/chat/completions, OpenAI's format),
+   and the floor: the reference relay (`relay.py`) under the same paced
+   /v1/ws loads (tokenwire ÷ floor);
 3. the LiteLLM proxy (`litellm[proxy]`, installed by this script into
    bench/.proxy-venv), loaded by the same SSE load generator.
 
@@ -43,6 +45,7 @@ from core import (
     start_server,
     write_config,
 )
+from relay import start_reference
 
 from tokenwire.server.engines.fake_upstream import FakeUpstream
 
@@ -294,6 +297,18 @@ async def main(args: argparse.Namespace) -> str:
                 server.terminate()
                 await server.wait()
 
+        # 2b. the floor: the reference relay (relay.py), on the same WebSocket loads
+        reference, reference_url = await start_reference(fake.base_url)
+        try:
+            for name, n, prompt, deadline, ramp in scenarios[1:]:
+                results[f"reference|{name}"] = await measured(
+                    reference.pid, ws_load(reference_url, n, prompt, deadline, ramp)
+                )
+        finally:
+            reference.terminate()
+            await reference.wait()
+        await settle(fake, 60)
+
         # 3. the LiteLLM proxy
         litellm = None if args.skip_proxy else ensure_proxy()
         if litellm is not None:
@@ -395,6 +410,20 @@ def render(results, memory, cancels, scenarios, args) -> str:  # type: ignore[no
                 else "—"
             )
             + " | | | |"
+        )
+    lines += [
+        "",
+        "The floor: the reference relay (`bench/relay.py`: raw asyncio, an SSE line in, one "
+        "WebSocket frame out) under the same WebSocket loads.",
+        "",
+        "| scenario | reference relay CPU s / 1000 tokens | tokenwire /v1/ws | tokenwire ÷ floor |",
+        "|---|---|---|---|",
+    ]
+    for name, *_ in scenarios[1:]:
+        floor = get("reference", name).get("gateway_cpu_s_per_1k_tokens")
+        ours = get("tokenwire", name).get("gateway_cpu_s_per_1k_tokens")
+        lines.append(
+            f"| {name} | {fmt(floor, '', 3)} | {fmt(ours, '', 3)} | {ratio(ours, floor)} |"
         )
     failures = {
         k: v.get("generations_failed") for k, v in results.items() if v.get("generations_failed")
