@@ -3,13 +3,15 @@ baseline, then this checkout's, with the figures side by side.
 
     .venv/bin/python bench/against.py [--rounds N] COMMIT run.py --quick --skip-proxy
     .venv/bin/python bench/against.py [--rounds N] COMMIT resume.py --runs 1
+    .venv/bin/python bench/against.py COMMIT scale.py --sessions 2000
 
 The baseline's source is ``git archive``d to a scratch folder and served by
 this virtualenv's Python (so the dependencies are the same: only tokenwire's
 code differs); the load generators are this checkout's in both runs. With
 ``--rounds N`` the two alternate N times. The rows that hold CPU figures are
 printed last, the best of the rounds, baseline beside current, with their
-ratio.
+ratio; then a ``| figure | measured | bound |`` table's rows (``scale.py``),
+baseline beside current, from the last round.
 """
 
 from __future__ import annotations
@@ -86,6 +88,21 @@ def cpu_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
+def figure_rows(text: str) -> dict[str, str]:
+    """The rows of a ``| figure | measured | bound |`` table (scale.py): figure → measured."""
+    rows: dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:2] == ["figure", "measured"]:
+            inside = True
+        elif inside and line.startswith("|") and len(cells) >= 2 and not cells[0].startswith("-"):
+            rows[cells[0]] = cells[1]
+        elif not line.startswith("|"):
+            inside = False
+    return rows
+
+
 def best(outputs: list[str]) -> dict[str, list[str]]:
     """Each CPU cell's lowest figure over the rounds (the least disturbed run)."""
     out: dict[str, list[str]] = {}
@@ -134,6 +151,11 @@ def main() -> None:
             )
             pairs.append(f"{was} → {cell}{ratio}")
         print(f"{name}: " + " | ".join(pairs))
+    old_figures, new_figures = figure_rows(baseline[-1]), figure_rows(current[-1])
+    if new_figures:
+        print(f"== figures, last round: baseline {commit} → current ==")
+        for name, value in new_figures.items():
+            print(f"{name}: {old_figures.get(name, '—')} → {value}")
 
 
 if __name__ == "__main__":
