@@ -5,8 +5,8 @@ a Redis Cluster (``redis+cluster://host:port``, ``rediss+cluster://``: any
 of its nodes; the client learns the rest and follows failovers and moved
 slots). What differs between the two is here and nowhere else:
 
-- the clients: a pool of connections to the one server, or redis-py's
-  ``RedisCluster`` (a pool per node);
+- the clients: a bounded pool of connections to the one server, or
+  redis-py's ``RedisCluster`` (a pool per node, which cannot wait);
 - how the frames of many sessions are stored in one round trip: one
   ``APPEND`` script call for all of them on one server, one per hash slot
   on a cluster (a script may only touch the keys of one slot; every key of a
@@ -36,7 +36,13 @@ CONNECTIONS: Final = 64
 holds one for its round trip); past it a command waits up to the timeout."""
 RELAY_CONNECTIONS: Final = 512
 """Pooled connections for relays (each blocks on its stream's next entry);
-past it a relay waits its turn. On a cluster both bounds are per node."""
+past it a relay waits its turn. On a cluster neither bound applies: redis-py's
+cluster pools do not wait for a free connection, they raise at once (which
+would read as Redis gone), so a cluster node gets a connection per command
+or relay in flight to it, up to ``CLUSTER_CONNECTIONS``."""
+CLUSTER_CONNECTIONS: Final = 10_000
+"""Connections a client may open to one cluster node (Redis's own
+``maxclients`` default)."""
 CONNECT_TIMEOUT: Final = 1.0
 """Seconds a connection to Redis (or a cluster's node) may take to open."""
 LISTEN_POLL: Final = 1.0
@@ -55,13 +61,13 @@ def _plain(url: str) -> str:
 
 def connect(url: str, *, timeout: float | None, blocking_timeout: float | None, pool: int) -> Any:
     """A client for ``url``: a reply is awaited ``timeout`` seconds (None: as
-    long as it takes, for a subscription); past ``pool`` connections (per
-    node on a cluster) a command waits ``blocking_timeout`` seconds for one
-    (None: as long as it takes)."""
+    long as it takes, for a subscription); past ``pool`` connections a
+    command waits ``blocking_timeout`` seconds for one (None: as long as it
+    takes). On a cluster, ``CLUSTER_CONNECTIONS`` (see ``RELAY_CONNECTIONS``)."""
     if is_cluster(url):
         return RedisCluster.from_url(
             _plain(url),
-            max_connections=pool,
+            max_connections=CLUSTER_CONNECTIONS,
             socket_timeout=timeout,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_keepalive=True,

@@ -404,3 +404,15 @@ async def test_a_shared_record_past_its_deadline_is_expired(opened):
     await keeper.detached(0)  # attached again: no deadline
     record = await store.load(session.token_hash)
     assert record is not None and not record.expired(time.time())
+
+
+async def test_a_burst_of_commands_past_the_pool_waits_and_never_reads_as_redis_gone(kind, opened):
+    """More commands in flight than the pool's connections (relays checking
+    leases, say): they wait their turn (one Redis) or get a connection each
+    (a cluster, whose pools cannot wait); none fails, Redis stays up."""
+    store = await opened()
+    if not store.shared:
+        return
+    burst = [store.alive("h", f"g{i}") for i in range(300)]  # type: ignore[attr-defined]
+    assert await asyncio.gather(*burst) == [False] * 300
+    assert store.up  # type: ignore[attr-defined]
