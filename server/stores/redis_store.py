@@ -54,6 +54,7 @@ from .redis_keys import (
     LISTEN_RETRY,
     MAX_ENTRIES,
     PROBE,
+    TIMEOUT,
     Started,
     StreamEntries,
     channel,
@@ -170,12 +171,16 @@ class RedisStore(RedisLink):
         for name, args, kwargs in rest:
             getattr(pipe, name)(*args, **kwargs)
         try:
-            results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(result, NoScriptError) for result in results[: len(calls)]):
-                self._append_sha = await self.client.script_load(APPEND)  # Redis restarted
-                for i, call in enumerate(calls):  # or a replica took over
-                    if isinstance(results[i], NoScriptError):
-                        results[i] = await self.client.evalsha(self._append_sha, *call)
+            # Every stream of the node waits on this round trip: it is bounded
+            # whole (a cluster's client retries a dead primary until the
+            # replica takes over, seconds later), then its frames go unkept.
+            async with asyncio.timeout(TIMEOUT):
+                results = await pipe.execute(raise_on_error=False)
+                if any(isinstance(result, NoScriptError) for result in results[: len(calls)]):
+                    self._append_sha = await self.client.script_load(APPEND)  # Redis restarted
+                    for i, call in enumerate(calls):  # or a replica took over
+                        if isinstance(results[i], NoScriptError):
+                            results[i] = await self.client.evalsha(self._append_sha, *call)
         except FAILURES as exc:
             self.trouble(exc)
             return Cause.STORE_REFUSED if self.reachable else Cause.STORE_UNREACHABLE

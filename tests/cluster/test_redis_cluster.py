@@ -1,23 +1,27 @@
-"""A Redis Cluster under the nodes: a primary fails over mid-stream.
+"""A Redis Cluster under the nodes: a primary fails over mid-stream, or dies.
 
 Real processes only, as in ``test_cluster.py`` (whose other tests also run
 on the cluster): two ``tokenwire serve`` nodes on a Redis Cluster of
 Debian's ``redis-server`` (three primaries, three replicas), nginx in front.
 The replica of the primary holding the sessions' slots takes over
 (``CLUSTER FAILOVER``) while they stream: the stream goes on whole, and a
-resume across the failover is exact, or says ``gap``; never a hole.
+resume across the failover is exact, or says ``gap``; never a hole. A
+primary killed outright is an outage of its slots until the cluster
+promotes its replica: streaming goes on meanwhile, and resume comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from conftest import say
-from resume_parts import RawSession
+from resume_parts import RawSession, redis_cluster
 from test_cluster import cluster
 
 from tokenwire.protocol import Finish, GenerationFrame, Resumed, ResumeFailed, Token
+from tokenwire.server.stores.redis_keys import TIMEOUT
 from tokenwire.server.stores.resume import token_hash
 
 TOKENS = 200
@@ -71,3 +75,38 @@ async def test_a_failover_mid_stream_loses_nothing_and_a_resume_across_it_is_exa
             rest = await again.until_terminal("g")
             before = "".join(f.text for f in seen if isinstance(f, Token))
             assert before + _whole(rest, after=seen[-1].seq) == WHOLE
+
+
+async def test_a_primary_killed_mid_stream_stops_no_stream_and_resume_comes_back(
+    tmp_path: Any,
+) -> None:
+    (tmp_path / "redis").mkdir()
+    with redis_cluster(tmp_path / "redis") as servers:  # a cluster of its own: a node dies
+        async with cluster(tmp_path, servers) as c:
+            a, _ = c.nodes
+            watcher = await RawSession.open(a.url)
+            await watcher.generate("g", say(tokens=TOKENS, interval=0.02))
+            early = await watcher.frames_until("g", seq=10)
+            primary = servers.primary_of(f"tw:{{{token_hash(watcher.token)}}}:s")
+            assert primary.process is not None
+            primary.process.kill()
+            primary.process.wait()
+            primary.process = None
+            # The stream goes on, whole, through the outage and the promotion:
+            # held back at most a store round trip's bound at a time.
+            rest: list[GenerationFrame] = []
+            longest, last = 0.0, time.monotonic()
+            while not rest or not isinstance(rest[-1], Finish):
+                rest += await watcher.frames_until("g", seq=rest[-1].seq + 1 if rest else 11)
+                longest, last = max(longest, time.monotonic() - last), time.monotonic()
+            assert _whole([*early, *rest]) == WHOLE
+            assert longest < TIMEOUT + 0.8, longest
+            # Once the replica serves the slots, sessions are resumable again.
+            deadline = time.monotonic() + 30
+            while True:
+                session = await RawSession.open(a.url)
+                await session.ws.close()
+                if session.ready.resume_token:
+                    break
+                assert time.monotonic() < deadline, "resume never came back"
+                await asyncio.sleep(0.5)
