@@ -12,8 +12,9 @@ from .resume import new_response_id
 
 
 class RedisResponses:
-    """Responses kept in Redis, ``response_ttl`` seconds each: ``tw:r:{id}``
-    holds a response (MessagePack), and one script call reads a chain back."""
+    """Responses kept in Redis, ``response_ttl`` seconds each: ``tw:r:<id>``
+    holds a response (MessagePack), and one script call reads a chain back
+    (on a cluster, a response at a time)."""
 
     def __init__(self, store: RedisLink, ttl: int) -> None:
         self.store = store
@@ -24,14 +25,10 @@ class RedisResponses:
         return new_response_id()
 
     async def put(self, response_id: str, kept: KeptResponse) -> None:
-        client = self.store.client
-        data = msgspec.msgpack.encode(kept)
-        await self.store.quietly(lambda: client.set(response_key(response_id), data, ex=self.ttl))
+        await self.store.put_value(response_key(response_id), kept, self.ttl)
 
     async def get(self, response_id: str) -> KeptResponse | None:
-        client = self.store.client
-        found = await self.store.quietly(lambda: client.get(response_key(response_id)))
-        return None if found is None else msgspec.msgpack.decode(found, type=KeptResponse)
+        return await self.store.get_value(response_key(response_id), KeptResponse)
 
     async def chain(self, response_id: str) -> list[KeptResponse] | None:
         if self.store.cluster:  # a chain's responses are in slots of their own
@@ -56,7 +53,7 @@ class RedisResponses:
 
 class RedisChats:
     """The UI chats' resumable answers in Redis (``resume_ttl`` seconds each):
-    ``tw:ui:{name}`` holds one (MessagePack), shared by every node."""
+    ``tw:ui:<name>`` holds one (MessagePack), shared by every node."""
 
     def __init__(self, store: RedisLink, ttl: int) -> None:
         self.store = store
@@ -64,14 +61,10 @@ class RedisChats:
         self._drop = store.client.register_script(DROP_CHAT)
 
     async def put(self, name: str, answer: ChatAnswer) -> None:
-        client = self.store.client
-        data = msgspec.msgpack.encode(answer)
-        await self.store.quietly(lambda: client.set(chat_key(name), data, ex=self.ttl))
+        await self.store.put_value(chat_key(name), answer, self.ttl)
 
     async def get(self, name: str) -> ChatAnswer | None:
-        client = self.store.client
-        found = await self.store.quietly(lambda: client.get(chat_key(name)))
-        return None if found is None else msgspec.msgpack.decode(found, type=ChatAnswer)
+        return await self.store.get_value(chat_key(name), ChatAnswer)
 
     async def drop(self, name: str, gid: str) -> None:
         await self.store.quietly(lambda: self._drop(keys=[chat_key(name)], args=[gid]))

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+import msgspec
 import structlog
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
@@ -57,6 +58,8 @@ from .redis_keys import (
 from .resume import Cause, contiguous, seq_of
 
 log = structlog.get_logger("tokenwire.resume")
+
+T = TypeVar("T")
 
 
 REFUSALS: Final = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
@@ -195,6 +198,16 @@ class RedisLink:
                 probe.cancel()
         await disconnect(self.client)
         await disconnect(self.relays)
+
+    async def put_value(self, key: str, value: Any, ttl: int) -> None:
+        """``value`` (MessagePack) under ``key`` for ``ttl`` seconds, quietly."""
+        data = msgspec.msgpack.encode(value)
+        await self.quietly(lambda: self.client.set(key, data, ex=ttl))
+
+    async def get_value(self, key: str, kind: type[T]) -> T | None:
+        """The ``kind`` ``put_value`` kept under ``key`` (None: none, or Redis down)."""
+        found = await self.quietly(lambda: self.client.get(key))
+        return None if found is None else msgspec.msgpack.decode(found, type=kind)
 
     async def quietly(self, command: Any) -> Any:
         """``command()`` awaited; None if Redis is (or just went) down, or
