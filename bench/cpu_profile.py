@@ -28,12 +28,12 @@ import multiprocessing
 import os
 import pstats
 import re
-import sys
 from collections import defaultdict
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import websockets
+from run import TOKENWIRE
 
 from tokenwire.server import logs
 from tokenwire.server.app import TokenwireServer
@@ -89,9 +89,8 @@ async def relay(tokens: int, profiler: cProfile.Profile) -> None:
 
 async def outside(*command: str) -> tuple[asyncio.subprocess.Process, str]:
     """A ``tokenwire`` command in a process of its own; its first line."""
-    tokenwire = os.path.join(os.path.dirname(sys.executable), "tokenwire")
     process = await asyncio.create_subprocess_exec(
-        tokenwire, *command, stdout=asyncio.subprocess.PIPE
+        TOKENWIRE, *command, stdout=asyncio.subprocess.PIPE
     )
     assert process.stdout is not None
     return process, (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
@@ -99,9 +98,8 @@ async def outside(*command: str) -> tuple[asyncio.subprocess.Process, str]:
 
 async def run(*command: str) -> str:
     """A ``tokenwire`` command run to its end; what it printed."""
-    tokenwire = os.path.join(os.path.dirname(sys.executable), "tokenwire")
     process = await asyncio.create_subprocess_exec(
-        tokenwire, *command, stdout=asyncio.subprocess.PIPE
+        TOKENWIRE, *command, stdout=asyncio.subprocess.PIPE
     )
     out, _ = await process.communicate()
     return out.decode()
